@@ -1,0 +1,105 @@
+"""The ORACLE flow, shared by every survey.
+
+    messages → parse → passed filter? → batch by shard → enrich → build inputs
+             → classify → results CSV (+ Fritz, Slack) ; anything unusable → dead letters
+
+`build_flow(survey)` reads the configuration from the environment
+(`operators/config.py`): with `KAFKA_BROKERS` it follows the survey's BOOM
+filter-results topic until stopped; otherwise it replays the bundled sample and
+exits. With `MONGODB_URI` or `BOOM_DATABASE__HOST` it enriches from BOOM's
+MongoDB; otherwise from the bundled documents.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from functools import partial
+from typing import Optional
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+
+from models.oracle import load_oracle, predict_proba
+from operators import oracle_steps as steps
+from operators.batching import batch
+from operators.config import Settings
+from operators.deadletter import dead_letter, dead_letter_sink
+from operators.logs import setup_logging
+from operators.messages import FilterResult, origin_of, parse_message
+from operators.results import results_csv_sink
+from operators.sources import SampleSource
+from operators.store import EmbeddedStore
+from operators.surveys import Survey
+
+log = logging.getLogger("alertflow.oracle")
+
+
+def make_store(settings: Settings, survey: Survey):
+    if settings.mongo is not None:
+        from operators.mongo_store import MongoStore
+
+        return MongoStore(settings.mongo, survey.collections)
+    return EmbeddedStore(settings.sample_dir, survey.collections)
+
+
+def kafka_error_letter(err) -> "DeadLetter":  # noqa: F821
+    msg = err.msg
+    return dead_letter("kafka", f"consumer error: {err.err.str()}", origin_of(msg),
+                       payload=msg.value if isinstance(msg.value, bytes) else None)
+
+
+def is_alert(item) -> bool:
+    return isinstance(item, FilterResult)
+
+
+def keyed(item):
+    return ("out", item)
+
+
+def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None, store=None) -> Dataflow:
+    """The dataflow for `survey`; `source` and `store` override the configured ones (tests)."""
+    settings = settings or Settings.from_env(survey)
+    setup_logging(settings.log_file, settings.log_level)
+    model = load_oracle(settings.weights, settings.model_kind)
+    model_name = f"ORACLE-{model.kind}:{settings.weights.name}"
+    resources = steps.Resources(make_model=lambda: model,
+                                make_store=(lambda: store) if store is not None else partial(make_store, settings, survey))
+    log.info("%s flow: filter %r, model %s, input %s, store %s", survey.name, settings.filter_name, model_name,
+             "kafka " + ",".join(settings.kafka.brokers) + f" topic {settings.kafka.topic}" if settings.kafka else "bundled sample",
+             settings.mongo.describe() if settings.mongo else "bundled documents")
+
+    flow = Dataflow(f"oracle_{survey.name.lower()}")
+    if source is None and settings.kafka is not None:
+        from bytewax.connectors.kafka import operators as kop
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
+        k = settings.kafka
+        consumed = kop.input(
+            "kafka", flow, brokers=list(k.brokers), topics=[k.topic], tail=True,
+            starting_offset=OFFSET_BEGINNING if k.starting_offset == "beginning" else OFFSET_END,
+            add_config={"group.id": k.group_id, **k.client_config},
+        )
+        messages, consumer_errors = consumed.oks, op.map("consumer_error", consumed.errs, kafka_error_letter)
+    else:
+        messages = op.input("sample", flow, source or SampleSource(settings.sample_dir, survey.topic))
+        consumer_errors = None
+
+    parsed = op.map("parse", messages, partial(parse_message, keep_template=False))
+    split = op.branch("parsed_ok", parsed, is_alert)
+    alerts, unparsed = split.trues, split.falses
+    wanted = op.filter("passed_filter", alerts, partial(steps.passed_filter, settings.filter_name))
+    batches = batch("batch", op.key_on("shard", wanted, partial(steps.shard_of, settings.shards)),
+                    settings.batch_size, timedelta(seconds=settings.batch_timeout_s))
+    work = op.map("start", op.key_rm("unkey", batches), steps.start_batch)
+    work = op.map("enrich", work, lambda b: steps.enrich(resources.store, b, model.needs_stamp))
+    work = op.map("build_inputs", work, partial(steps.build_inputs, survey.build_inputs, with_stamp=model.needs_stamp))
+    work = op.map("classify", work, lambda b: steps.classify(model, predict_proba, model_name, survey.name, b))
+    work = op.map("log_batch", work, partial(steps.log_batch, survey.name))
+    results = op.flat_map("results", work, steps.results_of)
+    op.output("csv", op.map("key_results", results, keyed), results_csv_sink(settings.results_csv, survey.taxonomy))
+
+    dead = op.merge("dead", unparsed, op.flat_map("batch_dead", work, steps.dead_of),
+                    *([consumer_errors] if consumer_errors is not None else []))
+    op.output("dead_letters", op.map("key_dead", dead, keyed), dead_letter_sink(settings.deadletters))
+    return flow

@@ -1,0 +1,214 @@
+"""All configuration, read from the environment in one place.
+
+`Settings.from_env(survey)` is the only reader of `os.environ` for the ORACLE
+flows; every other module receives the pieces it needs. Secrets (passwords,
+tokens, SASL credentials) are kept out of `repr()` so that logging a settings
+object never leaks them; `redact()` scrubs a string that might contain them.
+
+The README's configuration table lists every variable read here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional
+from urllib.parse import quote_plus
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _get(env: Mapping[str, str], name: str, default: Optional[str] = None) -> Optional[str]:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip()
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r}: use true or false")
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """Where the filter-results topic lives. Extra librdkafka settings pass through
+    from `KAFKA_OPT_*` variables (`KAFKA_OPT_SECURITY_PROTOCOL=SASL_SSL` becomes
+    `security.protocol`)."""
+
+    brokers: tuple[str, ...]
+    topic: str
+    group_id: str
+    starting_offset: str  # "beginning" or "end"
+    client_config: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def secrets(self) -> list[str]:
+        return [v for k, v in self.client_config.items() if "password" in k or "secret" in k]
+
+
+@dataclass(frozen=True)
+class MongoSettings:
+    """BOOM's MongoDB. A full `MONGODB_URI` wins over host/port/credentials."""
+
+    database: str
+    host: str = "localhost"
+    port: int = 27017
+    username: Optional[str] = field(default=None, repr=False)
+    password: Optional[str] = field(default=None, repr=False)
+    uri: Optional[str] = field(default=None, repr=False)
+    tls: bool = False
+    timeout_ms: int = 5000
+    retries: int = 8  # attempts per batch before the flow gives up on the store
+
+    def client_uri(self) -> str:
+        if self.uri:
+            return self.uri
+        auth = ""
+        if self.username:
+            auth = f"{quote_plus(self.username)}:{quote_plus(self.password or '')}@"
+        return f"mongodb://{auth}{self.host}:{self.port}/"
+
+    @property
+    def secrets(self) -> list[str]:
+        out = [s for s in (self.password, self.uri) if s]
+        if self.uri and "@" in self.uri:
+            out.append(self.uri.split("@", 1)[0])
+        return out
+
+    def describe(self) -> str:
+        """Where we connect, safe for logs."""
+        if self.uri:
+            return re.sub(r"//[^@/]*@", "//***@", self.uri)
+        return f"mongodb://{self.host}:{self.port}/{self.database}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    survey: str
+    filter_name: str
+    weights: Path
+    model_kind: Optional[str]
+    batch_size: int
+    batch_timeout_s: float
+    shards: int
+    results_dir: Path
+    logs_dir: Path
+    sample_dir: Path
+    kafka: Optional[KafkaSettings] = None
+    mongo: Optional[MongoSettings] = None
+    log_level: str = "INFO"
+
+    @property
+    def results_csv(self) -> Path:
+        return self.results_dir / f"oracle_{self.survey.lower()}_results.csv"
+
+    @property
+    def deadletters(self) -> Path:
+        return self.results_dir / f"oracle_{self.survey.lower()}_deadletters.jsonl"
+
+    @property
+    def log_file(self) -> Path:
+        return self.logs_dir / f"oracle_{self.survey.lower()}.log"
+
+    @property
+    def secrets(self) -> list[str]:
+        out: list[str] = []
+        for part in (self.kafka, self.mongo):
+            if part is not None:
+                out.extend(part.secrets)
+        return out
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    @classmethod
+    def from_env(cls, survey, env: Mapping[str, str] = os.environ) -> "Settings":
+        """Read every ORACLE-flow setting; `survey` is an `operators.surveys.Survey`."""
+        name = survey.name.lower()
+        kafka = None
+        brokers = _get(env, "KAFKA_BROKERS")
+        if brokers:
+            offset = (_get(env, "KAFKA_STARTING_OFFSET", "beginning") or "").lower()
+            if offset not in {"beginning", "end"}:
+                raise ConfigError(f"KAFKA_STARTING_OFFSET={offset!r}: use beginning or end")
+            extra = {
+                key[len("KAFKA_OPT_"):].lower().replace("_", "."): value
+                for key, value in env.items()
+                if key.startswith("KAFKA_OPT_") and value
+            }
+            kafka = KafkaSettings(
+                brokers=tuple(b.strip() for b in brokers.split(",") if b.strip()),
+                topic=_get(env, "KAFKA_TOPIC", survey.topic),
+                group_id=_get(env, "KAFKA_GROUP_ID", f"alertflow-oracle-{name}"),
+                starting_offset=offset,
+                client_config=extra,
+            )
+        mongo = None
+        uri = _get(env, "MONGODB_URI")
+        host = _get(env, "BOOM_DATABASE__HOST")
+        if uri or host:
+            mongo = MongoSettings(
+                database=_get(env, "BOOM_DATABASE__NAME", "boom"),
+                host=host or "localhost",
+                port=_int(env, "BOOM_DATABASE__PORT", 27017),
+                username=_get(env, "BOOM_DATABASE__USERNAME"),
+                password=_get(env, "BOOM_DATABASE__PASSWORD"),
+                uri=uri,
+                tls=_bool(env, "BOOM_DATABASE__TLS", False),
+                timeout_ms=_int(env, "MONGODB_TIMEOUT_MS", 5000),
+                retries=_int(env, "MONGODB_RETRIES", 8),
+            )
+        batch_size = _int(env, "ORACLE_BATCH_SIZE", 256)
+        if batch_size < 1:
+            raise ConfigError("ORACLE_BATCH_SIZE must be at least 1")
+        return cls(
+            survey=survey.name,
+            filter_name=_get(env, "ORACLE_FILTER", survey.filter_name),
+            weights=Path(_get(env, f"ORACLE_{survey.name}_WEIGHTS", str(survey.weights))),
+            model_kind=_get(env, "ORACLE_MODEL_KIND"),
+            batch_size=batch_size,
+            batch_timeout_s=_float(env, "ORACLE_BATCH_TIMEOUT_S", 1.0),
+            shards=max(1, _int(env, "ORACLE_SHARDS", 8)),
+            results_dir=Path(_get(env, "ALERTFLOW_RESULTS_DIR", "results")),
+            logs_dir=Path(_get(env, "ALERTFLOW_LOGS_DIR", "logs")),
+            sample_dir=Path(_get(env, "ALERTFLOW_SAMPLE_DIR", str(survey.sample_dir))),
+            kafka=kafka,
+            mongo=mongo,
+            log_level=(_get(env, "ALERTFLOW_LOG_LEVEL", "INFO") or "INFO").upper(),
+        )

@@ -1,0 +1,169 @@
+"""The steps of an ORACLE flow, as plain functions over batches.
+
+A `Batch` travels through enrich → build_inputs → classify; each step moves
+alerts it cannot handle into `Batch.dead` with the reason, so one bad alert
+never stops the flow, and records how long it took (for the batch log line).
+
+Process-wide resources (the model, the store client) are created once per
+process on first use by `Resources`: bytewax workers are threads of one
+process and share them; each process of a cluster builds its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Callable, Optional
+
+import numpy as np
+
+from operators.deadletter import DeadLetter, dead_letter
+from operators.messages import FilterResult
+from operators.results import Result
+from operators.store import Documents
+from operators.ztf_inputs import InputError, ModelInputs
+
+log = logging.getLogger("alertflow.oracle")
+
+
+@dataclass
+class Batch:
+    items: list  # FilterResult, then (FilterResult, docs), then (FilterResult, ModelInputs), then Result
+    dead: list[DeadLetter] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    size_in: int = 0
+
+
+class Resources:
+    """Lazily built, process-wide model and store (thread-safe)."""
+
+    def __init__(self, make_model: Callable, make_store: Callable):
+        self._make = {"model": make_model, "store": make_store}
+        self._built: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str):
+        if name not in self._built:
+            with self._lock:
+                if name not in self._built:
+                    self._built[name] = self._make[name]()
+        return self._built[name]
+
+    @property
+    def model(self):
+        return self.get("model")
+
+    @property
+    def store(self):
+        return self.get("store")
+
+
+def start_batch(alerts: list[FilterResult]) -> Batch:
+    return Batch(items=list(alerts), size_in=len(alerts))
+
+
+def enrich(store, batch: Batch, with_cutouts: bool = False) -> Batch:
+    """Fetch each alert's BOOM documents, one lookup per collection for the batch.
+
+    A store outage raises after the store's own bounded retries: the flow must
+    stop rather than skip alerts (the Kafka offsets are not committed past them).
+    """
+    t0 = time.perf_counter()
+    alerts = batch.items
+    docs: Documents = store.fetch(
+        [a.candid for a in alerts], sorted({a.objectId for a in alerts}), with_cutouts
+    )
+    ready, dead = [], list(batch.dead)
+    for a in alerts:
+        alert_doc = docs.alerts.get(a.candid)
+        aux_doc = docs.aux.get(a.objectId)
+        if alert_doc is None:
+            dead.append(dead_letter("enrich", "no alert document", a.origin, a.candid, a.objectId))
+        elif aux_doc is None:
+            dead.append(dead_letter("enrich", "no aux document", a.origin, a.candid, a.objectId))
+        else:
+            ready.append((a, (alert_doc, aux_doc, docs.cutouts.get(a.candid))))
+    return replace(batch, items=ready, dead=dead, timings={**batch.timings, "enrich": time.perf_counter() - t0})
+
+
+def build_inputs(build: Callable, batch: Batch, with_stamp: bool = False) -> Batch:
+    """Model inputs per alert; documents that cannot make one become dead letters."""
+    t0 = time.perf_counter()
+    ready, dead = [], list(batch.dead)
+    for a, (alert_doc, aux_doc, cutout_doc) in batch.items:
+        try:
+            ready.append((a, build(alert_doc, aux_doc, cutout_doc, with_stamp)))
+        except InputError as exc:
+            dead.append(dead_letter("inputs", str(exc), a.origin, a.candid, a.objectId))
+        except Exception as exc:  # a document shape we did not foresee: keep the alert, say why
+            dead.append(dead_letter("inputs", f"bad document: {type(exc).__name__}: {exc}"[:300],
+                                    a.origin, a.candid, a.objectId))
+    return replace(batch, items=ready, dead=dead, timings={**batch.timings, "inputs": time.perf_counter() - t0})
+
+
+def pad(inputs: list[ModelInputs]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack series zero-padded to the batch's longest, with their lengths."""
+    lengths = np.array([x.length for x in inputs], dtype=np.int64)
+    ts = np.zeros((len(inputs), int(lengths.max()), inputs[0].ts.shape[1]), dtype=np.float32)
+    for i, x in enumerate(inputs):
+        ts[i, : x.length] = x.ts
+    return ts, lengths
+
+
+def classify(model, predict: Callable, model_name: str, survey: str, batch: Batch) -> Batch:
+    """One forward pass for the whole batch → one `Result` per alert."""
+    t0 = time.perf_counter()
+    if not batch.items:
+        return replace(batch, timings={**batch.timings, "model": 0.0})
+    alerts = [a for a, _ in batch.items]
+    inputs = [x for _, x in batch.items]
+    ts, lengths = pad(inputs)
+    static = np.stack([x.static for x in inputs]) if model.needs_static else None
+    stamps = np.stack([x.stamp for x in inputs]) if model.needs_stamp else None
+    probs = predict(model, ts, lengths, static, stamps)
+    names = model.taxonomy.nodes
+    leaves = model.taxonomy.predicted_leaf(probs)
+    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    results, dead = [], list(batch.dead)
+    for a, p, leaf in zip(alerts, probs, leaves):
+        if not np.all(np.isfinite(p)):
+            dead.append(dead_letter("classify", "model output is not finite", a.origin, a.candid, a.objectId))
+            continue
+        results.append(Result(
+            candid=a.candid, objectId=a.objectId, jd=a.jd, survey=survey,
+            probabilities={n: float(v) for n, v in zip(names, p)},
+            predicted=leaf, model=model_name, processed_at=now,
+            received_ms=a.origin.timestamp_ms,
+        ))
+    return replace(batch, items=results, dead=dead, timings={**batch.timings, "model": time.perf_counter() - t0})
+
+
+def log_batch(survey: str, batch: Batch) -> Batch:
+    """One INFO line per batch: counts and where the time went."""
+    t = batch.timings
+    log.info(
+        "%s batch: %d in, %d classified, %d dead-lettered | enrich %.1f ms, inputs %.1f ms, model %.1f ms",
+        survey, batch.size_in, len(batch.items), len(batch.dead),
+        1e3 * t.get("enrich", 0), 1e3 * t.get("inputs", 0), 1e3 * t.get("model", 0),
+    )
+    return batch
+
+
+def results_of(batch: Batch) -> list[Result]:
+    return batch.items
+
+
+def dead_of(batch: Batch) -> list[DeadLetter]:
+    return batch.dead
+
+
+def shard_of(shards: int, alert: FilterResult) -> str:
+    """Batches are keyed by shard so that `-w N` workers share the model work."""
+    return str(alert.candid % shards)
+
+
+def passed_filter(filter_name: str, alert: FilterResult) -> bool:
+    return alert.passed(filter_name)

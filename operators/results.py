@@ -1,0 +1,86 @@
+"""Classification results and the results CSV.
+
+A `Result` is one classified alert: identifiers, the class probability of
+every taxonomy node, the predicted leaf, the model name and the time.
+
+`results/oracle_{survey}_results.csv` columns: `candid, objectId, jd`, one
+column per taxonomy node (level order, as the model emits them), `predicted`,
+`model`, `processed_at`, `fritz_classifications`. One row per candid, one
+header, whatever the worker count or number of crashes (see `operators/files.py`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+from models.taxonomy import Taxonomy
+from operators.files import AppendFileSink
+
+
+@dataclass(frozen=True)
+class Result:
+    candid: int
+    objectId: str
+    jd: float
+    survey: str
+    probabilities: dict  # node name -> class probability, root included
+    predicted: str
+    model: str
+    processed_at: str
+    fritz_classifications: str = ""
+    received_ms: Optional[int] = field(default=None, compare=False)  # Kafka append time
+
+    def top_classes(self, taxonomy: Taxonomy, n: int = 3) -> list[tuple[str, float]]:
+        leaves = [taxonomy.nodes[i] for i in taxonomy.leaves]
+        return sorted(((k, self.probabilities[k]) for k in leaves), key=lambda kv: -kv[1])[:n]
+
+
+def csv_columns(taxonomy: Taxonomy) -> list[str]:
+    return ["candid", "objectId", "jd", *taxonomy.nodes, "predicted", "model", "processed_at", "fritz_classifications"]
+
+
+def _encoder(taxonomy: Taxonomy):
+    def encode(results: list[Result]) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        for r in results:
+            w.writerow([
+                r.candid, r.objectId, repr(r.jd),
+                *(f"{r.probabilities[n]:.6g}" for n in taxonomy.nodes),
+                r.predicted, r.model, r.processed_at, r.fritz_classifications,
+            ])
+        return buf.getvalue()
+
+    return encode
+
+
+def _candids_in(path: Path) -> Iterable[int]:
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        for row in reader:
+            if row and row[0].isdigit():
+                yield int(row[0])
+
+
+def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None) -> AppendFileSink:
+    """Sink for `(key, Result)` items into the results CSV (deduplicated by candid)."""
+    return AppendFileSink(
+        path,
+        encode=_encoder(taxonomy),
+        key=lambda r: r.candid,
+        existing_keys=_candids_in,
+        header=",".join(csv_columns(taxonomy)) + "\n",
+        after_write=after_write,
+    )
+
+
+def read_results(path) -> "pandas.DataFrame":  # noqa: F821
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={"candid": "int64", "objectId": str, "fritz_classifications": str},
+                       keep_default_na=False, na_values={"jd": [""]})
