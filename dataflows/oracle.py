@@ -20,14 +20,17 @@ from typing import Optional
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
+import torch
+
 from models.oracle import load_oracle, predict_proba
 from operators import oracle_steps as steps
 from operators.batching import batch
 from operators.config import Settings
 from operators.deadletter import dead_letter, dead_letter_sink
-from operators.logs import setup_logging
+from operators.logs import quiet_interrupt, setup_logging
 from operators.messages import FilterResult, origin_of, parse_message
 from operators.results import results_csv_sink
+from operators.recovery import enable_default_recovery
 from operators.sources import SampleSource
 from operators.store import EmbeddedStore
 from operators.surveys import Survey
@@ -61,6 +64,17 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     """The dataflow for `survey`; `source` and `store` override the configured ones (tests)."""
     settings = settings or Settings.from_env(survey)
     setup_logging(settings.log_file, settings.log_level)
+    if settings.recovery:
+        enable_default_recovery(settings.recovery_dir, settings.recovery_partitions,
+                                settings.snapshot_interval_s, settings.backup_interval_s)
+    if settings.kafka is not None:
+        quiet_interrupt()
+    if settings.kafka is not None and not settings.recovery:
+        log.warning("recovery is off: a restart replays %s from its %s offset (rows already in the CSV are "
+                    "skipped)", settings.kafka.topic, settings.kafka.starting_offset)
+    # Workers are threads sharing the model; more intra-op threads per forward pass mostly
+    # contend with them. Processes (-i/-a) are the way to use more cores.
+    torch.set_num_threads(settings.torch_threads)
     model = load_oracle(settings.weights, settings.model_kind)
     model_name = f"ORACLE-{model.kind}:{settings.weights.name}"
     resources = steps.Resources(make_model=lambda: model,

@@ -131,6 +131,12 @@ class Settings:
     kafka: Optional[KafkaSettings] = None
     mongo: Optional[MongoSettings] = None
     log_level: str = "INFO"
+    recovery: bool = False  # bytewax recovery for this run (default: on with Kafka)
+    recovery_dir: Path = Path("recovery")
+    recovery_partitions: int = 4
+    snapshot_interval_s: float = 5.0
+    backup_interval_s: float = 0.0
+    torch_threads: int = 1
 
     @property
     def results_csv(self) -> Path:
@@ -211,4 +217,10 @@ class Settings:
             kafka=kafka,
             mongo=mongo,
             log_level=(_get(env, "ALERTFLOW_LOG_LEVEL", "INFO") or "INFO").upper(),
+            recovery=_bool(env, "ALERTFLOW_RECOVERY", kafka is not None),
+            recovery_dir=Path(_get(env, "ALERTFLOW_RECOVERY_DIR", f"recovery/{name}")),
+            recovery_partitions=_int(env, "ALERTFLOW_RECOVERY_PARTITIONS", 4),
+            snapshot_interval_s=_float(env, "ALERTFLOW_SNAPSHOT_INTERVAL_S", 5.0),
+            backup_interval_s=_float(env, "ALERTFLOW_BACKUP_INTERVAL_S", 0.0),
+            torch_threads=_int(env, "ORACLE_TORCH_THREADS", 1),
         )

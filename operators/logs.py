@@ -4,9 +4,26 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import sys
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
+
+
+def quiet_interrupt() -> None:
+    """Ctrl-C ends a following flow: say so in one line instead of a traceback.
+    The exit status stays the conventional one for SIGINT; state up to the last
+    snapshot is kept and the rest is replayed on restart."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if issubclass(kind, KeyboardInterrupt):
+            logging.getLogger("alertflow").info("stopped by Ctrl-C (SIGINT); restart to resume")
+            return
+        previous(kind, value, tb)
+
+    if getattr(previous, "__name__", "") != "hook":
+        sys.excepthook = hook
 
 
 def setup_logging(log_file: Path, level: str = "INFO") -> None:
