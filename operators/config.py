@@ -80,6 +80,10 @@ class KafkaSettings:
         return [v for k, v in self.client_config.items() if "password" in k or "secret" in k]
 
 
+# The user-info part of a URI, up to the last "@" before the host (robust to unescaped "/" or "@").
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^?]*)@")
+
+
 @dataclass(frozen=True)
 class MongoSettings:
     """BOOM's MongoDB. A full `MONGODB_URI` wins over host/port/credentials."""
@@ -92,7 +96,7 @@ class MongoSettings:
     uri: Optional[str] = field(default=None, repr=False)
     tls: bool = False
     timeout_ms: int = 5000
-    retries: int = 8  # attempts per batch before the flow gives up on the store
+    retries: int = 0  # attempts per batch before giving up; 0: wait for the store as long as it takes
 
     def client_uri(self) -> str:
         if self.uri:
@@ -106,13 +110,13 @@ class MongoSettings:
     def secrets(self) -> list[str]:
         out = [s for s in (self.password, self.uri) if s]
         if self.uri and "@" in self.uri:
-            out.append(self.uri.split("@", 1)[0])
+            out.append(self.uri.split("?", 1)[0].rsplit("@", 1)[0])
         return out
 
     def describe(self) -> str:
         """Where we connect, safe for logs."""
         if self.uri:
-            return re.sub(r"//[^@/]*@", "//***@", self.uri)
+            return _USERINFO.sub(r"\1***@", self.uri)
         return f"mongodb://{self.host}:{self.port}/{self.database}"
 
 
@@ -131,6 +135,8 @@ class Settings:
     kafka: Optional[KafkaSettings] = None
     mongo: Optional[MongoSettings] = None
     log_level: str = "INFO"
+    # Input-builder options; a survey's `input_options` names those its builder takes.
+    forced_photometry: bool = False  # LSST: add DiaForcedSource epochs as flag-0 points
     recovery: bool = False  # bytewax recovery for this run (default: on with Kafka)
     recovery_dir: Path = Path("recovery")
     recovery_partitions: int = 4
@@ -198,7 +204,7 @@ class Settings:
                 uri=uri,
                 tls=_bool(env, "BOOM_DATABASE__TLS", False),
                 timeout_ms=_int(env, "MONGODB_TIMEOUT_MS", 5000),
-                retries=_int(env, "MONGODB_RETRIES", 8),
+                retries=_int(env, "MONGODB_RETRIES", 0),
             )
         batch_size = _int(env, "ORACLE_BATCH_SIZE", 256)
         if batch_size < 1:
@@ -217,6 +223,7 @@ class Settings:
             kafka=kafka,
             mongo=mongo,
             log_level=(_get(env, "ALERTFLOW_LOG_LEVEL", "INFO") or "INFO").upper(),
+            forced_photometry=_bool(env, f"ORACLE_{survey.name}_FORCED_PHOTOMETRY", False),
             recovery=_bool(env, "ALERTFLOW_RECOVERY", kafka is not None),
             recovery_dir=Path(_get(env, "ALERTFLOW_RECOVERY_DIR", f"recovery/{name}")),
             recovery_partitions=_int(env, "ALERTFLOW_RECOVERY_PARTITIONS", 4),
