@@ -46,9 +46,16 @@ def make_store(settings: Settings, survey: Survey):
     return EmbeddedStore(settings.sample_dir, survey.collections)
 
 
-def kafka_error_letter(err) -> "DeadLetter":  # noqa: F821
+def consumer_error(err) -> Optional["DeadLetter"]:  # noqa: F821
+    """A consumer error tied to a message is a dead letter; a broker hiccup
+    (disconnect, all brokers down) carries no message and is only logged:
+    librdkafka reconnects and resumes from the same offset by itself."""
     msg = err.msg
-    return dead_letter("kafka", f"consumer error: {err.err.str()}", origin_of(msg),
+    origin = origin_of(msg)
+    if origin.offset is None and not err.err.fatal():
+        log.warning("Kafka consumer: %s (the consumer retries by itself)", err.err.str())
+        return None
+    return dead_letter("kafka", f"consumer error: {err.err.str()}", origin,
                        payload=msg.value if isinstance(msg.value, bytes) else None)
 
 
@@ -94,12 +101,12 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
             starting_offset=OFFSET_BEGINNING if k.starting_offset == "beginning" else OFFSET_END,
             add_config={"group.id": k.group_id, **k.client_config},
         )
-        messages, consumer_errors = consumed.oks, op.map("consumer_error", consumed.errs, kafka_error_letter)
+        messages, consumer_errors = consumed.oks, op.filter_map("consumer_error", consumed.errs, consumer_error)
     else:
         messages = op.input("sample", flow, source or SampleSource(settings.sample_dir, survey.topic))
         consumer_errors = None
 
-    parsed = op.map("parse", messages, partial(parse_message, keep_template=False))
+    parsed = op.map("parse", messages, partial(parse_message, keep_template=model.needs_stamp))
     split = op.branch("parsed_ok", parsed, is_alert)
     alerts, unparsed = split.trues, split.falses
     wanted = op.filter("passed_filter", alerts, partial(steps.passed_filter, settings.filter_name))

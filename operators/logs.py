@@ -4,26 +4,39 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
 
 
+def _interrupted(exc: BaseException | None) -> bool:
+    """Ctrl-C, possibly wrapped by bytewax in a runtime error raised from it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def quiet_interrupt() -> None:
-    """Ctrl-C ends a following flow: say so in one line instead of a traceback.
-    The exit status stays the conventional one for SIGINT; state up to the last
-    snapshot is kept and the rest is replayed on restart."""
+    """Ctrl-C ends a following flow: say so in one line instead of a traceback,
+    and exit with the conventional status 130. State up to the last snapshot is
+    kept and the rest is replayed on restart."""
     previous = sys.excepthook
 
-    def hook(kind, value, tb):
-        if issubclass(kind, KeyboardInterrupt):
+    def alertflow_excepthook(kind, value, tb):
+        if _interrupted(value):
             logging.getLogger("alertflow").info("stopped by Ctrl-C (SIGINT); restart to resume")
-            return
+            logging.shutdown()
+            os._exit(130)
         previous(kind, value, tb)
 
-    if getattr(previous, "__name__", "") != "hook":
-        sys.excepthook = hook
+    if getattr(previous, "__name__", "") != "alertflow_excepthook":
+        sys.excepthook = alertflow_excepthook
 
 
 def setup_logging(log_file: Path, level: str = "INFO") -> None:

@@ -24,7 +24,7 @@ from operators.deadletter import DeadLetter, dead_letter
 from operators.messages import FilterResult
 from operators.results import Result
 from operators.store import Documents
-from operators.ztf_inputs import InputError, ModelInputs
+from operators.inputs import InputError, ModelInputs
 
 log = logging.getLogger("alertflow.oracle")
 
@@ -73,19 +73,22 @@ def enrich(store, batch: Batch, with_cutouts: bool = False) -> Batch:
     """
     t0 = time.perf_counter()
     alerts = batch.items
+    # The message usually carries the reference stamp; only fetch cutouts it lacks.
+    need_cutouts = with_cutouts and any(a.cutout_template is None for a in alerts)
     docs: Documents = store.fetch(
-        [a.candid for a in alerts], sorted({a.objectId for a in alerts}), with_cutouts
+        [a.candid for a in alerts], sorted({a.objectId for a in alerts}), need_cutouts
     )
     ready, dead = [], list(batch.dead)
     for a in alerts:
         alert_doc = docs.alerts.get(a.candid)
         aux_doc = docs.aux.get(a.objectId)
+        cutout = {"cutoutTemplate": a.cutout_template} if a.cutout_template else docs.cutouts.get(a.candid)
         if alert_doc is None:
             dead.append(dead_letter("enrich", "no alert document", a.origin, a.candid, a.objectId))
         elif aux_doc is None:
             dead.append(dead_letter("enrich", "no aux document", a.origin, a.candid, a.objectId))
         else:
-            ready.append((a, (alert_doc, aux_doc, docs.cutouts.get(a.candid))))
+            ready.append((a, (alert_doc, aux_doc, cutout)))
     return replace(batch, items=ready, dead=dead, timings={**batch.timings, "enrich": time.perf_counter() - t0})
 
 
