@@ -22,20 +22,25 @@ from bytewax.dataflow import Dataflow
 
 import torch
 
-from models.oracle import load_oracle, predict_proba
+from models.oracle import ModelLoadError, load_oracle, predict_proba
+from operators import metrics
 from operators import oracle_steps as steps
 from operators.batching import batch
 from operators.config import Settings
-from operators.deadletter import dead_letter, dead_letter_sink
+from operators.deadletter import DeadLetter, dead_letter, dead_letter_sink
+from operators.fritz import FritzAnnotationSink, FritzClient
 from operators.logs import quiet_interrupt, setup_logging
 from operators.messages import FilterResult, origin_of, parse_message
 from operators.results import results_csv_sink
 from operators.recovery import enable_default_recovery
+from operators.slack import SlackSink
 from operators.sources import SampleSource
 from operators.store import EmbeddedStore
-from operators.surveys import Survey
+from operators.surveys import Survey, configured
 
 log = logging.getLogger("alertflow.oracle")
+
+FRITZ_SURVEYS = ("ZTF",)  # Fritz holds ZTF sources; LSST objects link to Babamul instead
 
 
 def make_store(settings: Settings, survey: Survey):
@@ -46,7 +51,7 @@ def make_store(settings: Settings, survey: Survey):
     return EmbeddedStore(settings.sample_dir, survey.collections)
 
 
-def consumer_error(err) -> Optional["DeadLetter"]:  # noqa: F821
+def consumer_error(err) -> Optional[DeadLetter]:
     """A consumer error tied to a message is a dead letter; a broker hiccup
     (disconnect, all brokers down) carries no message and is only logged:
     librdkafka reconnects and resumes from the same offset by itself."""
@@ -59,6 +64,14 @@ def consumer_error(err) -> Optional["DeadLetter"]:  # noqa: F821
                        payload=msg.value if isinstance(msg.value, bytes) else None)
 
 
+def count_message(survey: str, step_id: str, msg) -> None:
+    metrics.count_messages(survey)
+
+
+def count_dead_letter(survey: str, step_id: str, letter) -> None:
+    metrics.count_dead_letters(survey, letter)
+
+
 def is_alert(item) -> bool:
     return isinstance(item, FilterResult)
 
@@ -69,7 +82,7 @@ def keyed(item):
 
 def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None, store=None) -> Dataflow:
     """The dataflow for `survey`; `source` and `store` override the configured ones (tests)."""
-    settings = settings or Settings.from_env(survey)
+    survey, settings = configured(survey, settings)
     setup_logging(settings.log_file, settings.log_level)
     if settings.recovery:
         enable_default_recovery(settings.recovery_dir, settings.recovery_partitions,
@@ -83,9 +96,15 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     # contend with them. Processes (-i/-a) are the way to use more cores.
     torch.set_num_threads(settings.torch_threads)
     model = load_oracle(settings.weights, settings.model_kind)
+    if model.taxonomy.nodes != survey.taxonomy.nodes:
+        raise ModelLoadError(
+            f"{settings.weights} is a {model.taxonomy.name} model ({len(model.taxonomy)} classes), but the "
+            f"{survey.name} flow needs {survey.taxonomy.name} ({len(survey.taxonomy)} classes): point "
+            f"ORACLE_{survey.name}_WEIGHTS at a {survey.name} checkpoint")
     model_name = f"ORACLE-{model.kind}:{settings.weights.name}"
-    resources = steps.Resources(make_model=lambda: model,
-                                make_store=(lambda: store) if store is not None else partial(make_store, settings, survey))
+    lazy_store = steps.Lazy((lambda: store) if store is not None else partial(make_store, settings, survey))
+    metrics.start_exporter(settings.metrics_port)
+    fritz = FritzClient(settings.fritz) if settings.fritz.enabled and survey.name in FRITZ_SURVEYS else None
     log.info("%s flow: filter %r, model %s, input %s, store %s", survey.name, settings.filter_name, model_name,
              "kafka " + ",".join(settings.kafka.brokers) + f" topic {settings.kafka.topic}" if settings.kafka else "bundled sample",
              settings.mongo.describe() if settings.mongo else "bundled documents")
@@ -106,21 +125,30 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
         messages = op.input("sample", flow, source or SampleSource(settings.sample_dir, survey.topic))
         consumer_errors = None
 
+    messages = op.inspect("count_in", messages, partial(count_message, survey.name))
     parsed = op.map("parse", messages, partial(parse_message, keep_template=model.needs_stamp))
     split = op.branch("parsed_ok", parsed, is_alert)
     alerts, unparsed = split.trues, split.falses
-    wanted = op.filter("passed_filter", alerts, partial(steps.passed_filter, settings.filter_name))
+    wanted = op.filter("passed_filter", alerts, partial(steps.passed_filter, survey.name, settings.filter_name))
     batches = batch("batch", op.key_on("shard", wanted, partial(steps.shard_of, settings.shards)),
                     settings.batch_size, timedelta(seconds=settings.batch_timeout_s))
     work = op.map("start", op.key_rm("unkey", batches), steps.start_batch)
-    work = op.map("enrich", work, lambda b: steps.enrich(resources.store, b, model.needs_stamp))
+    work = op.map("enrich", work, lambda b: steps.enrich(lazy_store.get(), b, model.needs_stamp))
     work = op.map("build_inputs", work, partial(steps.build_inputs, survey.build_inputs, with_stamp=model.needs_stamp))
     work = op.map("classify", work, lambda b: steps.classify(model, predict_proba, model_name, survey.name, b))
+    if fritz is not None:
+        work = op.map("fritz_context", work, partial(steps.add_fritz_context, fritz, settings.fritz.context_timeout))
     work = op.map("log_batch", work, partial(steps.log_batch, survey.name))
     results = op.flat_map("results", work, steps.results_of)
-    op.output("csv", op.map("key_results", results, keyed), results_csv_sink(settings.results_csv, survey.taxonomy))
+    op.output("csv", op.map("key_results", results, keyed), results_csv_sink(
+        settings.results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name)))
+    if fritz is not None:
+        op.output("fritz", results, FritzAnnotationSink(settings.fritz, survey.taxonomy, client=fritz))
+    if settings.slack.enabled:
+        op.output("slack", op.map("key_slack", results, keyed), SlackSink(settings.slack, survey.taxonomy, fritz=fritz))
 
     dead = op.merge("dead", unparsed, op.flat_map("batch_dead", work, steps.dead_of),
                     *([consumer_errors] if consumer_errors is not None else []))
+    dead = op.inspect("count_dead", dead, partial(count_dead_letter, survey.name))
     op.output("dead_letters", op.map("key_dead", dead, keyed), dead_letter_sink(settings.deadletters))
     return flow

@@ -14,8 +14,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 from urllib.parse import quote_plus
+
+if TYPE_CHECKING:  # the readers of these live beside their sinks
+    from operators.fritz import FritzConfig
+    from operators.slack import SlackConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
@@ -143,6 +147,9 @@ class Settings:
     snapshot_interval_s: float = 5.0
     backup_interval_s: float = 0.0
     torch_threads: int = 1
+    fritz: Optional["FritzConfig"] = None
+    slack: Optional["SlackConfig"] = None
+    metrics_port: Optional[int] = None
 
     @property
     def results_csv(self) -> Path:
@@ -162,6 +169,9 @@ class Settings:
         for part in (self.kafka, self.mongo):
             if part is not None:
                 out.extend(part.secrets)
+        for token in (getattr(self.fritz, "token", None), getattr(self.slack, "token", None)):
+            if token:
+                out.append(token)
         return out
 
     def redact(self, text: str) -> str:
@@ -171,7 +181,13 @@ class Settings:
 
     @classmethod
     def from_env(cls, survey, env: Mapping[str, str] = os.environ) -> "Settings":
-        """Read every ORACLE-flow setting; `survey` is an `operators.surveys.Survey`."""
+        """Read every ORACLE-flow setting; `survey` is an `operators.surveys.Survey`.
+        The Fritz, Slack and metrics settings are read by their own modules'
+        readers, called from here."""
+        from operators.fritz import FritzConfig
+        from operators.metrics import metrics_port
+        from operators.slack import SlackConfig
+
         name = survey.name.lower()
         kafka = None
         brokers = _get(env, "KAFKA_BROKERS")
@@ -230,4 +246,7 @@ class Settings:
             snapshot_interval_s=_float(env, "ALERTFLOW_SNAPSHOT_INTERVAL_S", 5.0),
             backup_interval_s=_float(env, "ALERTFLOW_BACKUP_INTERVAL_S", 0.0),
             torch_threads=_int(env, "ORACLE_TORCH_THREADS", 1),
+            fritz=FritzConfig.from_env(env),
+            slack=SlackConfig.from_env(env),
+            metrics_port=metrics_port(env),
         )

@@ -4,9 +4,8 @@ A `Batch` travels through enrich → build_inputs → classify; each step moves
 alerts it cannot handle into `Batch.dead` with the reason, so one bad alert
 never stops the flow, and records how long it took (for the batch log line).
 
-Process-wide resources (the model, the store client) are created once per
-process on first use by `Resources`: bytewax workers are threads of one
-process and share them; each process of a cluster builds its own.
+The store client is created once per process on first use (`Lazy`), so that
+importing a flow never connects anywhere.
 """
 
 from __future__ import annotations
@@ -16,10 +15,11 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
+from operators import metrics
 from operators.deadletter import DeadLetter, dead_letter
 from operators.messages import FilterResult
 from operators.results import Result
@@ -37,28 +37,23 @@ class Batch:
     size_in: int = 0
 
 
-class Resources:
-    """Lazily built, process-wide model and store (thread-safe)."""
+class Lazy:
+    """A value built on first use, once per process (bytewax workers are threads
+    of one process and share it; each process of a cluster builds its own)."""
 
-    def __init__(self, make_model: Callable, make_store: Callable):
-        self._make = {"model": make_model, "store": make_store}
-        self._built: dict = {}
+    def __init__(self, make: Callable):
+        self._make = make
+        self._value = None
+        self._built = False
         self._lock = threading.Lock()
 
-    def get(self, name: str):
-        if name not in self._built:
+    def get(self):
+        if not self._built:
             with self._lock:
-                if name not in self._built:
-                    self._built[name] = self._make[name]()
-        return self._built[name]
-
-    @property
-    def model(self):
-        return self.get("model")
-
-    @property
-    def store(self):
-        return self.get("store")
+                if not self._built:
+                    self._value = self._make()
+                    self._built = True
+        return self._value
 
 
 def start_batch(alerts: list[FilterResult]) -> Batch:
@@ -144,8 +139,24 @@ def classify(model, predict: Callable, model_name: str, survey: str, batch: Batc
     return replace(batch, items=results, dead=dead, timings={**batch.timings, "model": time.perf_counter() - t0})
 
 
+def add_fritz_context(fritz, wait_s: float, batch: Batch) -> Batch:
+    """What humans already said on Fritz, per result (`fritz_classifications`).
+
+    Reads for the whole batch start at once and share one deadline, so a slow
+    Fritz costs a batch at most `wait_s`; a read not done by then leaves the
+    field empty and fills the cache for the object's next alert."""
+    for r in batch.items:
+        fritz.context(r.objectId, timeout=0)
+    deadline = time.monotonic() + wait_s
+    items = [replace(r, fritz_classifications=fritz.context(
+        r.objectId, timeout=max(0.0, deadline - time.monotonic())).classifications) for r in batch.items]
+    return replace(batch, items=items)
+
+
 def log_batch(survey: str, batch: Batch) -> Batch:
-    """One INFO line per batch: counts and where the time went."""
+    """One INFO line per batch: counts and where the time went; batch metrics."""
+    metrics.observe_batch(survey, batch)
+    metrics.maybe_log_summary(survey)
     t = batch.timings
     log.info(
         "%s batch: %d in, %d classified, %d dead-lettered | enrich %.1f ms, inputs %.1f ms, model %.1f ms",
@@ -168,5 +179,7 @@ def shard_of(shards: int, alert: FilterResult) -> str:
     return str(alert.candid % shards)
 
 
-def passed_filter(filter_name: str, alert: FilterResult) -> bool:
-    return alert.passed(filter_name)
+def passed_filter(survey: str, filter_name: str, alert: FilterResult) -> bool:
+    passed = alert.passed(filter_name)
+    metrics.count_filtered(survey, passed)
+    return passed

@@ -79,7 +79,7 @@ def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None) -
     )
 
 
-def read_results(path) -> "pandas.DataFrame":  # noqa: F821
+def read_results(path):
     import pandas as pd
 
     return pd.read_csv(path, dtype={"candid": "int64", "objectId": str, "fritz_classifications": str},

@@ -19,13 +19,16 @@ Outputs (`ModelInputs`):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
+# InputError, ModelInputs, MISSING and clean are shared by every survey's builder (operators/inputs.py)
+# and stay importable from here.
+from operators.inputs import MISSING, InputError, ModelInputs, candidate_and_series, clean, time_series  # noqa: F401
+from operators.inputs import number as _number
+
 ZTF_BAND_WAVELENGTH_UM = {1: 0.476, 2: 0.6215, 3: 0.7545}  # fid: g, r, i
-MISSING = -9.0
 WINDOW_DAYS = 180.0
 
 CANDIDATE_STATIC = (
@@ -41,42 +44,6 @@ ALERT_FIELDS = ("objectId", "coordinates", *(f"candidate.{f}" for f in
 AUX_FIELDS = ("prv_candidates", "cross_matches")
 WISE_CATALOGS = ("AllWISE",)
 WISE_MAGS = ("w1mpro", "w2mpro", "w3mpro", "w4mpro")
-
-
-class InputError(ValueError):
-    """The documents cannot make a model input; the message is the dead-letter reason."""
-
-
-@dataclass(frozen=True)
-class ModelInputs:
-    ts: np.ndarray  # [T, 5] float32
-    static: Optional[np.ndarray] = None  # [n_static] float32
-    stamp: Optional[np.ndarray] = None  # [3, 63, 63] float32
-
-    @property
-    def length(self) -> int:
-        return int(self.ts.shape[0])
-
-
-def clean(value) -> float:
-    """A catalogue number, or −9 when missing, non-numeric, NaN or a −999 sentinel."""
-    if value is None or isinstance(value, bool):
-        return MISSING
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return MISSING
-    if not math.isfinite(x) or x == -999.0 or x == -99.0:
-        return MISSING
-    return x
-
-
-def _number(point: dict, name: str) -> Optional[float]:
-    value = point.get(name)
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def light_curve(points: list[dict]) -> np.ndarray:
@@ -100,13 +67,7 @@ def light_curve(points: list[dict]) -> np.ndarray:
     # Same (jd, band, mag) with another error is still one observation.
     _, keep = np.unique(arr[:, :3], axis=0, return_index=True)
     arr = arr[np.sort(keep)]
-    ts = np.empty((len(arr), 5), dtype=np.float32)
-    ts[:, 0] = arr[:, 0] - arr[0, 0]
-    ts[:, 1] = arr[:, 2]
-    ts[:, 2] = arr[:, 3]
-    ts[:, 3] = arr[:, 1]
-    ts[:, 4] = 1.0
-    return ts
+    return time_series(arr[:, 0], arr[:, 2], arr[:, 3], arr[:, 1], 1.0)
 
 
 def _separation_deg(ra1, dec1, ra2, dec2) -> float:
@@ -152,14 +113,7 @@ def static_features(alert: dict, aux: Optional[dict]) -> np.ndarray:
 
 def ztf_inputs(alert: dict, aux: Optional[dict], cutout: Optional[dict] = None, with_stamp: bool = False) -> ModelInputs:
     """Build ORACLE inputs; raises `InputError` when the documents cannot make one."""
-    cand = alert.get("candidate")
-    if not isinstance(cand, dict):
-        raise InputError("missing field: candidate in the alert document")
-    if aux is None:
-        raise InputError("no aux document")
-    history = aux.get("prv_candidates") or []
-    if not isinstance(history, list):
-        raise InputError("wrong type: prv_candidates is not a list")
+    cand, (history,) = candidate_and_series(alert, aux, "prv_candidates")
     ts = light_curve([*history, cand])
     if len(ts) == 0:
         raise InputError("no usable detection: no programid 1/2 point with magpsf")

@@ -8,13 +8,12 @@ import subprocess
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from operators.config import KafkaSettings
-from operators.load_sample import iter_repeated, load, read_sample
+from operators.load_sample import iter_repeated, load
 from operators.results import read_results
 from operators.surveys import ZTF
 from tests.conftest import free_port, tansu_binary

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.testing import TestingSource, cluster_main, run_main
 
@@ -14,22 +13,9 @@ from operators.messages import decode_avro
 from operators.results import read_results
 from operators.sample import encode_result, read_messages
 from operators.surveys import ZTF
-from tests.helpers import settings_for
+from tests.helpers import sample_truth, settings_for
 
 MESSAGES = read_messages(ZTF.sample_dir)
-
-
-def sample_truth():
-    """Which sample messages decode, and which of those passed the filter."""
-    passing, failing, malformed = set(), set(), 0
-    for value in MESSAGES:
-        try:
-            rec = decode_avro(value)
-            names = {f.get("filter_name") or f["filter_id"] for f in rec["filters"]}
-            (passing if ZTF.filter_name in names else failing).add(rec["candid"])
-        except Exception:
-            malformed += 1
-    return passing, failing, malformed
 
 
 def run(tmp_path, workers=1, messages=MESSAGES, **env):
@@ -47,7 +33,7 @@ def run(tmp_path, workers=1, messages=MESSAGES, **env):
 def test_every_passing_alert_gets_one_row_and_failing_ones_none(tmp_path):
     settings = run(tmp_path)
     rows = read_results(settings.results_csv)
-    passing, failing, malformed = sample_truth()
+    passing, failing, malformed = sample_truth(ZTF)
     assert malformed >= 1
     assert rows.candid.is_unique
     letters = read_dead_letters(settings.deadletters)
@@ -70,7 +56,7 @@ def test_malformed_messages_are_dead_letters_with_reason_and_offset(tmp_path):
     settings = run(tmp_path)
     letters = read_dead_letters(settings.deadletters)
     parse = [d for d in letters if d["stage"] == "parse"]
-    _, _, malformed = sample_truth()
+    _, _, malformed = sample_truth(ZTF)
     assert len(parse) == malformed
     for d in parse:
         assert d["offset"] is not None and d["topic"] == "t" and d["reason"] and d["time"]
@@ -110,7 +96,7 @@ def test_replaying_the_same_messages_adds_no_rows(tmp_path):
 def test_other_filter_name_selects_other_alerts(tmp_path):
     settings = run(tmp_path, ORACLE_FILTER="ztf_other_filter")
     rows = read_results(settings.results_csv)
-    _, failing, _ = sample_truth()
+    _, failing, _ = sample_truth(ZTF)
     assert set(rows.candid) == failing
 
 
