@@ -51,6 +51,7 @@ from urllib3.util.retry import Retry
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from models.taxonomy import Taxonomy
+from operators import metrics
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +294,7 @@ def _retry_class(bucket: TokenBucket, max_retry_after: float) -> type[Retry]:
             return min(super().parse_retry_after(retry_after), max_retry_after)
 
         def sleep(self, response=None) -> None:  # type: ignore[no-untyped-def]
+            metrics.fritz_request("retry")
             super().sleep(response)
             bucket.acquire()
 
@@ -719,6 +721,7 @@ class FritzAnnotator:
         try:
             result = self.client.upsert_annotation(object_id, data)
         except FritzAuthError as e:
+            metrics.fritz_request("unauthorized")
             with self._lock:
                 self.stats["auth_failed"] += 1
                 first = not self._auth_failed
@@ -729,6 +732,7 @@ class FritzAnnotator:
                 log.debug("Fritz 401 again for %s", object_id)
             return
         except FritzNotFoundError:
+            metrics.fritz_request("not_found")
             with self._lock:
                 self.stats["not_found"] += 1
                 self.not_found.append(object_id)
@@ -741,6 +745,7 @@ class FritzAnnotator:
         except Exception as e:  # noqa: BLE001 - one failed object never stops the others
             status = getattr(e, "status", None)
             kind = f"HTTP {status}" if status else type(e).__name__
+            metrics.fritz_request("failure")
             with self._lock:
                 self.stats["failed"] += 1
                 first = kind not in self._failure_kinds
@@ -752,6 +757,7 @@ class FritzAnnotator:
             else:
                 log.debug("Fritz annotation of %s failed: %s", object_id, e)
             return
+        metrics.fritz_request("success")
         with self._lock:
             self.stats[result.action] += 1
             recovered = self._auth_failed

@@ -42,6 +42,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from models.taxonomy import Taxonomy
+from operators import metrics
 from operators.fritz import DEFAULT_URL as FRITZ_DEFAULT_URL
 from operators.fritz import FritzClient, alert_link
 from operators.tree_plot import format_probability, render_result_png
@@ -388,6 +389,7 @@ class _SlackPartition(StatefulSinkPartition):
                        fritz_classifications=fritz_text, top_k=cfg.top_k, dpi=cfg.dpi)
         except SlackApiError as e:
             code = (e.response.get("error") if e.response is not None else None) or "unknown"
+            metrics.slack_post("failure", survey=alert.survey)
             self.stats[f"error_{code}"] += 1
             self._once(f"api-{code}", logging.ERROR,
                        "Slack refused the post of %s (%s): %s%s. Classification and the CSV are not "
@@ -395,12 +397,14 @@ class _SlackPartition(StatefulSinkPartition):
                        f" ({_HINTS[code]})" if code in _HINTS else "")
             return False
         except Exception as e:  # noqa: BLE001 - never let Slack break anything
+            metrics.slack_post("failure", survey=alert.survey)
             self.stats["error_other"] += 1
             self._once(f"exc-{type(e).__name__}", logging.ERROR,
                        "Slack post of %s (%s) failed: %s: %s. Classification and the CSV are not "
                        "affected; this is said once per error kind.", alert.objectId, alert.candid,
                        type(e).__name__, e)
             return False
+        metrics.slack_post("success", survey=alert.survey)
         self.stats["posted"] += 1
         return True
 
