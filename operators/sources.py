@@ -15,6 +15,7 @@ from typing import Optional
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from operators.progress import Progress
 from operators.sample import read_messages
 
 
@@ -24,12 +25,16 @@ class _SamplePartition(StatefulSourcePartition):
         self._topic = topic
         self._next = next_index
         self._batch = batch_size
+        self._progress = Progress(len(values), f"replay of {topic}")
+        self._progress.advance(next_index)
 
     def next_batch(self) -> list[KafkaSourceMessage]:
         if self._next >= len(self._values):
+            self._progress.close()
             raise StopIteration()
         start, stop = self._next, min(self._next + self._batch, len(self._values))
         self._next = stop
+        self._progress.advance(stop - start)
         return [
             KafkaSourceMessage(key=None, value=self._values[i], topic=self._topic, partition=0, offset=i)
             for i in range(start, stop)

@@ -35,7 +35,6 @@ class Survey:
     sample_dir: Path
     object_url: Callable[[str], str]
     slack_channel_env: str
-    model_name: Optional[str] = None
     input_options: tuple[str, ...] = ()  # Settings fields passed to build_inputs as keywords
 
 
