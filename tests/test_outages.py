@@ -30,7 +30,7 @@ def test_mongodb_outage_pauses_the_flow_and_skips_nothing(tmp_path, kafka, creat
     load(sample, ZTF.collections, mongo.settings("boom"), ksettings, partitions=1)
     load(sample, ZTF.collections, mongo.settings("boom"), None, repeat=2)  # documents of what comes later
     first = [m.value() for m in kafka.read(topic, len(SAMPLE.messages))]
-    env = flow_env(tmp_path, kafka, topic, mongo.uri, "boom")
+    env = flow_env(tmp_path, kafka, topic, mongo.uri, "boom", MONGODB_TIMEOUT_MS=1000)
     proc = start_flow(env, log=tmp_path / "flow.log")
     try:
         rows1, bad1 = expected_outcome(first)
