@@ -141,7 +141,7 @@ OPS_DEFAULTS = {
 
 # ------------------------------------------------------------------ variables, by inspection of the readers
 
-_READER_FUNCS = {"_get", "_int", "_float", "_bool", "_env", "_env_bool", "_env_number", "_env_int", "_env_float",
+_READER_FUNCS = {"env_str", "env_int", "env_float", "env_bool",
                  "getenv"}
 _NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]*(\{[a-z_.]+\}[A-Z0-9_]*)*$")
 

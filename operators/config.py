@@ -29,15 +29,15 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _get(env: Mapping[str, str], name: str, default: Optional[str] = None) -> Optional[str]:
+def env_str(env: Mapping[str, str], name: str, default: Optional[str] = None) -> Optional[str]:
     value = env.get(name)
     if value is None or value.strip() == "":
         return default
     return value.strip()
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = _get(env, name)
+def env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env_str(env, name)
     if raw is None:
         return default
     try:
@@ -46,8 +46,8 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name}={raw!r} is not an integer") from None
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = _get(env, name)
+def env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env_str(env, name)
     if raw is None:
         return default
     try:
@@ -56,8 +56,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = _get(env, name)
+def env_bool(env: Mapping[str, str], name: str, default: Optional[bool]) -> Optional[bool]:
+    raw = env_str(env, name)
     if raw is None:
         return default
     if raw.lower() in {"1", "true", "yes", "on"}:
@@ -190,9 +190,9 @@ class Settings:
 
         name = survey.name.lower()
         kafka = None
-        brokers = _get(env, "KAFKA_BROKERS")
+        brokers = env_str(env, "KAFKA_BROKERS")
         if brokers:
-            offset = (_get(env, "KAFKA_STARTING_OFFSET", "beginning") or "").lower()
+            offset = (env_str(env, "KAFKA_STARTING_OFFSET", "beginning") or "").lower()
             if offset not in {"beginning", "end"}:
                 raise ConfigError(f"KAFKA_STARTING_OFFSET={offset!r}: use beginning or end")
             extra = {
@@ -202,50 +202,50 @@ class Settings:
             }
             kafka = KafkaSettings(
                 brokers=tuple(b.strip() for b in brokers.split(",") if b.strip()),
-                topic=_get(env, "KAFKA_TOPIC", survey.topic),
-                group_id=_get(env, "KAFKA_GROUP_ID", f"alertflow-oracle-{name}"),
+                topic=env_str(env, "KAFKA_TOPIC", survey.topic),
+                group_id=env_str(env, "KAFKA_GROUP_ID", f"alertflow-oracle-{name}"),
                 starting_offset=offset,
                 client_config=extra,
             )
         mongo = None
-        uri = _get(env, "MONGODB_URI")
-        host = _get(env, "BOOM_DATABASE__HOST")
+        uri = env_str(env, "MONGODB_URI")
+        host = env_str(env, "BOOM_DATABASE__HOST")
         if uri or host:
             mongo = MongoSettings(
-                database=_get(env, "BOOM_DATABASE__NAME", "boom"),
+                database=env_str(env, "BOOM_DATABASE__NAME", "boom"),
                 host=host or "localhost",
-                port=_int(env, "BOOM_DATABASE__PORT", 27017),
-                username=_get(env, "BOOM_DATABASE__USERNAME"),
-                password=_get(env, "BOOM_DATABASE__PASSWORD"),
+                port=env_int(env, "BOOM_DATABASE__PORT", 27017),
+                username=env_str(env, "BOOM_DATABASE__USERNAME"),
+                password=env_str(env, "BOOM_DATABASE__PASSWORD"),
                 uri=uri,
-                tls=_bool(env, "BOOM_DATABASE__TLS", False),
-                timeout_ms=_int(env, "MONGODB_TIMEOUT_MS", 5000),
-                retries=_int(env, "MONGODB_RETRIES", 0),
+                tls=env_bool(env, "BOOM_DATABASE__TLS", False),
+                timeout_ms=env_int(env, "MONGODB_TIMEOUT_MS", 5000),
+                retries=env_int(env, "MONGODB_RETRIES", 0),
             )
-        batch_size = _int(env, "ORACLE_BATCH_SIZE", 256)
+        batch_size = env_int(env, "ORACLE_BATCH_SIZE", 256)
         if batch_size < 1:
             raise ConfigError("ORACLE_BATCH_SIZE must be at least 1")
         return cls(
             survey=survey.name,
-            filter_name=_get(env, "ORACLE_FILTER", survey.filter_name),
-            weights=Path(_get(env, f"ORACLE_{survey.name}_WEIGHTS", str(survey.weights))),
-            model_kind=_get(env, "ORACLE_MODEL_KIND"),
+            filter_name=env_str(env, "ORACLE_FILTER", survey.filter_name),
+            weights=Path(env_str(env, f"ORACLE_{survey.name}_WEIGHTS", str(survey.weights))),
+            model_kind=env_str(env, "ORACLE_MODEL_KIND"),
             batch_size=batch_size,
-            batch_timeout_s=_float(env, "ORACLE_BATCH_TIMEOUT_S", 1.0),
-            shards=max(1, _int(env, "ORACLE_SHARDS", 8)),
-            results_dir=Path(_get(env, "ALERTFLOW_RESULTS_DIR", "results")),
-            logs_dir=Path(_get(env, "ALERTFLOW_LOGS_DIR", "logs")),
-            sample_dir=Path(_get(env, "ALERTFLOW_SAMPLE_DIR", str(survey.sample_dir))),
+            batch_timeout_s=env_float(env, "ORACLE_BATCH_TIMEOUT_S", 1.0),
+            shards=max(1, env_int(env, "ORACLE_SHARDS", 8)),
+            results_dir=Path(env_str(env, "ALERTFLOW_RESULTS_DIR", "results")),
+            logs_dir=Path(env_str(env, "ALERTFLOW_LOGS_DIR", "logs")),
+            sample_dir=Path(env_str(env, "ALERTFLOW_SAMPLE_DIR", str(survey.sample_dir))),
             kafka=kafka,
             mongo=mongo,
-            log_level=(_get(env, "ALERTFLOW_LOG_LEVEL", "INFO") or "INFO").upper(),
-            forced_photometry=_bool(env, f"ORACLE_{survey.name}_FORCED_PHOTOMETRY", False),
-            recovery=_bool(env, "ALERTFLOW_RECOVERY", kafka is not None),
-            recovery_dir=Path(_get(env, "ALERTFLOW_RECOVERY_DIR", f"recovery/{name}")),
-            recovery_partitions=_int(env, "ALERTFLOW_RECOVERY_PARTITIONS", 4),
-            snapshot_interval_s=_float(env, "ALERTFLOW_SNAPSHOT_INTERVAL_S", 5.0),
-            backup_interval_s=_float(env, "ALERTFLOW_BACKUP_INTERVAL_S", 0.0),
-            torch_threads=_int(env, "ORACLE_TORCH_THREADS", 1),
+            log_level=(env_str(env, "ALERTFLOW_LOG_LEVEL", "INFO") or "INFO").upper(),
+            forced_photometry=env_bool(env, f"ORACLE_{survey.name}_FORCED_PHOTOMETRY", False),
+            recovery=env_bool(env, "ALERTFLOW_RECOVERY", kafka is not None),
+            recovery_dir=Path(env_str(env, "ALERTFLOW_RECOVERY_DIR", f"recovery/{name}")),
+            recovery_partitions=env_int(env, "ALERTFLOW_RECOVERY_PARTITIONS", 4),
+            snapshot_interval_s=env_float(env, "ALERTFLOW_SNAPSHOT_INTERVAL_S", 5.0),
+            backup_interval_s=env_float(env, "ALERTFLOW_BACKUP_INTERVAL_S", 0.0),
+            torch_threads=env_int(env, "ORACLE_TORCH_THREADS", 1),
             fritz=FritzConfig.from_env(env),
             slack=SlackConfig.from_env(env),
             metrics_port=metrics_port(env),

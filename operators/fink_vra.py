@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from operators.config import REPO_ROOT, env_bool, env_float, env_int, env_str
 from operators.deadletter import DeadLetter, Origin, dead_letter
 from operators.lasair_sherlock import LASAIR_ZTF_API, SherlockClient, SherlockError, SherlockMatch
 from operators.sfd_ebv import ebv_or_nan
@@ -41,37 +42,10 @@ from operators.vra_features import FEATURE_COLUMNS, alert_features, rows_to_fram
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 AVRO_MAGIC = b"Obj\x01"
 
 
 # ---------------------------------------------------------------- configuration
-
-
-def _env(env: Mapping[str, str], name: str) -> Optional[str]:
-    value = env.get(name)
-    return value.strip() if value and value.strip() else None
-
-
-def _env_bool(env: Mapping[str, str], name: str) -> Optional[bool]:
-    raw = _env(env, name)
-    if raw is None:
-        return None
-    if raw.lower() in {"1", "true", "yes", "on"}:
-        return True
-    if raw.lower() in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"{name}={raw!r}: use true or false")
-
-
-def _env_number(env: Mapping[str, str], name: str, default, kind=float):
-    raw = _env(env, name)
-    if raw is None:
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a {kind.__name__}") from None
 
 
 def _in_repo(path: str) -> Path:
@@ -113,9 +87,9 @@ class FinkVraConfig:
         and off for the embedded sample, so that a first run shows rows.
         """
         env = os.environ if env is None else env
-        brokers = tuple(b.strip() for b in (_env(env, "FINK_VRA_KAFKA_BROKERS") or "").split(",") if b.strip())
+        brokers = tuple(b.strip() for b in (env_str(env, "FINK_VRA_KAFKA_BROKERS") or "").split(",") if b.strip())
         kafka_config: dict[str, str] = {}
-        user, password = _env(env, "FINK_VRA_KAFKA_USERNAME"), _env(env, "FINK_VRA_KAFKA_PASSWORD")
+        user, password = env_str(env, "FINK_VRA_KAFKA_USERNAME"), env_str(env, "FINK_VRA_KAFKA_PASSWORD")
         if user and password:
             # What fink-client sets for Fink's brokers.
             kafka_config.update({
@@ -124,36 +98,36 @@ class FinkVraConfig:
                 "sasl.username": user,
                 "sasl.password": password,
             })
-        group = _env(env, "FINK_VRA_KAFKA_GROUP_ID")
+        group = env_str(env, "FINK_VRA_KAFKA_GROUP_ID")
         if group:
             kafka_config["group.id"] = group
-        offset = (_env(env, "FINK_VRA_KAFKA_STARTING_OFFSET") or "beginning").lower()
+        offset = (env_str(env, "FINK_VRA_KAFKA_STARTING_OFFSET") or "beginning").lower()
         if offset not in {"beginning", "end"}:
             raise ValueError(f"FINK_VRA_KAFKA_STARTING_OFFSET={offset!r}: use beginning or end")
-        stream_filter = _env_bool(env, "FINK_VRA_STREAM_FILTER")
-        tail = _env_bool(env, "FINK_VRA_KAFKA_TAIL")
-        schema = _env(env, "FINK_VRA_SCHEMA_PATH")
-        sfd = _env(env, "FINK_VRA_SFD_DIR")
-        partitions = _env_number(env, "FINK_VRA_OUT_PARTITIONS", 4, int)
+        stream_filter = env_bool(env, "FINK_VRA_STREAM_FILTER", None)
+        tail = env_bool(env, "FINK_VRA_KAFKA_TAIL", None)
+        schema = env_str(env, "FINK_VRA_SCHEMA_PATH")
+        sfd = env_str(env, "FINK_VRA_SFD_DIR")
+        partitions = env_int(env, "FINK_VRA_OUT_PARTITIONS", 4)
         if partitions < 1:
             raise ValueError("FINK_VRA_OUT_PARTITIONS must be >= 1")
         return cls(
             kafka_brokers=brokers,
-            topic=_env(env, "FINK_VRA_TOPIC") or "fink_vra_ztf",
+            topic=env_str(env, "FINK_VRA_TOPIC") or "fink_vra_ztf",
             kafka_starting_offset=offset,
             kafka_tail=True if tail is None else tail,
             kafka_config=kafka_config,
             schema_path=_in_repo(schema) if schema else None,
-            embedded_dir=_in_repo(_env(env, "FINK_VRA_EMBEDDED_DIR") or "data/fink"),
-            embedded_glob=_env(env, "FINK_VRA_EMBEDDED_GLOB") or "fink_ztf*.avro",
+            embedded_dir=_in_repo(env_str(env, "FINK_VRA_EMBEDDED_DIR") or "data/fink"),
+            embedded_glob=env_str(env, "FINK_VRA_EMBEDDED_GLOB") or "fink_ztf*.avro",
             stream_filter=bool(brokers) if stream_filter is None else stream_filter,
-            lasair_token=_env(env, "LASAIR_TOKEN"),
-            lasair_endpoint=_env(env, "LASAIR_API_URL") or LASAIR_ZTF_API,
-            sherlock_timeout=_env_number(env, "FINK_VRA_SHERLOCK_TIMEOUT", 10.0),
-            sherlock_retries=_env_number(env, "FINK_VRA_SHERLOCK_RETRIES", 3, int),
+            lasair_token=env_str(env, "LASAIR_TOKEN"),
+            lasair_endpoint=env_str(env, "LASAIR_API_URL") or LASAIR_ZTF_API,
+            sherlock_timeout=env_float(env, "FINK_VRA_SHERLOCK_TIMEOUT", 10.0),
+            sherlock_retries=env_int(env, "FINK_VRA_SHERLOCK_RETRIES", 3),
             sfd_dir=_in_repo(sfd) if sfd else None,
-            out_dir=_in_repo(_env(env, "FINK_VRA_OUT_DIR") or "results/fink_vra"),
-            deadletter_path=_in_repo(_env(env, "FINK_VRA_DEADLETTERS") or "results/fink_vra_deadletters.jsonl"),
+            out_dir=_in_repo(env_str(env, "FINK_VRA_OUT_DIR") or "results/fink_vra"),
+            deadletter_path=_in_repo(env_str(env, "FINK_VRA_DEADLETTERS") or "results/fink_vra_deadletters.jsonl"),
             out_partitions=partitions,
         )
 

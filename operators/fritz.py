@@ -52,6 +52,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from models.taxonomy import Taxonomy
 from operators import metrics
+from operators.config import env_float, env_int
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +70,6 @@ AUTH_MESSAGE = (
 
 # ---------------------------------------------------------------------------
 # Configuration
-
-
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-
-
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
 def parse_group_ids(raw: str) -> tuple[int, ...]:
@@ -157,16 +138,16 @@ class FritzConfig:
             url=env.get("FRITZ_URL", "").strip() or DEFAULT_URL,
             origin=env.get("FRITZ_ORIGIN", "").strip() or DEFAULT_ORIGIN,
             group_ids=DEFAULT_GROUP_IDS if groups_raw is None else parse_group_ids(groups_raw),
-            decimals=_env_int(env, "FRITZ_DECIMALS", 4),
-            rate=_env_float(env, "FRITZ_RATE", 5.0),
-            burst=_env_int(env, "FRITZ_BURST", 10),
-            timeout=_env_float(env, "FRITZ_TIMEOUT", 10.0),
-            max_retries=_env_int(env, "FRITZ_MAX_RETRIES", 4),
-            workers=_env_int(env, "FRITZ_WORKERS", 2),
-            max_pending=_env_int(env, "FRITZ_MAX_PENDING", 10_000),
-            not_found_ttl=_env_float(env, "FRITZ_NOT_FOUND_TTL", 600.0),
-            context_ttl=_env_float(env, "FRITZ_CONTEXT_TTL", 3600.0),
-            context_timeout=_env_float(env, "FRITZ_CONTEXT_TIMEOUT", 1.0),
+            decimals=env_int(env, "FRITZ_DECIMALS", 4),
+            rate=env_float(env, "FRITZ_RATE", 5.0),
+            burst=env_int(env, "FRITZ_BURST", 10),
+            timeout=env_float(env, "FRITZ_TIMEOUT", 10.0),
+            max_retries=env_int(env, "FRITZ_MAX_RETRIES", 4),
+            workers=env_int(env, "FRITZ_WORKERS", 2),
+            max_pending=env_int(env, "FRITZ_MAX_PENDING", 10_000),
+            not_found_ttl=env_float(env, "FRITZ_NOT_FOUND_TTL", 600.0),
+            context_ttl=env_float(env, "FRITZ_CONTEXT_TTL", 3600.0),
+            context_timeout=env_float(env, "FRITZ_CONTEXT_TIMEOUT", 1.0),
         )
 
 

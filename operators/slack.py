@@ -43,6 +43,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 
 from models.taxonomy import Taxonomy
 from operators import metrics
+from operators.config import env_bool
 from operators.fritz import DEFAULT_URL as FRITZ_DEFAULT_URL
 from operators.fritz import FritzClient, alert_link
 from operators.tree_plot import format_probability, render_result_png
@@ -56,22 +57,6 @@ if sdk_log.level == logging.NOTSET:
     sdk_log.setLevel(logging.CRITICAL)
 
 BABAMUL_URL = "https://babamul.caltech.edu"
-
-_TRUE = {"1", "true", "yes", "on", "y", "t"}
-_FALSE = {"0", "false", "no", "off", "n", "f", ""}
-
-
-def _env_bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    v = raw.strip().lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    raise ValueError(f"{name} must be true or false, got {raw!r}")
-
 
 @dataclass(frozen=True)
 class SlackConfig:
@@ -116,7 +101,7 @@ class SlackConfig:
         except ValueError:
             raise ValueError(f"SLACK_MIN_LEAF_PROBABILITY must be a number, got {raw_min!r}") from None
         return cls(
-            enabled=_env_bool(env, "POST_TO_SLACK", False),
+            enabled=env_bool(env, "POST_TO_SLACK", False),
             token=env.get("SLACK_BOT_TOKEN", "").strip(),
             ztf_channel=env.get("SLACK_ORACLE_CHANNEL_ID", "").strip(),
             lsst_channel=env.get("SLACK_ORACLE_LSST_CHANNEL_ID", "").strip(),

@@ -358,3 +358,14 @@ def restartable_mongo(tmp_path):
     server = _start_mongo(tmp_path, str(data_dir))
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op torch thread, as the flows use by default (and the test machines are shared)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

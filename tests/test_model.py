@@ -14,15 +14,6 @@ ZTF_PATH = DATA / "best_model_f1_ztf.pth"
 LSST_PATH = DATA / "best_model_f1_lsst.pth"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread while these tests run (the machine is shared); restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ztf():
     return load_oracle(ZTF_PATH)

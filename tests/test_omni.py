@@ -9,15 +9,6 @@ from models.oracle import ModelLoadError, build_oracle, load_oracle, predict_pro
 CONVNEXT = "image_spine.convnext."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread while these tests run (the machine is shared); restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def omni_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
