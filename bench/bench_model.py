@@ -1,6 +1,10 @@
-"""Throughput of the ORACLE BTSv2 (ZTF) model on one thread: batched vs one alert at a time.
+"""Throughput of the ORACLE ZTF models on one thread: batched vs one alert at a time.
 
-Usage: python bench/bench_model.py [--min-len 5] [--max-len 30] [--batch 256] [--seconds 3]
+Usage: python bench/bench_model.py [--min-len 5] [--max-len 30] [--batch 256] [--seconds 3] [--omni [WEIGHTS]]
+
+With `--omni` it also times the Omni model (light curve + reference stamp;
+randomly initialised unless a checkpoint is given: the time does not depend on
+the weights) and splits its time between the light-curve and image branches.
 
 Light-curve lengths are drawn uniformly from [min-len, max-len] (the recurrent
 network's cost grows linearly with length, so quote the range with the figure).
@@ -20,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.oracle import load_oracle, predict_proba  # noqa: E402
+from models.oracle import build_oracle, load_oracle, predict_proba  # noqa: E402
 
 
 def make_alerts(n: int, min_len: int, max_len: int, seed: int = 0):
@@ -51,6 +55,8 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=30)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--omni", nargs="?", const="random", default=None,
+                        help="also time Omni (a checkpoint path, or nothing for random weights)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -69,6 +75,27 @@ def main() -> None:
     print(f"ORACLE BTSv2, 1 thread, lengths U[{args.min_len},{args.max_len}] (mean {lengths.mean():.1f})")
     print(f"  batched ({args.batch}): {batched:8.0f} alerts/s")
     print(f"  one at a time:  {single:8.0f} alerts/s")
+    if args.omni:
+        bench_omni(args, batch_ts, ts, lengths, static)
+
+
+def bench_omni(args, batch_ts, ts, lengths, static) -> None:
+    omni = build_oracle("omni") if args.omni == "random" else load_oracle(args.omni, "omni")
+    stamps = np.random.default_rng(1).normal(size=(args.batch, 3, 63, 63)).astype(np.float32)
+    small = 32  # the image branch upsamples to 224x224: time it on a smaller batch
+    batched = rate(lambda: predict_proba(omni, batch_ts[:small], lengths[:small], static[:small], stamps[:small]),
+                   small, args.seconds)
+    one = rate(lambda: predict_proba(omni, ts[:1, : lengths[0]], lengths[:1], static[:1], stamps[:1]), 1, args.seconds)
+    with torch.inference_mode():
+        st = torch.from_numpy(stamps[:small])
+        image = rate(lambda: omni.image_spine.latent(st), small, args.seconds)
+        lc = rate(lambda: omni.lc_md_spine.latent(torch.from_numpy(batch_ts[:small]),
+                                                  torch.from_numpy(lengths[:small]), torch.from_numpy(static[:small])),
+                  small, args.seconds)
+    print("ORACLE Omni (BTSv2 + ConvNeXt-pico on the 63x63 stamp upsampled to 224x224), 1 thread")
+    print(f"  batched ({small}):  {batched:8.0f} alerts/s")
+    print(f"  one at a time:  {one:8.0f} alerts/s")
+    print(f"  time split: image branch {1e3 / image:.2f} ms/alert, light-curve branch {1e3 / lc:.3f} ms/alert")
 
 
 if __name__ == "__main__":
