@@ -133,9 +133,9 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     batches = batch("batch", op.key_on("shard", wanted, partial(steps.shard_of, settings.shards)),
                     settings.batch_size, timedelta(seconds=settings.batch_timeout_s))
     work = op.map("start", op.key_rm("unkey", batches), steps.start_batch)
-    work = op.map("enrich", work, lambda b: steps.enrich(lazy_store.get(), b, model.needs_stamp))
+    work = op.map("enrich", work, partial(steps.enrich, lazy_store.get, with_cutouts=model.needs_stamp))
     work = op.map("build_inputs", work, partial(steps.build_inputs, survey.build_inputs, with_stamp=model.needs_stamp))
-    work = op.map("classify", work, lambda b: steps.classify(model, predict_proba, model_name, survey.name, b))
+    work = op.map("classify", work, partial(steps.classify, model, predict_proba, model_name, survey.name))
     if fritz is not None:
         work = op.map("fritz_context", work, partial(steps.add_fritz_context, fritz, settings.fritz.context_timeout))
     work = op.map("log_batch", work, partial(steps.log_batch, survey.name))

@@ -60,17 +60,18 @@ def start_batch(alerts: list[FilterResult]) -> Batch:
     return Batch(items=list(alerts), size_in=len(alerts))
 
 
-def enrich(store, batch: Batch, with_cutouts: bool = False) -> Batch:
+def enrich(get_store: Callable, batch: Batch, with_cutouts: bool = False) -> Batch:
     """Fetch each alert's BOOM documents, one lookup per collection for the batch.
 
-    A store outage raises after the store's own bounded retries: the flow must
-    stop rather than skip alerts (the Kafka offsets are not committed past them).
+    `get_store()` gives the process's store (built on first use). A store
+    outage is retried inside the store; if it gives up, the error stops the
+    flow rather than skip alerts (a restart resumes from the last snapshot).
     """
     t0 = time.perf_counter()
     alerts = batch.items
     # The message usually carries the reference stamp; only fetch cutouts it lacks.
     need_cutouts = with_cutouts and any(a.cutout_template is None for a in alerts)
-    docs: Documents = store.fetch(
+    docs: Documents = get_store().fetch(
         [a.candid for a in alerts], sorted({a.objectId for a in alerts}), need_cutouts
     )
     ready, dead = [], list(batch.dead)
