@@ -73,7 +73,7 @@ DESCRIPTIONS = {
     "ORACLE_MODEL_KIND": "btsv2, lsst_lite or omni; unset: detected from the checkpoint",
     "ORACLE_BATCH_SIZE": "alerts per model batch (at most)",
     "ORACLE_BATCH_TIMEOUT_S": "seconds a partial batch waits before it is classified",
-    "ORACLE_SHARDS": "batch keys; the batch/model stages spread over this many workers at most",
+    "ORACLE_SHARDS": "batch keys; the batch/model stages spread over this many workers at most (keys are hashed to workers: many keys balance them)",
     "ALERTFLOW_RESULTS_DIR": "results CSV and dead-letter files",
     "ALERTFLOW_LOGS_DIR": "log files (one per flow, rotated at 50 MB, 5 kept)",
     "ALERTFLOW_SAMPLE_DIR": "bundled sample replayed without Kafka",

@@ -232,7 +232,7 @@ class Settings:
             model_kind=env_str(env, "ORACLE_MODEL_KIND"),
             batch_size=batch_size,
             batch_timeout_s=env_float(env, "ORACLE_BATCH_TIMEOUT_S", 1.0),
-            shards=max(1, env_int(env, "ORACLE_SHARDS", 8)),
+            shards=max(1, env_int(env, "ORACLE_SHARDS", 32)),
             results_dir=Path(env_str(env, "ALERTFLOW_RESULTS_DIR", "results")),
             logs_dir=Path(env_str(env, "ALERTFLOW_LOGS_DIR", "logs")),
             sample_dir=Path(env_str(env, "ALERTFLOW_SAMPLE_DIR", str(survey.sample_dir))),
