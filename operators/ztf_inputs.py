@@ -62,11 +62,16 @@ def light_curve(points: list[dict]) -> np.ndarray:
         rows.add((jd, wavelength, mag, err))
     if not rows:
         return np.zeros((0, 5), dtype=np.float32)
-    arr = np.array(sorted(rows), dtype=np.float64)
-    arr = arr[arr[:, 0] >= arr[:, 0].max() - WINDOW_DAYS]
-    # Same (jd, band, mag) with another error is still one observation.
-    _, keep = np.unique(arr[:, :3], axis=0, return_index=True)
-    arr = arr[np.sort(keep)]
+    ordered = sorted(rows)
+    start = ordered[-1][0] - WINDOW_DAYS
+    kept, seen = [], set()
+    # Plain Python on these 2-50 points: per-alert numpy calls (np.unique above all) cost
+    # more than the work (3x the feature time in bench/bench_flow.py).
+    for row in ordered:
+        if row[0] >= start and row[:3] not in seen:  # same (jd, band, mag), other error: one observation
+            seen.add(row[:3])
+            kept.append(row)
+    arr = np.array(kept, dtype=np.float64)
     return time_series(arr[:, 0], arr[:, 2], arr[:, 3], arr[:, 1], 1.0)
 
 
