@@ -476,50 +476,12 @@ class CachedAvroDecoder:
             return self._fallback(payload)
 
 
-def light_curve_fast(points: list) -> "np.ndarray":
-    """`operators.ztf_inputs.light_curve` in plain Python up to one final array:
-    the same rows, order and dtype (the per-alert numpy calls on 2–50 points,
-    `np.unique(axis=0)` above all, cost more than the work)."""
-    import math
+def light_curve_fast(points: list):
+    """The light-curve lever, now the flow's own `operators.ztf_inputs.light_curve`
+    (plain Python up to one final array); kept as a name so earlier result files compare."""
+    from operators.ztf_inputs import light_curve
 
-    import numpy as np
-
-    from operators.ztf_inputs import WINDOW_DAYS, ZTF_BAND_WAVELENGTH_UM
-
-    isfinite = math.isfinite
-    rows = set()
-    for p in points:
-        if not isinstance(p, dict):
-            continue
-        jd, mag, err = p.get("jd"), p.get("magpsf"), p.get("sigmapsf")
-        if (jd is None or mag is None or err is None or isinstance(jd, bool) or isinstance(mag, bool)
-                or isinstance(err, bool) or not isinstance(jd, (int, float)) or not isinstance(mag, (int, float))
-                or not isinstance(err, (int, float))):
-            continue
-        jd, mag, err = float(jd), float(mag), float(err)
-        if not (isfinite(jd) and isfinite(mag) and isfinite(err)) or p.get("programid") not in (1, 2):
-            continue
-        wavelength = ZTF_BAND_WAVELENGTH_UM.get(p.get("fid"))
-        if wavelength is None:
-            continue
-        rows.add((jd, wavelength, mag, err))
-    if not rows:
-        return np.zeros((0, 5), dtype=np.float32)
-    ordered = sorted(rows)
-    first = ordered[-1][0] - WINDOW_DAYS
-    kept, seen = [], set()
-    for r in ordered:
-        if r[0] >= first and r[:3] not in seen:  # same (jd, band, mag): first one kept
-            seen.add(r[:3])
-            kept.append(r)
-    a = np.array(kept, dtype=np.float64)
-    ts = np.empty((len(kept), 5), dtype=np.float32)
-    ts[:, 0] = a[:, 0] - a[0, 0]
-    ts[:, 1] = a[:, 2]
-    ts[:, 2] = a[:, 3]
-    ts[:, 3] = a[:, 1]
-    ts[:, 4] = 1.0
-    return ts
+    return light_curve(points)
 
 
 BUCKET_EDGES = (4, 8, 16, 32, 64)
