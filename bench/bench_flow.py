@@ -21,7 +21,7 @@ one run so that ratios share the machine's conditions:
   baseline                 3. the per-message design on the same servers (capped by --baseline-seconds)
   workers2                 4. `dataflows.ztf` on the servers, `-w 2`
   cluster2                 4. `dataflows.ztf` on the servers, 2-process cluster (`-i 0/1 -a ...`)
-  cluster2-shards             the same with ORACLE_SHARDS=--alt-shards                       [--only]
+  kafka-shards, cluster2-shards   kafka, cluster2 with ORACLE_SHARDS=--alt-shards            [--only]
   memory                      embedded replay of --memory-n messages, generated lazily, RSS sampled
 
 Throughput (msgs/s) is messages ÷ the time from the first message handed to the
@@ -68,9 +68,9 @@ from operators.progress import Progress  # noqa: E402
 PY = sys.executable
 LEVERS = ("parse", "features", "buckets")
 PARTS = ("embedded", "embedded-levers", "cluster-embedded", "embedded-shards", "cluster-embedded-shards",
-         "kafka", "baseline", "workers2", "cluster2", "cluster2-shards", "memory")
-OPT_IN = ("embedded-shards", "cluster-embedded-shards", "cluster2-shards")  # only with --only
-SERVER_PARTS = {"kafka", "baseline", "workers2", "cluster2", "cluster2-shards"}
+         "kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards", "memory")
+OPT_IN = ("embedded-shards", "cluster-embedded-shards", "kafka-shards", "cluster2-shards")  # only with --only
+SERVER_PARTS = {"kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CSV_NAME = "oracle_ztf_results.csv"
 PARSED = ("bytewax_item_inp_count_total", "oracle_ztf.parse.flat_map_batch")
@@ -746,7 +746,7 @@ def print_report(res: dict) -> None:
              "embedded-shards": "  embedded, 1 worker, shards=S", "cluster-embedded-shards": "  embedded, 2 processes, shards=S",
              "kafka": "2 Kafka+Mongo, 1 worker", "baseline": "3 per-message baseline",
              "workers2": "4 Kafka+Mongo, -w 2", "cluster2": "4 Kafka+Mongo, 2 processes",
-             "cluster2-shards": "  Kafka+Mongo, 2 procs, shards=S"}
+             "cluster2-shards": "  Kafka+Mongo, 2 procs, shards=S", "kafka-shards": "  Kafka+Mongo, 1 worker, shards=S"}
     names = {k: v.replace("shards=S", f"shards={shards}") for k, v in names.items()}
     print()
     print(f"Workload: {res['workload']['n']} messages from {res['workload']['templates']} real ZTF alerts, "
@@ -762,7 +762,7 @@ def print_report(res: dict) -> None:
     print(head)
     print("-" * len(head))
     for key in ("embedded", "embedded-levers", "cluster-embedded", "embedded-shards", "cluster-embedded-shards",
-                "kafka", "baseline", "workers2", "cluster2", "cluster2-shards"):
+                "kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards"):
         r = modes.get(key)
         if not r:
             continue
@@ -789,7 +789,7 @@ def print_report(res: dict) -> None:
     print(head)
     print("-" * len(head))
     for key in ("embedded", "embedded-levers", "cluster-embedded", "embedded-shards", "cluster-embedded-shards",
-                "kafka", "baseline", "workers2", "cluster2", "cluster2-shards", "memory"):
+                "kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards", "memory"):
         r = modes.get(key)
         if not r or "error" in r or not r.get("stage_seconds"):
             continue
@@ -816,7 +816,7 @@ def print_report(res: dict) -> None:
     print(head)
     print("-" * len(head))
     for key in ("embedded", "embedded-levers", "cluster-embedded", "embedded-shards", "cluster-embedded-shards",
-                "kafka", "baseline", "workers2", "cluster2", "cluster2-shards", "memory"):
+                "kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards", "memory"):
         r = modes.get(key)
         if not r or "error" in r:
             continue
@@ -872,8 +872,8 @@ def targets(res: dict) -> list[dict]:
         ratio = msgs_per_s(m["cluster2"], pf) / msgs_per_s(m["kafka"], pf)
         res["ratios"]["cluster2_over_kafka"] = ratio
         add("2 processes ≥ 1.7× one (servers)", f"{ratio:.2f}×", ratio >= 1.7)
-    if "cluster2-shards" in m and "kafka" in m:
-        ratio = msgs_per_s(m["cluster2-shards"]) / msgs_per_s(m["kafka"])
+    if "cluster2-shards" in m and ("kafka-shards" in m or "kafka" in m):
+        ratio = msgs_per_s(m["cluster2-shards"]) / msgs_per_s(m.get("kafka-shards") or m["kafka"])
         res["ratios"]["cluster2_alt_shards_over_kafka"] = ratio
         add(f"2 processes ≥ 1.7× one (servers, ORACLE_SHARDS={res['settings']['alt_shards']})", f"{ratio:.2f}×",
             ratio >= 1.7)
@@ -1007,14 +1007,16 @@ def main(argv=None) -> int:
             servers = Servers(work / "servers")
             try:
                 servers.start()
-                kafka_modes = [p for p in ("kafka", "workers2", "cluster2", "cluster2-shards") if p in parts]
+                kafka_modes = [p for p in ("kafka", "kafka-shards", "workers2", "cluster2", "cluster2-shards")
+                               if p in parts]
                 feed = Feed(servers, workload, n, paced_n, len(kafka_modes))
                 res["load"] = {"documents": feed.load_documents(), "publish": feed.publish_backlog()}
                 timeout = 120 + n / 50
                 runs = {"kafka": {"processes": 1, "workers": 1}, "workers2": {"processes": 1, "workers": 2},
                         "cluster2": {"processes": 2, "workers": 1},
+                        "kafka-shards": {"processes": 1, "workers": 1, "shards": args.alt_shards},
                         "cluster2-shards": {"processes": 2, "workers": 1, "shards": args.alt_shards}}
-                for key in ("kafka", "baseline", "workers2", "cluster2", "cluster2-shards"):
+                for key in ("kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards"):
                     if key not in parts:
                         continue
                     if key == "baseline":
