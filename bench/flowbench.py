@@ -515,16 +515,14 @@ def bucketed(predict, edges=BUCKET_EDGES):
     return predict_bucketed
 
 
-def apply_levers(which=("parse", "features", "buckets")) -> None:
-    """Patch the levers into this process (call before `build_flow`)."""
+def apply_levers(which=("parse", "buckets")) -> None:
+    """Patch the levers into this process (call before `build_flow`). The light-curve lever
+    is the flow's own code now (`light_curve_fast` calls it), so it is not patched."""
     import dataflows.oracle as oracle
     import operators.messages as messages
-    import operators.ztf_inputs as ztf_inputs
 
     if "parse" in which:
         messages.decode_avro = CachedAvroDecoder(messages.decode_avro)
-    if "features" in which:
-        ztf_inputs.light_curve = light_curve_fast
     if "buckets" in which:
         oracle.predict_proba = bucketed(oracle.predict_proba)
 
