@@ -22,7 +22,7 @@ from bytewax.dataflow import Dataflow
 
 import torch
 
-from models.oracle import ModelLoadError, load_oracle, predict_proba
+from models.oracle import ModelLoadError, load_oracle, model_label, predict_proba
 from operators import metrics
 from operators import oracle_steps as steps
 from operators.batching import batch
@@ -101,7 +101,7 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
             f"{settings.weights} is a {model.taxonomy.name} model ({len(model.taxonomy)} classes), but the "
             f"{survey.name} flow needs {survey.taxonomy.name} ({len(survey.taxonomy)} classes): point "
             f"ORACLE_{survey.name}_WEIGHTS at a {survey.name} checkpoint")
-    model_name = f"ORACLE-{model.kind}:{settings.weights.name}"
+    model_name = model_label(model, settings.weights)
     lazy_store = steps.Lazy((lambda: store) if store is not None else partial(make_store, settings, survey))
     metrics.start_exporter(settings.metrics_port)
     fritz = FritzClient(settings.fritz) if settings.fritz.enabled and survey.name in FRITZ_SURVEYS else None

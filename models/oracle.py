@@ -18,7 +18,10 @@ is left out):
     x      = GELU(Linear 192->128 (cat[ts, static]))        (btsv2; lite: x = ts)
     h      = GELU(LN(fc1 x)); h = GELU(LN(fc2 h)) + residual_proj(x)   (128->128->64)
     latent = latent_proj(GELU(fc3 h))                       (64->32->16)
-    logits = fc_out(GELU(latent))                           (16->n_nodes)
+    logits = fc_out(ReLU(latent))                           (16->n_nodes)
+
+The final ReLU is upstream's (`GRU_MD_Improved.forward`: `x = self.relu(latent)`),
+not the GELU used everywhere else in the head; Omni consumes `latent` before it.
 
 Inputs: `ts [B, T, 5]` float32, zero-padded to the batch's longest series;
 `lengths [B]` int (1 <= length <= T); `static [B, 30]`; `stamps [B, 3, 63, 63]`.
@@ -28,6 +31,7 @@ Output of `forward`: logits `[B, n_nodes]` in the taxonomy's level order;
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -144,7 +148,7 @@ class LightCurveOracle(OracleModel):
         return torch.bmm(weights.unsqueeze(1), out).squeeze(1)
 
     def latent(self, ts: torch.Tensor, lengths: torch.Tensor, static: torch.Tensor | None = None) -> torch.Tensor:
-        """16-d embedding (upstream `get_latent_space_embeddings`), before the final GELU."""
+        """16-d embedding (upstream `get_latent_space_embeddings`), before the final ReLU."""
         gelu = F.gelu
         x = gelu(self.ts_ln(self.ts_proj(self._pooled_sequence(ts, lengths))))
         if self.n_static:
@@ -160,7 +164,8 @@ class LightCurveOracle(OracleModel):
         ts, lengths, static, _ = _check_inputs(self, ts, lengths, static, None)
         if ts.shape[0] == 0:
             return ts.new_zeros((0, self.n_nodes))
-        return self.fc_out(F.gelu(self.latent(ts, lengths, static)))
+        # ReLU here, as upstream's forward: a GELU moves probabilities by up to 0.1 (LSST).
+        return self.fc_out(F.relu(self.latent(ts, lengths, static)))
 
 
 class StampNetwork(nn.Module):
@@ -315,6 +320,21 @@ def _read_state_dict(path: Path) -> dict:
     if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
+
+
+def weights_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a weights file: two files with one name are never confused."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_label(model: OracleModel, path: str | os.PathLike) -> str:
+    """What the results' `model` column says: `ORACLE-btsv2:best_model_f1_ztf.pth@f1e3353cb6c0`
+    (kind, file name, first 12 hex digits of the file's sha256)."""
+    return f"ORACLE-{model.kind}:{Path(path).name}@{weights_sha256(path)[:12]}"
 
 
 def load_oracle(path: str | os.PathLike, kind: str | None = None) -> OracleModel:

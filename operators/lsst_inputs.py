@@ -20,6 +20,9 @@ per DiaSource, sorted by `midpointMjdTai`:
   `y` up there and so drops every y point. Here `y` is kept.)
 - flag: 1 if the DiaSource's `snr` ≥ 5 (|psfFlux|/psfFluxErr when `snr` is
   absent), else 0, standing in for ELAsTiCC's PHOTFLAG detection bit.
+- Only points no later than the alert's own DiaSource (`midpointMjdTai`) are
+  used: BOOM's aux document holds every point ingested so far, and an alert
+  must get the same probabilities whenever it is processed.
 - DiaSources are counted once (by `diaSourceId`); points without a finite
   time, flux or positive error or with an unknown band are skipped, and so are
   those whose PSF fit failed (`psfFlux_flag`) or whose centre is saturated
@@ -34,6 +37,7 @@ object has no DiaSource is added, converted the same way, with flag 0.
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Optional
 
 import numpy as np
@@ -63,6 +67,11 @@ def _epoch(point) -> Optional[tuple[float, float]]:
     return None if mjd is None or wavelength is None else (round(mjd, EPOCH_DECIMALS), wavelength)
 
 
+def _later(point, until_mjd: float) -> bool:
+    mjd = number(point, "midpointMjdTai") if isinstance(point, dict) else None
+    return mjd is not None and mjd > until_mjd
+
+
 def _measurement(point) -> Optional[tuple[float, float, float, float]]:
     """(mjd, psfFlux, psfFluxErr, wavelength) of a DiaSource or DiaForcedSource, or None if unusable."""
     epoch = _epoch(point)
@@ -72,10 +81,13 @@ def _measurement(point) -> Optional[tuple[float, float, float, float]]:
     return number(point, "midpointMjdTai"), flux, err, epoch[1]
 
 
-def light_curve(sources: Iterable[dict], forced: Iterable[dict] = ()) -> tuple[np.ndarray, int]:
-    """The ORACLE series of DiaSources (+ forced photometry), and how many DiaSources it holds."""
+def light_curve(sources: Iterable[dict], forced: Iterable[dict] = (),
+                until_mjd: float = math.inf) -> tuple[np.ndarray, int]:
+    """The ORACLE series of DiaSources (+ forced photometry) up to `until_mjd`, and how many DiaSources it holds."""
     rows: dict = {}
     detected = set()  # epochs with a DiaSource, usable or not: forced photometry adds none there
+    sources = [p for p in sources if not _later(p, until_mjd)]
+    forced = [p for p in forced if not _later(p, until_mjd)]
     for p in sources:
         m = _measurement(p)
         detected.add(_epoch(p))
@@ -103,7 +115,8 @@ def lsst_inputs(alert: dict, aux: Optional[dict], cutout: Optional[dict] = None,
     if with_stamp:
         raise InputError("no image model for LSST: use the light-curve ORACLE (lsst_lite) weights")
     cand, (history, fp_hists) = candidate_and_series(alert, aux, "prv_candidates", "fp_hists")
-    ts, n_sources = light_curve([*history, cand], fp_hists if forced_photometry else ())
+    ts, n_sources = light_curve([*history, cand], fp_hists if forced_photometry else (),
+                                until_mjd=number(cand, "midpointMjdTai") or math.inf)
     if n_sources == 0:
         raise InputError("no usable detection: no DiaSource with time, psfFlux, psfFluxErr and a u/g/r/i/z/y band")
     return ModelInputs(ts=ts)

@@ -210,11 +210,17 @@ def _boomify(point: dict) -> dict:
     return out
 
 
-def build_ztf_sample(data_dir: Path, out_dir: Path, filter_name: str = "rcfdeep_partnership_ztf") -> dict:
+def _detection_key(point: dict) -> tuple:
+    return point["jd"], point.get("fid"), point.get("magpsf")
+
+
+def build_ztf_sample(data_dir: Path, out_dir: Path, filter_name: str = "rcfdeep_partnership_ztf",
+                     passes: Optional[Callable[[int, dict], bool]] = None) -> dict:
     """Write BOOM-shaped documents and filter-result messages for the real ZTF alerts.
 
-    Every fourth alert fails the filter; one passing alert has no aux document;
-    three messages are malformed (truncated, not Avro, no candid).
+    Every fourth alert fails the filter (`passes(i, alert_doc)` decides instead
+    when given); one passing alert has no aux document; three messages are
+    malformed (truncated, not Avro, no candid).
     """
     fink = _read_avro(sorted((data_dir / "fink").glob("fink_ztf_*.avro")))
     coordinates = _galactic([a["candidate"]["ra"] for a in fink], [a["candidate"]["dec"] for a in fink])
@@ -224,22 +230,24 @@ def build_ztf_sample(data_dir: Path, out_dir: Path, filter_name: str = "rcfdeep_
         cand = _boomify(a["candidate"])
         alerts.append({"_id": int(a["candid"]), "objectId": a["objectId"], "candidate": cand, "coordinates": coords})
         history = [_boomify(p) for p in (a.get("prv_candidates") or [])]
-        dets = {p["jd"]: p for p in history if p.get("magpsf") is not None}
-        dets[cand["jd"]] = cand
+        # One detection per (jd, band, mag): two sources in one image share a jd and both count.
+        dets = {_detection_key(p): p for p in history if p.get("magpsf") is not None}
+        dets[_detection_key(cand)] = cand
         doc = aux.setdefault(a["objectId"], {
             "_id": a["objectId"], "prv_candidates": [], "prv_nondetections": [],
             "fp_hists": [], "cross_matches": {"AllWISE": []}, "coordinates": coords,
         })
-        merged = {p["jd"]: p for p in doc["prv_candidates"]}
+        merged = {_detection_key(p): p for p in doc["prv_candidates"]}
         merged.update(dets)
-        doc["prv_candidates"] = sorted(merged.values(), key=lambda p: p["jd"])
+        doc["prv_candidates"] = sorted(merged.values(), key=_detection_key)
         doc["prv_nondetections"] = sorted(
             [p for p in history if p.get("magpsf") is None], key=lambda p: p["jd"])
         cutouts.append({"_id": int(a["candid"])} | {
             k: a[k]["stampData"] for k in ("cutoutScience", "cutoutTemplate", "cutoutDifference") if a.get(k)})
 
     _add_boom_documents(data_dir, "ztf_alert.json", "ztf_alert_aux.json", alerts, aux)
-    messages = _messages("ZTF", alerts, aux, cutouts, _ztf_photometry, lambda i, doc: i % 4 != 3, filter_name)
+    messages = _messages("ZTF", alerts, aux, cutouts, _ztf_photometry, passes or (lambda i, doc: i % 4 != 3),
+                         filter_name)
     # A passing alert whose object has no aux document: dead-lettered, not guessed.
     orphan = dict(alerts[0], _id=int(alerts[0]["_id"]) + 1, objectId="ZTF26orphanxx")
     alerts.append(orphan)
@@ -291,7 +299,8 @@ def _merged(old: list[dict], new: Iterable[dict], key: str) -> list[dict]:
     return sorted(by_id.values(), key=lambda p: p["jd"])
 
 
-def build_lsst_sample(data_dir: Path, out_dir: Path, filter_name: str = "superphot_lsst") -> dict:
+def build_lsst_sample(data_dir: Path, out_dir: Path, filter_name: str = "superphot_lsst",
+                      passes: Optional[Callable[[int, dict], bool]] = None) -> dict:
     """Write BOOM-shaped documents and filter-result messages for the real Rubin alerts.
 
     The 7 Fink alerts (`data/fink/fink_lsst_sample.avro`: `diaSource`,
@@ -301,7 +310,8 @@ def build_lsst_sample(data_dir: Path, out_dir: Path, filter_name: str = "superph
     (`prv_candidates` with the current DiaSource, `fp_hists`) and
     `LSST_alerts_cutouts` documents; the real BOOM documents of `data/boom/`
     are added as they are. Solar System alerts and every fourth alert from the
-    second fail the filter; three messages are malformed.
+    second fail the filter (`passes(i, alert_doc)` decides instead when given);
+    three messages are malformed.
     """
     fink = _read_avro([data_dir / "fink" / "fink_lsst_sample.avro"])
     coordinates = _galactic([a["diaSource"]["ra"] for a in fink], [a["diaSource"]["dec"] for a in fink])
@@ -329,7 +339,7 @@ def build_lsst_sample(data_dir: Path, out_dir: Path, filter_name: str = "superph
 
     _add_boom_documents(data_dir, "lsst_alert.json", "lsst_aux.json", alerts, aux)
     messages = _messages("LSST", alerts, aux, cutouts, _lsst_photometry,
-                         lambda i, doc: doc.get("ssObjectId") is None and i % 4 != 1, filter_name)
+                         passes or (lambda i, doc: doc.get("ssObjectId") is None and i % 4 != 1), filter_name)
     _insert_malformed(messages, (2, 6, 9), "LSSTnocandid")
     return _write_sample(out_dir, "LSST", alerts, aux.values(), cutouts, messages)
 

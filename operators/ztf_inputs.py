@@ -7,8 +7,10 @@ with the current candidate included, and `cross_matches`), and optionally the
 
 Outputs (`ModelInputs`):
 - `ts` (T×5, float32): `[jd − first jd, magpsf, sigmapsf, band wavelength (µm), 1]`
-  for detections only (magpsf present) of programid 1 or 2, within 180 days of
-  the newest point, duplicates of (jd, band, mag) removed, sorted by jd. The
+  for detections only (magpsf present) of programid 1 or 2, taken no later
+  than the alert itself (BOOM's aux document holds every detection ingested so
+  far: a lagging or replayed flow would otherwise see the future), within 180
+  days of the newest point, duplicates of (jd, band, mag) removed, sorted by jd. The
   last column flags a detection: ORACLE was trained with 1 there (the upstream
   bridge leaves it 0, which the model never saw).
 - `static` (30, float32) in `STATIC_FEATURES` order; missing, NaN or −999 → −9.
@@ -46,15 +48,15 @@ WISE_CATALOGS = ("AllWISE",)
 WISE_MAGS = ("w1mpro", "w2mpro", "w3mpro", "w4mpro")
 
 
-def light_curve(points: list[dict]) -> np.ndarray:
-    """The ORACLE time series of a list of ZTF candidates (see module docstring)."""
+def light_curve(points: list[dict], until_jd: float = math.inf) -> np.ndarray:
+    """The ORACLE time series of a list of ZTF candidates up to `until_jd` (see module docstring)."""
     rows = set()
     for p in points:
         if not isinstance(p, dict):
             continue
         jd, mag, err = _number(p, "jd"), _number(p, "magpsf"), _number(p, "sigmapsf")
         fid, programid = p.get("fid"), p.get("programid")
-        if jd is None or mag is None or err is None or programid not in (1, 2):
+        if jd is None or mag is None or err is None or programid not in (1, 2) or jd > until_jd:
             continue
         wavelength = ZTF_BAND_WAVELENGTH_UM.get(fid)
         if wavelength is None:
@@ -119,7 +121,7 @@ def static_features(alert: dict, aux: Optional[dict]) -> np.ndarray:
 def ztf_inputs(alert: dict, aux: Optional[dict], cutout: Optional[dict] = None, with_stamp: bool = False) -> ModelInputs:
     """Build ORACLE inputs; raises `InputError` when the documents cannot make one."""
     cand, (history,) = candidate_and_series(alert, aux, "prv_candidates")
-    ts = light_curve([*history, cand])
+    ts = light_curve([*history, cand], until_jd=_number(cand, "jd") or math.inf)
     if len(ts) == 0:
         raise InputError("no usable detection: no programid 1/2 point with magpsf")
     stamp = None

@@ -13,7 +13,7 @@ from operators.messages import decode_avro
 from operators.results import read_results
 from operators.sample import encode_result, read_messages
 from operators.surveys import ZTF
-from tests.helpers import sample_truth, settings_for
+from tests.helpers import SAMPLE_TRUTH, sample_truth, settings_for
 
 MESSAGES = read_messages(ZTF.sample_dir)
 
@@ -38,8 +38,10 @@ def test_every_passing_alert_gets_one_row_and_failing_ones_none(tmp_path):
     assert rows.candid.is_unique
     letters = read_dead_letters(settings.deadletters)
     no_aux = {d["candid"] for d in letters if d["reason"] == "no aux document"}
-    assert no_aux, "the sample holds an alert without aux document"
+    assert no_aux == SAMPLE_TRUTH["ZTF"]["no_aux"]
     assert set(rows.candid) == passing - no_aux
+    # Provenance: the file and the first 12 hex digits of its sha256 (literal).
+    assert (rows.model == "ORACLE-btsv2:best_model_f1_ztf.pth@f1e3353cb6c0").all()
     assert not set(rows.candid) & failing
     # Probabilities a user reads: the tree is consistent in every row.
     leaves = [ZTF_TAXONOMY.nodes[i] for i in ZTF_TAXONOMY.leaves]
@@ -47,17 +49,19 @@ def test_every_passing_alert_gets_one_row_and_failing_ones_none(tmp_path):
     np.testing.assert_allclose(rows["Persistent"] + rows["Transient"], 1.0, atol=1e-4)
     np.testing.assert_allclose(rows[["AGN", "CV", "Varstar"]].sum(axis=1), rows["Persistent"], atol=1e-4)
     assert (rows.predicted == rows[leaves].idxmax(axis=1)).all()
-    # Known variables (SIMBAD RR Lyrae in the sample) come out persistent.
+    # Known variables (SIMBAD RR Lyrae in the sample) come out variable stars; supernovae
+    # typed on TNS (SN II, SN Ia; the sample's other three fail the filter) do not.
     rrlyr = rows[rows.objectId.isin(["ZTF18abvcdqu", "ZTF18abtvigi", "ZTF18abskozm"])]
-    assert len(rrlyr) and (rrlyr.Persistent > 0.9).all()
+    assert len(rrlyr) == 3 and (rrlyr.Varstar > 0.9).all() and (rrlyr.predicted == "Varstar").all()
+    sne = rows[rows.objectId.isin(["ZTF26aaavvtm", "ZTF25ackyyzk"])]
+    assert len(sne) == 2 and (sne.Transient > 0.8).all() and (sne.Varstar < 0.2).all()
 
 
 def test_malformed_messages_are_dead_letters_with_reason_and_offset(tmp_path):
     settings = run(tmp_path)
     letters = read_dead_letters(settings.deadletters)
     parse = [d for d in letters if d["stage"] == "parse"]
-    _, _, malformed = sample_truth(ZTF)
-    assert len(parse) == malformed
+    assert {d["offset"] for d in parse} == SAMPLE_TRUTH["ZTF"]["malformed_offsets"]
     for d in parse:
         assert d["offset"] is not None and d["topic"] == "t" and d["reason"] and d["time"]
         assert d["payload_b64"], "the raw message is kept for replay"
