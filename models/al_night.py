@@ -60,8 +60,9 @@ def read_alert_files(spec: Optional[str]) -> list[dict]:
     return alerts
 
 
-def night(args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+def night(args: argparse.Namespace, stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None) -> int:
     """Run the steps; returns the exit code (0, or 130 when the labelling is interrupted)."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     from tqdm import tqdm  # noqa: PLC0415
 
     from models.active_learning import config_from_args, live_round, load_features, tracking_from_args  # noqa: PLC0415

@@ -71,7 +71,7 @@ def map_labels(labels: pd.Series, mapping: dict[str, Optional[str]]) -> pd.Serie
     if unknown:
         raise ValueError(f"label(s) {unknown} are neither ours {list(LABELS)} nor in --label-map; "
                          f"map them, e.g. --label-map '{unknown[0]}=extragal' (or '{unknown[0]}=none' to drop them)")
-    return text.map(lambda v: mapping.get(v, v) if pd.notna(v) else None)
+    return pd.Series([mapping.get(v, v) if pd.notna(v) else None for v in text], index=labels.index, dtype=object)
 
 
 def is_identifier(name: str, column: pd.Series) -> bool:
