@@ -114,6 +114,7 @@ DESCRIPTIONS = {
     "BYTEWAX_DATAFLOW_API_PORT": "bytewax API server port (one per process: give each process on a host its own)",
     # Fink VRA (operators/fink_vra.py)
     "FINK_VRA_KAFKA_BROKERS": "Fink's Kafka servers; unset: the bundled Fink alerts",
+    "FINK_VRA_INPUT": "Fink Avro/Parquet files to read instead (a file, a directory or a glob; format from content)",
     "FINK_VRA_KAFKA_USERNAME": "Fink Kafka user (SASL SCRAM-SHA-512)",
     "FINK_VRA_KAFKA_PASSWORD": "Fink Kafka password (secret)",
     "FINK_VRA_KAFKA_GROUP_ID": "Kafka consumer group id",
@@ -582,6 +583,14 @@ def check_fink_vra(env: Mapping[str, str], timeout_s: float = 5.0) -> list[Check
     if cfg.uses_kafka:
         out.append(check_kafka(cfg.kafka_brokers, cfg.topic, cfg.kafka_config, timeout_s, redact,
                                fix_var="FINK_VRA_KAFKA_BROKERS"))
+    elif cfg.uses_files:
+        from operators.fink_files import expand_input
+
+        try:
+            found = expand_input(cfg.input_path)
+            out.append(CheckResult("input", True, f"FINK_VRA_INPUT: {len(found)} file(s)"))
+        except ValueError as exc:
+            out.append(CheckResult("input", False, str(exc), "set FINK_VRA_INPUT to Fink Avro/Parquet files"))
     else:
         files = sorted(cfg.embedded_dir.glob(cfg.embedded_glob))
         out.append(CheckResult("input", bool(files), f"bundled alerts {cfg.embedded_dir}/{cfg.embedded_glob}: "

@@ -3,7 +3,8 @@
     python -m bytewax.run dataflows.fink_vra
 
 Reads Fink's `fink_vra_ztf` Kafka topic when `FINK_VRA_KAFKA_BROKERS` is set,
-otherwise the real Fink alerts shipped in `data/fink/`. Each alert becomes one
+the Avro/Parquet files `FINK_VRA_INPUT` names (`operators.fink_files`), or
+else the real Fink alerts shipped in `data/fink/`. Each alert becomes one
 row of 21 features (`operators.vra_features`), appended once per candid to the
 Parquet dataset `results/fink_vra/`; alerts Sherlock calls AGN or VS are
 dropped and counted; anything unusable goes to
@@ -21,6 +22,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
 from operators.deadletter import DeadLetterSink
+from operators.fink_files import AlertFileSource, file_alert
 from operators.fink_vra import (
     EmbeddedAlertSource,
     FinkVraConfig,
@@ -52,6 +54,7 @@ def build_flow(cfg: FinkVraConfig, source: Optional[Source] = None) -> Dataflow:
     """The flow for `cfg`; `source` (of `Message`s) replaces the configured input."""
     flow = Dataflow("fink_vra")
     letters = []
+    decoded = None
 
     if source is not None:
         messages = op.input("inp", flow, source)
@@ -69,11 +72,15 @@ def build_flow(cfg: FinkVraConfig, source: Optional[Source] = None) -> Dataflow:
         )
         messages = op.map("kafka_msg", kin.oks, kafka_message)
         letters.append(op.map("kafka_err", kin.errs, kafka_error_letter))
+    elif cfg.uses_files:
+        records = op.input("files", flow, AlertFileSource(cfg.input_path))
+        decoded = op.map("file_alert", records, file_alert)
     else:
         messages = op.input("embedded", flow, EmbeddedAlertSource(cfg.embedded_dir, cfg.embedded_glob))
 
-    schema = load_schema(str(cfg.schema_path)) if cfg.schema_path else None
-    decoded = op.flat_map("decode", messages, partial(decode_message, schema))
+    if decoded is None:
+        schema = load_schema(str(cfg.schema_path)) if cfg.schema_path else None
+        decoded = op.flat_map("decode", messages, partial(decode_message, schema))
     split = op.branch("decoded", decoded, is_alert)
     alerts, letters = split.trues, letters + [split.falses]
 

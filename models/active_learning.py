@@ -221,6 +221,7 @@ def simulate(
     config: LoopConfig,
     features: Optional[list[str]] = None,
     on_round: Optional[Callable[[RoundResult], None]] = None,
+    validation: Optional[pd.DataFrame] = None,
 ) -> pd.DataFrame:
     """Run the loop with labels revealed from `pool`; one row per round.
 
@@ -228,12 +229,16 @@ def simulate(
     single class, random labels are added until both classes appear (a real
     labeller would do the same). Rounds go on until `config.max_labels`
     training labels or the pool is exhausted. `on_round(result)` is called
-    after each round (MLflow logging, progress). Returns a DataFrame with
+    after each round (MLflow logging, progress). `validation` (features plus
+    `label`) replaces the random held-out split. Returns a DataFrame with
     `round, n_labels, target, strategy, seed`, the class counts and scores.
     """
     data = prepare_pool(pool, config.target)
     features = features or feature_columns(pool)
-    rest, holdout = split_holdout(data, config.holdout_fraction, config.seed)
+    if validation is None:
+        rest, holdout = split_holdout(data, config.holdout_fraction, config.seed)
+    else:
+        rest, holdout = data, prepare_pool(validation, config.target)
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(rest))
     n_first = min(config.first_batch, len(rest))
@@ -494,30 +499,10 @@ def tracking_from_args(args: argparse.Namespace, out_dir: Path):
                     default_root=out_dir.parent / "mlflow")
 
 
-def load_pool(spec: str, labels: Optional[str] = None, seed: int = 0) -> pd.DataFrame:
-    """A labelled pool for simulations.
-
-    `spec` is `synthetic:N` (the synthetic pool of `models.al_experiments`),
-    a CSV/Parquet file with features and `label`, or a feature table
-    (Parquet dataset) joined with the labels CSV given as `labels`.
-    """
-    if spec.startswith("synthetic:"):
-        from models.al_experiments import synthetic_pool  # noqa: PLC0415
-
-        return synthetic_pool(int(spec.split(":", 1)[1]), seed=seed)
-    path = Path(spec)
-    if labels:
-        from models.labeling import latest_labels, read_labels  # noqa: PLC0415
-
-        lab = latest_labels(read_labels(labels))
-        return load_features(path).merge(lab[["candid", "label"]], on="candid", how="inner")
-    if not path.exists():
-        raise FileNotFoundError(f"no pool at {spec}; pass synthetic:N, a labelled CSV/Parquet, "
-                                "or a feature table with --labels labeled.csv")
-    return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from models.al_night import add_night_parser  # noqa: PLC0415
+    from models.al_tables import add_table_arguments, load_table_pool  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(prog="python -m models.active_learning",
                                      description="Active learning for the Galactic-vs-extragalactic vetting model.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -531,9 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     add_tracking_arguments(live)
 
     sim = sub.add_parser("simulate", help="one simulated loop, one MLflow run per round")
-    sim.add_argument("--pool", default="synthetic:3000",
-                     help="synthetic:N, a labelled CSV/Parquet, or a feature table with --labels")
-    sim.add_argument("--labels", default=None)
+    add_table_arguments(sim)
     sim.add_argument("--max-labels", type=int, default=150)
     sim.add_argument("--out", default=str(DEFAULT_OUT))
     sim.add_argument("--no-track", action="store_true", help="skip MLflow")
@@ -546,10 +529,15 @@ def main(argv: list[str] | None = None) -> int:
     add_experiment_arguments(exp)
     add_loop_arguments(exp, grid=True)
     add_tracking_arguments(exp)
+    add_night_parser(sub, add_loop_arguments, add_tracking_arguments)
 
     args = parser.parse_args(argv)
     out_dir = Path(args.out)
     try:
+        if args.command == "night":
+            from models.al_night import run_from_args as night  # noqa: PLC0415
+
+            return night(args)
         if args.command == "round":
             config = config_from_args(args)
             tracking = None if args.no_track else tracking_from_args(args, out_dir)
@@ -557,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "simulate":
             config = config_from_args(args)
-            pool = load_pool(args.pool, args.labels, seed=args.seed)
+            pool = load_table_pool(args, seed=args.seed)
             tracking = None if args.no_track else tracking_from_args(args, out_dir)
 
             def on_round(result: RoundResult) -> None:
@@ -567,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
                     log_round(result, config, tracking, tags={"mode": "simulated", "pool": args.pool})
                 print(format_round(result, config), flush=True)
 
-            rounds = simulate(pool, config, on_round=on_round)
+            rounds = simulate(pool.table, config, pool.features, on_round, pool.validation)
             out_dir.mkdir(parents=True, exist_ok=True)
             path = out_dir / f"simulated_{config.target}_{config.strategy}_seed{config.seed}.csv"
             rounds.to_csv(path, index=False)

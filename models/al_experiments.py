@@ -187,6 +187,7 @@ class ExperimentGrid:
 
     strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
     batch_sizes: list[int] = field(default_factory=lambda: [10])
+    first_batches: list[int] = field(default_factory=list)  # empty: the base config's
     learning_rates: list[float] = field(default_factory=lambda: [0.1])
     class_weights: list[Optional[str]] = field(default_factory=lambda: [None])
     seeds: int = 3
@@ -196,24 +197,27 @@ class ExperimentGrid:
         strategies = list(dict.fromkeys([*self.strategies, "random"]))
         for bad in set(strategies) - set(STRATEGIES):
             raise ValueError(f"unknown strategy {bad!r}; choose from {list(STRATEGIES)}")
-        for bs, lr, cw, strategy, seed in itertools.product(
-                self.batch_sizes, self.learning_rates, self.class_weights, strategies, range(self.seeds)):
+        for fb, bs, lr, cw, strategy, seed in itertools.product(
+                self.first_batches or [base.first_batch], self.batch_sizes, self.learning_rates,
+                self.class_weights, strategies, range(self.seeds)):
             classifier = replace(base.classifier, learning_rate=lr, class_weight=cw, random_state=seed)
-            yield replace(base, strategy=strategy, batch_size=bs, seed=seed, classifier=classifier)
+            yield replace(base, strategy=strategy, first_batch=fb, batch_size=bs, seed=seed, classifier=classifier)
 
 
-def run_experiments(pool: pd.DataFrame, grid: ExperimentGrid, base, progress: Optional[Progress] = None,
-                    features: Optional[list[str]] = None) -> pd.DataFrame:
+def run_experiments(pool: pd.DataFrame, grid: ExperimentGrid, base, progress=None,
+                    features: Optional[list[str]] = None, validation: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """Simulate every grid configuration; all rounds in one frame.
 
-    Adds `batch_size`, `learning_rate`, `class_weight` columns to
-    `simulate`'s output. `base` is a `LoopConfig` for everything else.
+    Adds `first_batch`, `batch_size`, `learning_rate`, `class_weight` columns
+    to `simulate`'s output. `base` is a `LoopConfig` for everything else;
+    `progress` has `step(note)` (a `Progress` or a tqdm bar).
     """
     from models.active_learning import simulate  # noqa: PLC0415
 
     frames = []
     for config in grid.configs(base):
-        rounds = simulate(pool, config, features=features)
+        rounds = simulate(pool, config, features=features, validation=validation)
+        rounds["first_batch"] = config.first_batch
         rounds["batch_size"] = config.batch_size
         rounds["learning_rate"] = config.classifier.learning_rate
         rounds["class_weight"] = config.classifier.class_weight or "none"
@@ -224,7 +228,7 @@ def run_experiments(pool: pd.DataFrame, grid: ExperimentGrid, base, progress: Op
     return pd.concat(frames, ignore_index=True)
 
 
-PANEL_KEYS = ["batch_size", "learning_rate", "class_weight"]
+PANEL_KEYS = ["first_batch", "batch_size", "learning_rate", "class_weight"]
 
 
 def summarize(rounds: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -255,14 +259,14 @@ def plot_learning_curves(summary: pd.DataFrame, metric: str, path: str | Path, t
     fig = Figure(figsize=(max(7.0, 4.6 * ncols), 3.4 * nrows + 0.8))
     # Shared y axis: panels are compared by eye.
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=True)).ravel()
-    for ax, ((bs, lr, cw), panel) in zip(axes, panels):
+    for ax, ((fb, bs, lr, cw), panel) in zip(axes, panels):
         for strategy, curve in panel.groupby("strategy", sort=False):
             colour, style = STRATEGY_STYLE.get(strategy, ("grey", "-"))
             curve = curve.sort_values("n_labels")
             x, mean, std = curve["n_labels"], curve[f"{metric}_mean"], curve[f"{metric}_std"]
             ax.plot(x, mean, style, color=colour, label=strategy, lw=1.6)
             ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.12, lw=0)
-        ax.set_title(f"batch {bs}, learning rate {lr}, class weight {cw}", fontsize=9)
+        ax.set_title(f"first {fb}, step {bs}, learning rate {lr}, class weight {cw}", fontsize=9)
         ax.set_xlabel("training labels")
         ax.set_ylabel(metric)
         ax.yaxis.set_tick_params(labelleft=True)
@@ -282,11 +286,11 @@ def plot_learning_curves(summary: pd.DataFrame, metric: str, path: str | Path, t
 def format_table(summary: pd.DataFrame, metric: str, points: int = 5) -> str:
     """Text table: metric mean +/- std by strategy at a few label counts, per panel."""
     lines = []
-    for (bs, lr, cw), panel in summary.groupby(PANEL_KEYS):
+    for (fb, bs, lr, cw), panel in summary.groupby(PANEL_KEYS):
         rounds = sorted(panel["round"].unique())
         picks = sorted(set(np.linspace(0, len(rounds) - 1, min(points, len(rounds))).round().astype(int)))
         chosen = [rounds[i] for i in picks]
-        lines.append(f"{metric}  (batch {bs}, learning rate {lr}, class weight {cw})")
+        lines.append(f"{metric}  (first batch {fb}, step {bs}, learning rate {lr}, class weight {cw})")
         header = panel[panel["round"].isin(chosen)].groupby("round")["n_labels"].mean()
         lines.append("  labels      " + "".join(f"{x:>13.0f}" for x in header))
         for strategy, rows in panel.groupby("strategy"):
@@ -312,9 +316,11 @@ def _cw(text: str) -> Optional[str]:
 
 
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pool", default="synthetic:3000",
-                        help="synthetic:N, a labelled CSV/Parquet, or a feature table with --labels")
-    parser.add_argument("--labels", default=None, help="labels CSV to join with a feature-table --pool")
+    from models.al_study import add_study_arguments  # noqa: PLC0415
+    from models.al_tables import add_table_arguments  # noqa: PLC0415
+
+    add_table_arguments(parser)
+    add_study_arguments(parser)
     parser.add_argument("--strategies", type=_list(str), default=list(STRATEGIES))
     parser.add_argument("--batch-sizes", type=_list(int), default=[10])
     parser.add_argument("--learning-rates", type=_list(float), default=[0.1])
@@ -328,18 +334,21 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from models.active_learning import config_from_args, load_pool, tracking_from_args  # noqa: PLC0415
+    from models.active_learning import config_from_args, tracking_from_args  # noqa: PLC0415
+    from models.al_study import labels_needed, paired_vs_random, progress_bar, write_study  # noqa: PLC0415
+    from models.al_tables import class_balance, load_table_pool  # noqa: PLC0415
 
     out = Path(args.out)
     base = config_from_args(args, balanced_sampling=args.balanced_sampling)
-    grid = ExperimentGrid(args.strategies, args.batch_sizes, args.learning_rates, args.class_weights, args.seeds)
-    pool = load_pool(args.pool, args.labels, seed=0)
+    grid = ExperimentGrid(args.strategies, args.batch_sizes, args.first_batches, args.learning_rates,
+                          args.class_weights, args.seeds)
+    pool = load_table_pool(args, seed=0)
     n_runs = sum(1 for _ in grid.configs(base))
-    print(f"{n_runs} simulated loops on pool {args.pool} ({len(pool)} rows), target {base.target}, "
-          f"up to {base.max_labels} labels", file=sys.stderr)
-    progress = Progress(n_runs, "loops")
-    rounds = run_experiments(pool, grid, base, progress)
-    progress.close()
+    print(f"{n_runs} simulated loops on pool {args.pool} ({len(pool.table)} rows: {class_balance(pool)}; "
+          f"{len(pool.features)} features), target {base.target}, up to {base.max_labels} labels"
+          + (f", validation {args.validation}" if pool.validation is not None else ""), file=sys.stderr)
+    with progress_bar(n_runs, "loops") as progress:
+        rounds = run_experiments(pool.table, grid, base, progress, pool.features, pool.validation)
     out.mkdir(parents=True, exist_ok=True)
     rounds.to_csv(out / "rounds.csv", index=False)
     summary = summarize(rounds, args.metrics)
@@ -355,6 +364,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     print(f"rounds -> {out / 'rounds.csv'}\nsummary -> {out / 'summary.csv'}")
     for p in plots:
         print(f"plot -> {p}")
+    print(write_study(labels_needed(rounds, args.f1_targets), paired_vs_random(rounds), out))
     if args.track:
         _track_summary(args, base, out, plots, tracking_from_args(args, out))
     return 0

@@ -36,26 +36,29 @@ class LabelInfo:
     meaning: str
     galactic: Optional[int]  # 1 Galactic, 0 not Galactic, None: says nothing
     real: Optional[int]  # 1 real astrophysical source, 0 bogus
+    transient: Optional[int] = None  # 1 transient (extragal, gal), 0 persistent variable (agn, varstar)
 
 
 # The one mapping table from human labels to binary targets. `None` means the
 # label carries no information for that target, so the alert is left out of
 # that target's training and evaluation sets (rather than guessed).
 #
-#   label       key  galactic  real   why
-#   real         r     --       1     real source, origin not decided yet
-#   extragal     x      0       1     SN, TDE, ... in or behind a galaxy
-#   gal          g      1       1     Galactic: CV, nova, flare star, YSO, ...
-#   agn          a      0       1     AGN/QSO nuclei are extragalactic
-#   bogus        b     --       0     artefact: not a sky source at all
-#   varstar      v      1       1     variable stars are Galactic
+#   label       key  galactic  real  transient  why
+#   real         r     --       1      --      real source, origin not decided yet
+#   extragal     x      0       1       1      SN, TDE, ... in or behind a galaxy
+#   gal          g      1       1       1      Galactic transient: CV outburst, nova, flare, YSO burst
+#   agn          a      0       1       0      AGN/QSO nuclei are extragalactic, and persistent
+#   bogus        b     --       0      --      artefact: not a sky source at all
+#   varstar      v      1       1       0      variable stars are Galactic, and persistent
+# (the transient target is the original finkvra project's: extragal and gal
+# are the transients worth a look, agn and varstar the persistent variables.)
 LABEL_TABLE: dict[str, LabelInfo] = {
-    "real": LabelInfo("r", "real astrophysical source, origin not decided", None, 1),
-    "extragal": LabelInfo("x", "extragalactic transient (SN, TDE, ...)", 0, 1),
-    "gal": LabelInfo("g", "Galactic source (CV, nova, flare, YSO, ...)", 1, 1),
-    "agn": LabelInfo("a", "active galactic nucleus / QSO", 0, 1),
-    "bogus": LabelInfo("b", "artefact (bad subtraction, cosmic ray, ghost, ...)", None, 0),
-    "varstar": LabelInfo("v", "variable star", 1, 1),
+    "real": LabelInfo("r", "real astrophysical source, origin not decided", None, 1, None),
+    "extragal": LabelInfo("x", "extragalactic transient (SN, TDE, ...)", 0, 1, 1),
+    "gal": LabelInfo("g", "Galactic source (CV, nova, flare, YSO, ...)", 1, 1, 1),
+    "agn": LabelInfo("a", "active galactic nucleus / QSO", 0, 1, 0),
+    "bogus": LabelInfo("b", "artefact (bad subtraction, cosmic ray, ghost, ...)", None, 0, None),
+    "varstar": LabelInfo("v", "variable star", 1, 1, 0),
 }
 LABELS: tuple[str, ...] = tuple(LABEL_TABLE)
 LABEL_KEYS: dict[str, str] = {info.key: label for label, info in LABEL_TABLE.items()}
@@ -93,6 +96,7 @@ class Target:
 TARGETS: dict[str, Target] = {
     "galactic": Target("galactic", "galactic", ("extragal", "gal")),
     "real_bogus": Target("real_bogus", "real", ("bogus", "real")),
+    "transient": Target("transient", "transient", ("persistent", "transient")),
 }
 
 

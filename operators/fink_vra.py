@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -63,6 +63,7 @@ class FinkVraConfig:
     kafka_tail: bool = True
     kafka_config: Mapping[str, str] = field(default_factory=dict, repr=False)
     schema_path: Optional[Path] = None
+    input_path: Optional[str] = None  # FINK_VRA_INPUT: files, a directory or a glob
     embedded_dir: Path = REPO_ROOT / "data" / "fink"
     embedded_glob: str = "fink_ztf*.avro"
     stream_filter: bool = False
@@ -78,6 +79,10 @@ class FinkVraConfig:
     @property
     def uses_kafka(self) -> bool:
         return bool(self.kafka_brokers)
+
+    @property
+    def uses_files(self) -> bool:
+        return bool(self.input_path) and not self.uses_kafka
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "FinkVraConfig":
@@ -104,6 +109,10 @@ class FinkVraConfig:
         offset = (env_str(env, "FINK_VRA_KAFKA_STARTING_OFFSET") or "beginning").lower()
         if offset not in {"beginning", "end"}:
             raise ValueError(f"FINK_VRA_KAFKA_STARTING_OFFSET={offset!r}: use beginning or end")
+        input_path = env_str(env, "FINK_VRA_INPUT")
+        if input_path and brokers:
+            raise ValueError("FINK_VRA_INPUT and FINK_VRA_KAFKA_BROKERS are both set: unset one "
+                             "(files or Kafka, not both)")
         stream_filter = env_bool(env, "FINK_VRA_STREAM_FILTER", None)
         tail = env_bool(env, "FINK_VRA_KAFKA_TAIL", None)
         schema = env_str(env, "FINK_VRA_SCHEMA_PATH")
@@ -118,6 +127,7 @@ class FinkVraConfig:
             kafka_tail=True if tail is None else tail,
             kafka_config=kafka_config,
             schema_path=_in_repo(schema) if schema else None,
+            input_path=input_path,
             embedded_dir=_in_repo(env_str(env, "FINK_VRA_EMBEDDED_DIR") or "data/fink"),
             embedded_glob=env_str(env, "FINK_VRA_EMBEDDED_GLOB") or "fink_ztf*.avro",
             stream_filter=bool(brokers) if stream_filter is None else stream_filter,
@@ -152,6 +162,8 @@ class AlertItem:
     origin: Origin
     payload: bytes  # the message it came in, kept for dead letters
     sherlock: Optional[SherlockMatch] = None
+    # Features the input lacks the fields for (a Parquet file without them): NaN.
+    unavailable: frozenset = frozenset()
 
 
 Routed = Union[AlertItem, DeadLetter]
@@ -374,7 +386,7 @@ def lookup_sherlock(
                 "sherlock", f"sherlock_unavailable: {exc}", item.origin,
                 candid=item.alert.get("candid"), object_id=item.alert.get("objectId"), payload=item.payload,
             )
-    return cached, AlertItem(item.alert, item.origin, item.payload, sherlock=cached)
+    return cached, replace(item, sherlock=cached)
 
 
 def kept_by_sherlock(item: AlertItem) -> bool:
@@ -406,7 +418,9 @@ def feature_row(ebv_lookup, item: AlertItem) -> Union[dict, DeadLetter]:
         cand = alert["candidate"]
         ebv = ebv_or_nan(ebv_lookup, float(cand["ra"]), float(cand["dec"]))
         sep = item.sherlock.sep_arcsec if item.sherlock is not None else None
-        return alert_features(alert, sherlock=sep, ebv=ebv)
+        row = alert_features(alert, sherlock=sep, ebv=ebv)
+        row.update(dict.fromkeys(item.unavailable, math.nan))
+        return row
     except Exception as exc:  # a bad alert must not stop the flow
         return dead_letter(
             "features", f"features_failed: {type(exc).__name__}: {exc}", item.origin,
