@@ -386,3 +386,15 @@ def predict_proba(model: OracleModel, ts: np.ndarray, lengths: np.ndarray,
     with torch.inference_mode():
         logits = model(ts_t, lengths_t, static_t, stamps_t)
     return model.taxonomy.class_probabilities(logits.numpy())
+
+
+def weights_sha12(path) -> str:
+    """First 12 hex digits of the checkpoint file's SHA-256: names the exact weights
+    in results (`ORACLE-<kind>:<file>@<sha12>`) and backfill file names."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]

@@ -4,6 +4,7 @@ alerts, the ELAsTiCCv2-lite checkpoint, and the 26-node probabilities it writes.
 from __future__ import annotations
 
 import copy
+import hashlib
 import runpy
 
 import numpy as np
@@ -66,7 +67,8 @@ def test_embedded_default_writes_a_row_for_every_passing_alert(single):
     assert rows.candid.is_unique
     assert set(rows.candid) == passing
     assert list(rows.columns[3:3 + len(LSST_TAXONOMY)]) == list(LSST_TAXONOMY.nodes)
-    assert (rows.model == "ORACLE-lsst_lite:best_model_f1_lsst.pth").all()
+    sha12 = hashlib.sha256(LSST.weights.read_bytes()).hexdigest()[:12]  # the weights, named exactly
+    assert (rows.model == f"ORACLE-lsst_lite:best_model_f1_lsst.pth@{sha12}").all()
     assert [d["stage"] for d in letters] == ["parse"] * malformed, "only the malformed messages are dead letters"
 
 
