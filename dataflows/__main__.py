@@ -479,6 +479,8 @@ def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0)
         except Exception as exc:  # noqa: BLE001 - ModelLoadError, a corrupt file, a wrong kind
             out.append(CheckResult("weights", False, f"{settings.weights}: {_short(exc)}",
                                    f"set {weights_var} to an ORACLE checkpoint, or ORACLE_MODEL_KIND to its kind"))
+    if settings.shadow_weights is not None:
+        out.append(check_shadow(survey, settings.shadow_weights))
     if settings.kafka is not None:
         k = settings.kafka
         out.append(check_kafka(k.brokers, k.topic, k.client_config, timeout_s, settings.redact))
@@ -504,6 +506,18 @@ def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0)
     if rec is not None:
         out.append(rec)
     return out
+
+
+def check_shadow(survey, weights: Path) -> CheckResult:
+    from dataflows.oracle import load_survey_model
+
+    var = f"ORACLE_{survey.name}_SHADOW_WEIGHTS"
+    try:
+        model = load_survey_model(survey, weights, None, var)
+    except Exception as exc:  # noqa: BLE001 - ModelLoadError, a corrupt file
+        return CheckResult("shadow", False, _short(exc), f"set {var} to an ORACLE {survey.name} checkpoint, or unset it")
+    return CheckResult("shadow", True, f"{weights}: ORACLE {model.kind}; rows to oracle_{survey.name.lower()}"
+                                       f"_shadow_results.csv, never posted")
 
 
 def check_mongo(settings, survey, model=None) -> CheckResult:

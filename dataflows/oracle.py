@@ -7,7 +7,10 @@
 (`operators/config.py`): with `KAFKA_BROKERS` it follows the survey's BOOM
 filter-results topic until stopped; otherwise it replays the bundled sample and
 exits. With `MONGODB_URI` or `BOOM_DATABASE__HOST` it enriches from BOOM's
-MongoDB; otherwise from the bundled documents.
+MongoDB; otherwise from the bundled documents. With `ORACLE_<SURVEY>_SHADOW_WEIGHTS`
+a second model classifies the same inputs (step `shadow`, before `classify`) into
+the shadow CSV and nowhere else. `classify_steps` and `write_outputs` are shared
+with backfills (dataflows/backfill.py).
 """
 
 from __future__ import annotations
@@ -136,8 +139,9 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
                     settings.batch_size, timedelta(seconds=settings.batch_timeout_s))
     work = op.map("start", op.key_rm("unkey", batches), steps.start_batch)
     work = classify_steps(work, survey, model, name, lazy_store, fritz, settings.fritz, shadow)
+    extra_dead = [unparsed] + ([consumer_errors] if consumer_errors is not None else [])
     write_outputs(work, survey, settings.results_csv, settings.deadletters, fritz=fritz, settings=settings,
-                  slack=settings.slack.enabled, extra_dead=[unparsed, *([consumer_errors] if consumer_errors else [])])
+                  slack=settings.slack.enabled, extra_dead=extra_dead)
     if shadow is not None:
         op.output("shadow_csv", op.map("key_shadow", op.flat_map("shadow_results", work, steps.shadow_of), keyed),
                   results_csv_sink(settings.shadow_results_csv, survey.taxonomy))

@@ -81,3 +81,14 @@ def test_wrong_shadow_weights_stop_the_flow_with_the_variable_named(tmp_path):
         run(tmp_path / "missing", ORACLE_ZTF_SHADOW_WEIGHTS=tmp_path / "nope.pth")
     with pytest.raises(ModelLoadError, match="ORACLE_ZTF_SHADOW_WEIGHTS"):
         run(tmp_path / "lsst", ORACLE_ZTF_SHADOW_WEIGHTS=LSST.weights)
+
+
+def test_check_reports_the_shadow_weights(tmp_path):
+    from dataflows.__main__ import run_checks
+
+    env = {"ALERTFLOW_RESULTS_DIR": str(tmp_path / "r"), "ALERTFLOW_LOGS_DIR": str(tmp_path / "l")}
+    good = {r.name: r for r in run_checks("ztf", {**env, "ORACLE_ZTF_SHADOW_WEIGHTS": str(ZTF.weights)})}
+    assert good["shadow"].ok and "never posted" in good["shadow"].detail
+    bad = {r.name: r for r in run_checks("ztf", {**env, "ORACLE_ZTF_SHADOW_WEIGHTS": str(LSST.weights)})}
+    assert not bad["shadow"].ok and "ORACLE_ZTF_SHADOW_WEIGHTS" in bad["shadow"].line()
+    assert "shadow" not in {r.name for r in run_checks("ztf", env)}
