@@ -107,10 +107,10 @@ def outputs(settings: Settings, job: Job, sha12: str) -> tuple[Path, Path]:
 
 
 def recovery_dir(settings: Settings, results_csv: Path, job: Job) -> Path:
-    """One directory per job (window, weights, narrowing): the same command resumes."""
-    name = results_csv.stem
-    if job.narrowing is not None:
-        name += "-" + hashlib.sha256(json.dumps(job.narrowing, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    """One directory per job (window, weights, narrowing, output file): the same command
+    resumes; the same job writing elsewhere (another ALERTFLOW_RESULTS_DIR) starts afresh."""
+    key = json.dumps({"narrowing": job.narrowing, "csv": str(results_csv.resolve())}, sort_keys=True, default=str)
+    name = f"{results_csv.stem}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
     return Path(settings.recovery_dir).parent / "backfill" / name
 
 
