@@ -70,6 +70,7 @@ DESCRIPTIONS = {
     "MONGODB_RETRIES": "attempts per batch before the flow stops on a store outage; 0: wait until MongoDB is back",
     "ORACLE_FILTER": "BOOM filter whose passing alerts are classified",
     "ORACLE_{survey.name}_WEIGHTS": "ORACLE checkpoint (.pth)",
+    "ORACLE_{survey.name}_SHADOW_WEIGHTS": "a second checkpoint run on the same batches into oracle_<survey>_shadow_results.csv; never posts",
     "ORACLE_MODEL_KIND": "btsv2, lsst_lite or omni; unset: detected from the checkpoint",
     "ORACLE_BATCH_SIZE": "alerts per model batch (at most)",
     "ORACLE_BATCH_TIMEOUT_S": "seconds a partial batch waits before it is classified",
@@ -310,12 +311,14 @@ def flow_available(info: FlowInfo) -> tuple[bool, str]:
 # ------------------------------------------------------------------ help
 
 USAGE = """\
-usage: python -m dataflows [--help] {check,run} FLOW [ARGS...]
+usage: python -m dataflows [--help] {check,run,backfill,compare} FLOW [ARGS...]
        python -m dataflows FLOW [ARGS...]          (= run FLOW)
 
   check FLOW         check the configuration before a night; one line per check, exit 1 on any FAIL
   run FLOW [ARGS]    python -m bytewax.run dataflows.FLOW [ARGS]: ARGS are bytewax's own
                      (-w N workers per process; -i ID -a "hostA:2101;hostB:2101" for a cluster)
+  backfill SURVEY --since T --until T [...]   classify past alert documents (backfill --help)
+  compare A.csv B.csv [--html out.html]       what changed between two results files (compare --help)
 """
 
 
@@ -477,6 +480,8 @@ def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0)
         except Exception as exc:  # noqa: BLE001 - ModelLoadError, a corrupt file, a wrong kind
             out.append(CheckResult("weights", False, f"{settings.weights}: {_short(exc)}",
                                    f"set {weights_var} to an ORACLE checkpoint, or ORACLE_MODEL_KIND to its kind"))
+    if settings.shadow_weights is not None:
+        out.append(check_shadow(survey, settings.shadow_weights))
     if settings.kafka is not None:
         k = settings.kafka
         out.append(check_kafka(k.brokers, k.topic, k.client_config, timeout_s, settings.redact))
@@ -502,6 +507,18 @@ def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0)
     if rec is not None:
         out.append(rec)
     return out
+
+
+def check_shadow(survey, weights: Path) -> CheckResult:
+    from dataflows.oracle import load_survey_model
+
+    var = f"ORACLE_{survey.name}_SHADOW_WEIGHTS"
+    try:
+        model = load_survey_model(survey, weights, None, var)
+    except Exception as exc:  # noqa: BLE001 - ModelLoadError, a corrupt file
+        return CheckResult("shadow", False, _short(exc), f"set {var} to an ORACLE {survey.name} checkpoint, or unset it")
+    return CheckResult("shadow", True, f"{weights}: ORACLE {model.kind}; rows to oracle_{survey.name.lower()}"
+                                       f"_shadow_results.csv, never posted")
 
 
 def check_mongo(settings, survey, model=None) -> CheckResult:
@@ -666,6 +683,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("usage: python -m dataflows run FLOW [bytewax.run options]", file=sys.stderr)
             return 2
         return run(rest[0], rest[1:])
+    if command == "backfill":
+        from dataflows.backfill import main as backfill
+
+        return backfill(rest)
+    if command == "compare":
+        from operators.compare import main as compare
+
+        return compare(rest)
     if command in FLOWS:
         return run(command, rest)
     print(f"unknown command or flow {command!r}\n", file=sys.stderr)

@@ -7,7 +7,10 @@
 (`operators/config.py`): with `KAFKA_BROKERS` it follows the survey's BOOM
 filter-results topic until stopped; otherwise it replays the bundled sample and
 exits. With `MONGODB_URI` or `BOOM_DATABASE__HOST` it enriches from BOOM's
-MongoDB; otherwise from the bundled documents.
+MongoDB; otherwise from the bundled documents. With `ORACLE_<SURVEY>_SHADOW_WEIGHTS`
+a second model classifies the same inputs (step `shadow`, before `classify`) into
+the shadow CSV and nowhere else. `classify_steps` and `write_outputs` are shared
+with backfills (dataflows/backfill.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from functools import partial
+from pathlib import Path
 from typing import Optional
 
 import bytewax.operators as op
@@ -95,17 +99,17 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     # Workers are threads sharing the model; more intra-op threads per forward pass mostly
     # contend with them. Processes (-i/-a) are the way to use more cores.
     torch.set_num_threads(settings.torch_threads)
-    model = load_oracle(settings.weights, settings.model_kind)
-    if model.taxonomy.nodes != survey.taxonomy.nodes:
-        raise ModelLoadError(
-            f"{settings.weights} is a {model.taxonomy.name} model ({len(model.taxonomy)} classes), but the "
-            f"{survey.name} flow needs {survey.taxonomy.name} ({len(survey.taxonomy)} classes): point "
-            f"ORACLE_{survey.name}_WEIGHTS at a {survey.name} checkpoint")
-    model_name = model_label(model, settings.weights)
+    model = load_survey_model(survey, settings.weights, settings.model_kind, f"ORACLE_{survey.name}_WEIGHTS")
+    name = model_label(model, settings.weights)
+    shadow = None
+    if settings.shadow_weights is not None:
+        shadow_model = load_survey_model(survey, settings.shadow_weights, None, f"ORACLE_{survey.name}_SHADOW_WEIGHTS")
+        shadow = (shadow_model, model_label(shadow_model, settings.shadow_weights))
     lazy_store = steps.Lazy((lambda: store) if store is not None else partial(make_store, settings, survey))
     metrics.start_exporter(settings.metrics_port)
     fritz = FritzClient(settings.fritz) if settings.fritz.enabled and survey.name in FRITZ_SURVEYS else None
-    log.info("%s flow: filter %r, model %s, input %s, store %s", survey.name, settings.filter_name, model_name,
+    log.info("%s flow: filter %r, model %s%s, input %s, store %s", survey.name, settings.filter_name, name,
+             f" (shadow {shadow[1]} -> {settings.shadow_results_csv})" if shadow else "",
              "kafka " + ",".join(settings.kafka.brokers) + f" topic {settings.kafka.topic}" if settings.kafka else "bundled sample",
              settings.mongo.describe() if settings.mongo else "bundled documents")
 
@@ -126,29 +130,62 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
         consumer_errors = None
 
     messages = op.inspect("count_in", messages, partial(count_message, survey.name))
-    parsed = op.map("parse", messages, partial(parse_message, keep_template=model.needs_stamp))
+    needs_stamp = model.needs_stamp or (shadow is not None and shadow[0].needs_stamp)
+    parsed = op.map("parse", messages, partial(parse_message, keep_template=needs_stamp))
     split = op.branch("parsed_ok", parsed, is_alert)
     alerts, unparsed = split.trues, split.falses
     wanted = op.filter("passed_filter", alerts, partial(steps.passed_filter, survey.name, settings.filter_name))
     batches = batch("batch", op.key_on("shard", wanted, partial(steps.shard_of, settings.shards)),
                     settings.batch_size, timedelta(seconds=settings.batch_timeout_s))
     work = op.map("start", op.key_rm("unkey", batches), steps.start_batch)
-    work = op.map("enrich", work, partial(steps.enrich, lazy_store.get, with_cutouts=model.needs_stamp))
-    work = op.map("build_inputs", work, partial(steps.build_inputs, survey.build_inputs, with_stamp=model.needs_stamp))
-    work = op.map("classify", work, partial(steps.classify, model, predict_proba, model_name, survey.name))
+    work = classify_steps(work, survey, model, name, lazy_store, fritz, settings.fritz, shadow)
+    extra_dead = [unparsed] + ([consumer_errors] if consumer_errors is not None else [])
+    write_outputs(work, survey, settings.results_csv, settings.deadletters, fritz=fritz, settings=settings,
+                  slack=settings.slack.enabled, extra_dead=extra_dead)
+    if shadow is not None:
+        op.output("shadow_csv", op.map("key_shadow", op.flat_map("shadow_results", work, steps.shadow_of), keyed),
+                  results_csv_sink(settings.shadow_results_csv, survey.taxonomy))
+    return flow
+
+
+def load_survey_model(survey: Survey, weights: Path, kind: Optional[str], variable: str):
+    """The ORACLE model in `weights`, refused (one line naming `variable`) when it does not
+    exist or is not a model of the survey's taxonomy."""
+    if not Path(weights).is_file():
+        raise ModelLoadError(f"{weights} does not exist: set {variable} to an ORACLE {survey.name} checkpoint (.pth)")
+    model = load_oracle(weights, kind)
+    if model.taxonomy.nodes != survey.taxonomy.nodes:
+        raise ModelLoadError(
+            f"{weights} is a {model.taxonomy.name} model ({len(model.taxonomy)} classes), but the "
+            f"{survey.name} flow needs {survey.taxonomy.name} ({len(survey.taxonomy)} classes): point "
+            f"{variable} at a {survey.name} checkpoint")
+    return model
+
+
+def classify_steps(work, survey: Survey, model, name: str, lazy_store, fritz=None, fritz_config=None, shadow=None):
+    """Batches (`Batch`) → enrich → build inputs → [shadow] → classify → [Fritz context] → log line.
+    Shared by the live flow and backfills (dataflows/backfill.py)."""
+    needs_stamp = model.needs_stamp or (shadow is not None and shadow[0].needs_stamp)
+    work = op.map("enrich", work, partial(steps.enrich, lazy_store.get, with_cutouts=needs_stamp))
+    work = op.map("build_inputs", work, partial(steps.build_inputs, survey.build_inputs, with_stamp=needs_stamp))
+    if shadow is not None:
+        work = op.map("shadow", work, partial(steps.shadow, shadow[0], predict_proba, shadow[1], survey.name))
+    work = op.map("classify", work, partial(steps.classify, model, predict_proba, name, survey.name))
     if fritz is not None:
-        work = op.map("fritz_context", work, partial(steps.add_fritz_context, fritz, settings.fritz.context_timeout))
-    work = op.map("log_batch", work, partial(steps.log_batch, survey.name))
+        work = op.map("fritz_context", work, partial(steps.add_fritz_context, fritz, fritz_config.context_timeout))
+    return op.map("log_batch", work, partial(steps.log_batch, survey.name))
+
+
+def write_outputs(work, survey: Survey, results_csv: Path, deadletters: Path, *, settings: Settings,
+                  fritz=None, slack: bool = False, extra_dead=()) -> None:
+    """Results CSV (+ Fritz annotations, Slack posts) and the dead-letter file."""
     results = op.flat_map("results", work, steps.results_of)
     op.output("csv", op.map("key_results", results, keyed), results_csv_sink(
-        settings.results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name)))
+        results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name)))
     if fritz is not None:
         op.output("fritz", results, FritzAnnotationSink(settings.fritz, survey.taxonomy, client=fritz))
-    if settings.slack.enabled:
+    if slack:
         op.output("slack", op.map("key_slack", results, keyed), SlackSink(settings.slack, survey.taxonomy, fritz=fritz))
-
-    dead = op.merge("dead", unparsed, op.flat_map("batch_dead", work, steps.dead_of),
-                    *([consumer_errors] if consumer_errors is not None else []))
+    dead = op.merge("dead", *extra_dead, op.flat_map("batch_dead", work, steps.dead_of))
     dead = op.inspect("count_dead", dead, partial(count_dead_letter, survey.name))
-    op.output("dead_letters", op.map("key_dead", dead, keyed), dead_letter_sink(settings.deadletters))
-    return flow
+    op.output("dead_letters", op.map("key_dead", dead, keyed), dead_letter_sink(deadletters))

@@ -334,7 +334,7 @@ def weights_sha256(path: str | os.PathLike) -> str:
 def model_label(model: OracleModel, path: str | os.PathLike) -> str:
     """What the results' `model` column says: `ORACLE-btsv2:best_model_f1_ztf.pth@f1e3353cb6c0`
     (kind, file name, first 12 hex digits of the file's sha256)."""
-    return f"ORACLE-{model.kind}:{Path(path).name}@{weights_sha256(path)[:12]}"
+    return f"ORACLE-{model.kind}:{Path(path).name}@{weights_sha12(path)}"
 
 
 def load_oracle(path: str | os.PathLike, kind: str | None = None) -> OracleModel:
@@ -406,3 +406,8 @@ def predict_proba(model: OracleModel, ts: np.ndarray, lengths: np.ndarray,
     with torch.inference_mode():
         logits = model(ts_t, lengths_t, static_t, stamps_t)
     return model.taxonomy.class_probabilities(logits.numpy())
+
+
+def weights_sha12(path) -> str:
+    """First 12 hex digits of the checkpoint's sha256 (results' `model` column, backfill file names)."""
+    return weights_sha256(path)[:12]

@@ -67,6 +67,10 @@ def env_bool(env: Mapping[str, str], name: str, default: Optional[bool]) -> Opti
     raise ConfigError(f"{name}={raw!r}: use true or false")
 
 
+def _path_or_none(value: Optional[str]) -> Optional[Path]:
+    return Path(value) if value else None
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     """Where the filter-results topic lives. Extra librdkafka settings pass through
@@ -150,10 +154,15 @@ class Settings:
     fritz: Optional["FritzConfig"] = None
     slack: Optional["SlackConfig"] = None
     metrics_port: Optional[int] = None
+    shadow_weights: Optional[Path] = None  # a second model on the same batches; never posts
 
     @property
     def results_csv(self) -> Path:
         return self.results_dir / f"oracle_{self.survey.lower()}_results.csv"
+
+    @property
+    def shadow_results_csv(self) -> Path:
+        return self.results_dir / f"oracle_{self.survey.lower()}_shadow_results.csv"
 
     @property
     def deadletters(self) -> Path:
@@ -249,4 +258,5 @@ class Settings:
             fritz=FritzConfig.from_env(env),
             slack=SlackConfig.from_env(env),
             metrics_port=metrics_port(env),
+            shadow_weights=_path_or_none(env_str(env, f"ORACLE_{survey.name}_SHADOW_WEIGHTS")),
         )

@@ -24,7 +24,7 @@ number of time series.
     alertflow_fritz_requests_total{flow,survey,outcome}     Fritz requests: success, failure, retry, ...
     alertflow_slack_posts_total{flow,survey,outcome}        Slack posts: success, failure, retry, ...
     alertflow_batch_size{flow,survey}                       histogram: alerts per model batch
-    alertflow_stage_seconds{flow,survey,stage}              histogram: time per batch in enrich / inputs / model
+    alertflow_stage_seconds{flow,survey,stage}              histogram: time per batch in enrich / inputs / model / shadow
     alertflow_end_to_end_latency_seconds{flow,survey}       histogram: Kafka append time -> results file
     alertflow_last_batch_timestamp_seconds{flow,survey}     gauge: when the last batch finished (stall alarms)
 """
@@ -57,7 +57,7 @@ FRITZ = Counter("alertflow_fritz_requests", "Fritz requests by outcome.", (*_BAS
 SLACK = Counter("alertflow_slack_posts", "Slack posts by outcome.", (*_BASE, "outcome"))
 BATCH_SIZE = Histogram("alertflow_batch_size", "Alerts per model batch.", _BASE,
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096))
-STAGE_SECONDS = Histogram("alertflow_stage_seconds", "Time per batch spent in a stage (enrich, inputs, model).",
+STAGE_SECONDS = Histogram("alertflow_stage_seconds", "Time per batch spent in a stage (enrich, inputs, model, shadow).",
                           (*_BASE, "stage"),
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 LATENCY = Histogram("alertflow_end_to_end_latency_seconds",

@@ -35,6 +35,7 @@ class Batch:
     dead: list[DeadLetter] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     size_in: int = 0
+    shadow: list = field(default_factory=list)  # the shadow model's Results for the same alerts
 
 
 class Lazy:
@@ -140,6 +141,22 @@ def classify(model, predict: Callable, model_name: str, survey: str, batch: Batc
     return replace(batch, items=results, dead=dead, timings={**batch.timings, "model": time.perf_counter() - t0})
 
 
+def shadow(model, predict: Callable, model_name: str, survey: str, batch: Batch) -> Batch:
+    """The shadow model on the batch's inputs (before `classify`): its Results go to
+    `Batch.shadow`, its time to the `shadow` stage; the batch itself is unchanged,
+    so the main model's rows, dead letters and posts never depend on it."""
+    t0 = time.perf_counter()
+    out = classify(model, predict, model_name, survey, replace(batch, dead=[]))
+    if out.dead:
+        log.warning("%s shadow model %s: %d alert(s) without a finite output, left out of the shadow CSV",
+                    survey, model_name, len(out.dead))
+    return replace(batch, shadow=out.items, timings={**batch.timings, "shadow": time.perf_counter() - t0})
+
+
+def shadow_of(batch: Batch) -> list[Result]:
+    return batch.shadow
+
+
 def add_fritz_context(fritz, wait_s: float, batch: Batch) -> Batch:
     """What humans already said on Fritz, per result (`fritz_classifications`).
 
@@ -160,9 +177,10 @@ def log_batch(survey: str, batch: Batch) -> Batch:
     metrics.maybe_log_summary(survey)
     t = batch.timings
     log.info(
-        "%s batch: %d in, %d classified, %d dead-lettered | enrich %.1f ms, inputs %.1f ms, model %.1f ms",
+        "%s batch: %d in, %d classified, %d dead-lettered | enrich %.1f ms, inputs %.1f ms, model %.1f ms%s",
         survey, batch.size_in, len(batch.items), len(batch.dead),
         1e3 * t.get("enrich", 0), 1e3 * t.get("inputs", 0), 1e3 * t.get("model", 0),
+        f", shadow {1e3 * t['shadow']:.1f} ms" if "shadow" in t else "",
     )
     return batch
 

@@ -36,10 +36,22 @@ class Survey:
     object_url: Callable[[str], str]
     slack_channel_env: str
     input_options: tuple[str, ...] = ()  # Settings fields passed to build_inputs as keywords
+    # Where a person looks at an object (compare reports); `object_url` when unset.
+    source_url: Optional[Callable[[str], str]] = None
+    # Alert-document field holding the alert's time as a JD (backfill windows). BOOM writes
+    # `candidate.jd` (UTC) on LSST documents too, beside the DiaSource's `midpointMjdTai` (TAI).
+    time_field: str = "candidate.jd"
+
+    def link(self, object_id: str) -> str:
+        return (self.source_url or self.object_url)(object_id)
 
 
 def fritz_alert_url(object_id: str) -> str:
     return f"https://fritz.science/alerts/ztf/{object_id}"
+
+
+def fritz_source_url(object_id: str) -> str:
+    return f"https://fritz.science/source/{object_id}"
 
 
 ZTF = Survey(
@@ -58,6 +70,7 @@ ZTF = Survey(
     weights=DATA_DIR / "best_model_f1_ztf.pth",
     sample_dir=DATA_DIR / "ztf_sample",
     object_url=fritz_alert_url,
+    source_url=fritz_source_url,
     slack_channel_env="SLACK_ORACLE_CHANNEL_ID",
 )
 

@@ -115,14 +115,24 @@ def render_tree(
     highlight: Optional[str] = None,
     fontsize: float = 12.0,
     dpi: float = 100.0,
+    shading: Optional[Mapping[str, str]] = None,
+    value_text: Optional[Mapping[str, str]] = None,
 ) -> Figure:
     """The probability tree as a matplotlib Figure (Agg canvas attached).
 
     `highlight` names the leaf whose path from the root is drawn in the path
-    colour; by default the most probable leaf.
+    colour; by default the most probable leaf. `shading` (node -> colour) fills
+    those nodes' boxes with a colour instead of the probability bar, and
+    `value_text` (node -> text) replaces their probability (e.g. a mean shift
+    between two models, `operators/compare.py`).
     """
     n = len(taxonomy.nodes)
     probs = [_prob(probabilities, taxonomy, i) for i in range(n)]
+    shading, value_text = shading or {}, value_text or {}
+
+    def shown(i: int) -> str:
+        return value_text.get(taxonomy.nodes[i], format_probability(probs[i]))
+
     if highlight is None:
         known = [(probs[i], i) for i in taxonomy.leaves if probs[i] is not None]
         highlight = taxonomy.nodes[max(known)[1]] if known else None
@@ -151,7 +161,7 @@ def render_tree(
     for i in range(n):
         weight = "bold" if i in on_path else "normal"
         w = (text_width_in(taxonomy.nodes[i], fontweight=weight) + gap_label
-             + text_width_in(format_probability(probs[i]), fontweight=weight) + 2 * pad)
+             + text_width_in(shown(i), fontweight=weight) + 2 * pad)
         col_w[depth[i]] = max(col_w[depth[i]], w)
     col_x = [margin]
     for c in range(1, n_cols):
@@ -225,13 +235,13 @@ def render_tree(
                 w,
                 box_h,
                 boxstyle="round,pad=0,rounding_size=0.04",
-                facecolor=BOX_BG,
+                facecolor=shading.get(taxonomy.nodes[i], BOX_BG),
                 edgecolor=OUTLINE_PATH if path else OUTLINE,
                 linewidth=1.8 if path else 0.8,
                 zorder=2,
             )
         )
-        if p is not None and p > 0:
+        if p is not None and p > 0 and taxonomy.nodes[i] not in shading:
             ax.add_patch(
                 Rectangle(
                     (x, y - box_h / 2),
@@ -242,12 +252,12 @@ def render_tree(
                     zorder=3,
                 )
             )
-        faint = p is None or p < 0.005  # shown as <0.01, 0.00 or n/a
+        faint = (p is None or p < 0.005) and taxonomy.nodes[i] not in value_text  # <0.01, 0.00 or n/a
         color = FAINT_TEXT if faint and not path else "black"
         weight = "bold" if path else "normal"
         ax.text(x + pad, y, taxonomy.nodes[i], ha="left", va="center_baseline",
                 fontsize=fontsize, color=color, fontweight=weight, zorder=4)
-        ax.text(x + w - pad, y, format_probability(p), ha="right", va="center_baseline",
+        ax.text(x + w - pad, y, shown(i), ha="right", va="center_baseline",
                 fontsize=fontsize, color=color, fontweight=weight, zorder=4)
 
     y_text = height - margin

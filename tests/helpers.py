@@ -51,3 +51,16 @@ def sample_truth(survey: Survey) -> tuple[set, set, int]:
     that do not, and how many messages are malformed (literal, see SAMPLE_TRUTH)."""
     truth = SAMPLE_TRUTH[survey.name]
     return set(truth["passing"]), set(truth["failing"]), len(truth["malformed_offsets"])
+
+
+def perturbed_weights(src: Path, dst: Path, scale: float = 0.05, seed: int = 0) -> Path:
+    """Another checkpoint of the same network: `src` with seeded noise on its matrices
+    (a stand-in for retrained weights; the outputs move, the architecture does not)."""
+    import torch
+
+    state = torch.load(src, map_location="cpu", weights_only=False)
+    g = torch.Generator().manual_seed(seed)
+    out = {k: v + scale * v.std() * torch.randn(v.shape, generator=g) if v.is_floating_point() and v.ndim > 1 else v
+           for k, v in state.items()}
+    torch.save(out, dst)
+    return dst
