@@ -196,9 +196,9 @@ def check_image_head(layout, state: dict | None = None, prefix: str = IMAGE_HEAD
     """Raise ValueError naming the layout unless a GELU (and at most one Dropout) can sit
     between consecutive Linear layers that chain 512 -> ... -> 16 from head index 3."""
     def fail(why: str):
-        raise ValueError(f"unknown Omni {describe_image_head(layout)} ({why}); known upstream layouts: "
-                         f"{describe_image_head(NEW_ARCH_IMAGE_HEAD)} (new_arch), or Linear layers at 3,5,8,10 "
-                         "(a Dropout after the second GELU)")
+        raise ValueError(f"unknown layout of the Omni image head, found {describe_image_head(layout)} ({why}); "
+                         "upstream's have Linear layers at 3,5,7,9: 512->256->128->64->16 (new_arch) or at "
+                         "3,5,8,10 (a Dropout after the second GELU)")
 
     if not layout:
         fail(f"no {prefix}N.weight of a Linear layer")
