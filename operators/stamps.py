@@ -45,15 +45,14 @@ BAND_CHANNEL = {1: 0, 2: 1, 3: 2}  # ZTF fid (g, r, i) → channel, the deployme
 TEMPLATE = "template"
 
 
-def band_channel(ts: np.ndarray) -> Optional[int]:
-    """Channel of the band of a ZTF light curve's last point (the `[T, 5]` series is
-    sorted by time; its fourth column is the band's wavelength in µm)."""
-    from operators.ztf_inputs import ZTF_BAND_WAVELENGTH_UM
-
+def band_channel(ts: np.ndarray, wavelengths_um: dict) -> Optional[int]:
+    """Channel of the band of a ZTF light curve's last point. The `[T, 5]` series is
+    sorted by time and its fourth column is the band's wavelength, which
+    `wavelengths_um` (fid → µm) turns back into a filter id."""
     if len(ts) == 0:
         return None
     wavelength = float(ts[-1, 3])
-    for fid, um in ZTF_BAND_WAVELENGTH_UM.items():
+    for fid, um in wavelengths_um.items():
         if abs(um - wavelength) < 1e-4:
             return BAND_CHANNEL.get(fid)
     return None

@@ -129,5 +129,5 @@ def ztf_inputs(alert: dict, aux: Optional[dict], cutout: Optional[dict] = None, 
         from operators.stamps import band_channel, ztf_stamp  # image models only
 
         # The band of the light curve's last point, not the candidate's fid, as the deployed Omni.
-        stamp, stamp_status = ztf_stamp(cutout, band_channel(ts))
+        stamp, stamp_status = ztf_stamp(cutout, band_channel(ts, ZTF_BAND_WAVELENGTH_UM))
     return ModelInputs(ts=ts, static=static_features(alert, aux), stamp=stamp, stamp_status=stamp_status)

@@ -34,6 +34,9 @@ from operators.surveys import ZTF
 from operators.ztf_inputs import ztf_inputs
 from tests.helpers import sample_truth, settings_for
 
+# The real ZTF templates' headers are not quite standard FITS; astropy warns, the deployment ignores it.
+pytestmark = pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")
+
 SAMPLE = DATA_DIR / "ztf_sample"
 DEPLOYMENT_BAND_TO_CHANNEL = {"g": 0, "r": 1, "i": 2}
 EDGE = 3367504081715010000  # ZTF26aaoqcvo: a real CCD-edge template of 58x63 pixels, in the passing set
