@@ -6,7 +6,8 @@ Re-implementation of the networks of ORACLE (dev-ved30/Oracle, branch new_arch,
 * "btsv2"     `GRU_MD_Improved`: light curve + 30 static features -> ZTF taxonomy.
 * "lsst_lite" `GRU_Improved`: light curve only -> ELAsTiCC/LSST taxonomy.
 * "omni"      `GRU_MD_MM_Improved`: the BTSv2 network plus a ConvNeXt-pico image
-              network on the 3x63x63 reference stamp, fused by a small MLP.
+              network on the 3x63x63 reference stamp (`models/oracle_image.py`, its
+              head built from the checkpoint), fused by a small MLP.
 
 Shared light-curve network (all ops in this order; dropout is an eval no-op and
 is left out):
@@ -37,12 +38,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models.convnext import GlobalAvgPool, LayerNorm2d, convnext_pico
+from models.oracle_image import (  # noqa: F401 - describe_image_head is part of this module's interface
+    IMAGE_HEAD_PREFIX, LATENT_DIM, NEW_ARCH_IMAGE_HEAD, StampNetwork, check_image_head, describe_image_head,
+    image_head_layout,
+)
 from models.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY, Taxonomy
 
 KINDS = ("btsv2", "lsst_lite", "omni")
-LATENT_DIM = 16
-STAMP_SIZE = 224  # upstream upsamples the 63x63 stamps to the ConvNeXt's native size
 _TAXONOMIES = {len(ZTF_TAXONOMY): ZTF_TAXONOMY, len(LSST_TAXONOMY): LSST_TAXONOMY}
 _DEFAULT_NODES = {"btsv2": len(ZTF_TAXONOMY), "lsst_lite": len(LSST_TAXONOMY), "omni": len(ZTF_TAXONOMY)}
 
@@ -161,94 +163,6 @@ class LightCurveOracle(OracleModel):
         if ts.shape[0] == 0:
             return ts.new_zeros((0, self.n_nodes))
         return self.fc_out(F.gelu(self.latent(ts, lengths, static)))
-
-
-# Omni's image head, as (head index, in, out) of each Linear. Upstream's `ConvNeXt`
-# replaces timm's head with pool (0), LayerNorm2d (1), flatten (2), then an MLP:
-#   new_arch today (96b175a on): Linear(512,256) GELU Linear(256,128) GELU Linear(128,64) GELU Linear(64,16)
-#   earlier commits (48611ad..bea9934) add a Dropout after the second GELU: Linear at 3, 5, 8, 10.
-# The deployed Omni pins a commit that is not public, so the head is built from the checkpoint.
-NEW_ARCH_IMAGE_HEAD = ((3, 512, 256), (5, 256, 128), (7, 128, 64), (9, 64, LATENT_DIM))
-IMAGE_HEAD_PREFIX = "image_spine.convnext.head."
-_TRUNK_WIDTH = 512  # convnext_pico's last stage
-
-
-def image_head_layout(state: dict, prefix: str = IMAGE_HEAD_PREFIX) -> tuple:
-    """`(index, in, out)` of every Linear (2-d `head.N.weight`) in a checkpoint's image head."""
-    layers = []
-    for key, value in state.items():
-        index = key[len(prefix):-len(".weight")] if key.startswith(prefix) and key.endswith(".weight") else ""
-        if index.isdigit() and value.ndim == 2:
-            layers.append((int(index), int(value.shape[1]), int(value.shape[0])))
-    return tuple(sorted(layers))
-
-
-def describe_image_head(layout) -> str:
-    """`image head Linear layers at 3,5,7,9: 512->256->128->64->16`."""
-    if not layout:
-        return "image head without Linear layers"
-    at = ",".join(str(i) for i, _, _ in layout)
-    widths = "->".join([str(layout[0][1])] + [str(o) for _, _, o in layout])
-    return f"image head Linear layers at {at}: {widths}"
-
-
-def check_image_head(layout, state: dict | None = None, prefix: str = IMAGE_HEAD_PREFIX) -> None:
-    """Raise ValueError naming the layout unless a GELU (and at most one Dropout) can sit
-    between consecutive Linear layers that chain 512 -> ... -> 16 from head index 3."""
-    def fail(why: str):
-        raise ValueError(f"unknown layout of the Omni image head, found {describe_image_head(layout)} ({why}); "
-                         "upstream's have Linear layers at 3,5,7,9: 512->256->128->64->16 (new_arch) or at "
-                         "3,5,8,10 (a Dropout after the second GELU)")
-
-    if not layout:
-        fail(f"no {prefix}N.weight of a Linear layer")
-    if layout[0][0] != 3:
-        fail("the first Linear must follow pool, norm and flatten, at index 3")
-    if layout[0][1] != _TRUNK_WIDTH:
-        fail(f"the first Linear must take the {_TRUNK_WIDTH} features of the convnext_pico trunk")
-    for (i, _, out), (j, nxt, _) in zip(layout, layout[1:]):
-        if j - i not in (2, 3):
-            fail(f"Linear {i} and {j} leave room for neither a GELU nor a GELU and a Dropout")
-        if nxt != out:
-            fail(f"Linear {i} gives {out} features but Linear {j} takes {nxt}")
-    if layout[-1][2] != LATENT_DIM:
-        fail(f"the last Linear must give the {LATENT_DIM}-d latent that Omni's fusion layer takes")
-    linear = {i for i, _, _ in layout}
-    for key in state or ():
-        if key.startswith(prefix):
-            index = key[len(prefix):].split(".")[0]
-            if not (index == "1" or (index.isdigit() and int(index) in linear)):
-                fail(f"a layer with parameters at index {index} ({key}) that no upstream head has")
-
-
-class StampNetwork(nn.Module):
-    """Upstream `ConvNeXt` image classifier: convnext_pico trunk + ORACLE's MLP head.
-
-    `convnext.head` is upstream's replacement head (indices matter for the
-    state_dict): 0 pool, 1 LayerNorm2d(512), 2 flatten, then the Linear layers of
-    `head` (default: new_arch's, at 3, 5, 7, 9) with a GELU right after every
-    Linear but the last and Identity in any other slot (upstream's Dropout, a
-    no-op in eval). `final_out` (GELU, Linear(16, n_nodes)) is the stand-alone
-    classifier's output layer: kept so checkpoints load strictly, unused by Omni.
-    """
-
-    def __init__(self, n_nodes: int, head=NEW_ARCH_IMAGE_HEAD):
-        super().__init__()
-        head = tuple(tuple(layer) for layer in head)
-        check_image_head(head)
-        self.head_layout = head
-        linears = {i: nn.Linear(n_in, n_out) for i, n_in, n_out in head}
-        layers = [GlobalAvgPool(), LayerNorm2d(_TRUNK_WIDTH), nn.Flatten(1)]
-        for i in range(3, head[-1][0] + 1):
-            layers.append(linears[i] if i in linears else nn.GELU() if i - 1 in linears else nn.Identity())
-        self.convnext = convnext_pico(head=nn.Sequential(*layers))
-        self.final_out = nn.Sequential(nn.GELU(), nn.Linear(LATENT_DIM, n_nodes))
-
-    def latent(self, stamps: torch.Tensor) -> torch.Tensor:
-        """`[B, 3, H, W]` stamps -> `[B, 16]`; bilinear upsampling to 224x224 as upstream."""
-        if stamps.shape[-2:] != (STAMP_SIZE, STAMP_SIZE):
-            stamps = F.interpolate(stamps, size=(STAMP_SIZE, STAMP_SIZE), mode="bilinear", align_corners=False)
-        return self.convnext(stamps)
 
 
 class OmniOracle(OracleModel):
