@@ -6,7 +6,8 @@ Re-implementation of the networks of ORACLE (dev-ved30/Oracle, branch new_arch,
 * "btsv2"     `GRU_MD_Improved`: light curve + 30 static features -> ZTF taxonomy.
 * "lsst_lite" `GRU_Improved`: light curve only -> ELAsTiCC/LSST taxonomy.
 * "omni"      `GRU_MD_MM_Improved`: the BTSv2 network plus a ConvNeXt-pico image
-              network on the 3x63x63 reference stamp, fused by a small MLP.
+              network on the 3x63x63 reference stamp (`models/oracle_image.py`, its
+              head built from the checkpoint), fused by a small MLP.
 
 Shared light-curve network (all ops in this order; dropout is an eval no-op and
 is left out):
@@ -41,12 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models.convnext import GlobalAvgPool, LayerNorm2d, convnext_pico
+from models.oracle_image import (  # noqa: F401 - describe_image_head is part of this module's interface
+    IMAGE_HEAD_PREFIX, LATENT_DIM, NEW_ARCH_IMAGE_HEAD, StampNetwork, check_image_head, describe_image_head,
+    image_head_layout,
+)
 from models.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY, Taxonomy
 
 KINDS = ("btsv2", "lsst_lite", "omni")
-LATENT_DIM = 16
-STAMP_SIZE = 224  # upstream upsamples the 63x63 stamps to the ConvNeXt's native size
 _TAXONOMIES = {len(ZTF_TAXONOMY): ZTF_TAXONOMY, len(LSST_TAXONOMY): LSST_TAXONOMY}
 _DEFAULT_NODES = {"btsv2": len(ZTF_TAXONOMY), "lsst_lite": len(LSST_TAXONOMY), "omni": len(ZTF_TAXONOMY)}
 
@@ -168,47 +170,20 @@ class LightCurveOracle(OracleModel):
         return self.fc_out(F.relu(self.latent(ts, lengths, static)))
 
 
-class StampNetwork(nn.Module):
-    """Upstream `ConvNeXt` image classifier: convnext_pico trunk + ORACLE's MLP head.
-
-    `convnext.head` is upstream's replacement head (indices matter for the
-    state_dict): 0 pool, 1 LayerNorm2d(512), 2 flatten, 3 Linear(512,256), 4 GELU,
-    5 dropout, 6 Linear(256,64), 7 GELU, 8 dropout, 9 Linear(64,16).
-    `final_out` (GELU, Linear(16, n_nodes)) is the stand-alone classifier's output
-    layer: kept so checkpoints load strictly, unused by Omni.
-    """
-
-    def __init__(self, n_nodes: int):
-        super().__init__()
-        head = nn.Sequential(
-            GlobalAvgPool(), LayerNorm2d(512), nn.Flatten(1),
-            nn.Linear(512, 256), nn.GELU(), nn.Identity(),
-            nn.Linear(256, 64), nn.GELU(), nn.Identity(),
-            nn.Linear(64, LATENT_DIM),
-        )
-        self.convnext = convnext_pico(head=head)
-        self.final_out = nn.Sequential(nn.GELU(), nn.Linear(LATENT_DIM, n_nodes))
-
-    def latent(self, stamps: torch.Tensor) -> torch.Tensor:
-        """`[B, 3, H, W]` stamps -> `[B, 16]`; bilinear upsampling to 224x224 as upstream."""
-        if stamps.shape[-2:] != (STAMP_SIZE, STAMP_SIZE):
-            stamps = F.interpolate(stamps, size=(STAMP_SIZE, STAMP_SIZE), mode="bilinear", align_corners=False)
-        return self.convnext(stamps)
-
-
 class OmniOracle(OracleModel):
     """Upstream `GRU_MD_MM_Improved`: BTSv2 latent (16) + stamp latent (16) -> Linear -> GELU -> Linear."""
 
     def __init__(self, n_nodes: int = 10, n_static: int = 30, ts_dim: int = 5, gru_hidden: int = 128,
-                 gru_layers: int = 2):
+                 gru_layers: int = 2, residual: bool = True, image_head=NEW_ARCH_IMAGE_HEAD):
         super().__init__()
         self.taxonomy = taxonomy_for(n_nodes)
         self.kind = "omni"
         self.n_static = n_static
         self.ts_dim = ts_dim
         self.needs_stamp = True
-        self.lc_md_spine = LightCurveOracle(n_nodes, n_static, ts_dim, gru_hidden, gru_layers, kind="btsv2")
-        self.image_spine = StampNetwork(n_nodes)
+        self.lc_md_spine = LightCurveOracle(n_nodes, n_static, ts_dim, gru_hidden, gru_layers, residual=residual,
+                                            kind="btsv2")
+        self.image_spine = StampNetwork(n_nodes, image_head)
         self.mlp_head = nn.Sequential(nn.Linear(2 * LATENT_DIM, LATENT_DIM))
         self.final_out = nn.Sequential(nn.GELU(), nn.Linear(LATENT_DIM, n_nodes))
 
@@ -250,20 +225,26 @@ def _check_inputs(model: OracleModel, ts, lengths, static, stamps):
 # ---------------------------------------------------------------- construction and loading
 
 def build_oracle(kind: str, n_nodes: int | None = None, n_static: int = 30, ts_dim: int = 5,
-                 gru_hidden: int = 128, gru_layers: int = 2, residual: bool = False) -> OracleModel:
+                 gru_hidden: int = 128, gru_layers: int = 2, residual: bool | None = None,
+                 image_head=NEW_ARCH_IMAGE_HEAD) -> OracleModel:
     """A randomly initialised ORACLE network of `kind`, in eval mode.
 
     `n_nodes` defaults to the kind's taxonomy (10 ZTF, 26 LSST). For "lsst_lite",
-    `n_static` is ignored (no static input) and `residual=True` adds a learnt
-    `residual_proj` (the shipped LSST checkpoint has none).
+    `n_static` is ignored (no static input). `residual` says whether the
+    light-curve network has a learnt `residual_proj`; it defaults to what the
+    shipped checkpoints have (btsv2 and Omni yes, lsst_lite no). `image_head`
+    (Omni only) lists the image head's Linear layers as `(index, in, out)`;
+    it defaults to new_arch's, at head indices 3, 5, 7, 9.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     n_nodes = n_nodes or _DEFAULT_NODES[kind]
+    if residual is None:
+        residual = kind != "lsst_lite"
     if kind == "omni":
-        model = OmniOracle(n_nodes, n_static, ts_dim, gru_hidden, gru_layers)
+        model = OmniOracle(n_nodes, n_static, ts_dim, gru_hidden, gru_layers, residual, image_head)
     elif kind == "btsv2":
-        model = LightCurveOracle(n_nodes, n_static, ts_dim, gru_hidden, gru_layers, kind=kind)
+        model = LightCurveOracle(n_nodes, n_static, ts_dim, gru_hidden, gru_layers, residual=residual, kind=kind)
     else:
         model = LightCurveOracle(n_nodes, 0, ts_dim, gru_hidden, gru_layers, residual=residual, kind=kind)
     return model.eval()
@@ -294,8 +275,12 @@ def _architecture_from_state(state: dict, kind: str) -> dict:
         args["ts_dim"] = state[prefix + "gru.weight_ih_l0"].shape[1]
     if prefix + "gru.weight_hh_l0" in state:
         args["gru_hidden"] = state[prefix + "gru.weight_hh_l0"].shape[1]
-    if kind == "lsst_lite":
-        args["residual"] = "residual_proj.weight" in state
+    # Whether the light-curve network has a learnt residual projection: as the checkpoint says.
+    args["residual"] = prefix + "residual_proj.weight" in state
+    if kind == "omni" and any(k.startswith(IMAGE_HEAD_PREFIX) for k in state):
+        layout = image_head_layout(state)
+        check_image_head(layout, state)
+        args["image_head"] = layout
     layers = [k for k in state if k.startswith(prefix + "gru.weight_ih_l") and not k.endswith("_reverse")]
     if layers:
         args["gru_layers"] = len(layers)
@@ -374,6 +359,10 @@ def load_oracle(path: str | os.PathLike, kind: str | None = None) -> OracleModel
             problems.append(f"unexpected keys {unexpected}")
         if wrong_shape:
             problems.append(f"wrongly shaped keys {wrong_shape}")
+        if kind == "omni":
+            problems.append(f"built for the checkpoint's {describe_image_head(model.image_spine.head_layout)}, "
+                            f"light-curve spine {'with' if model.lc_md_spine.residual_proj is not None else 'without'}"
+                            " residual_proj")
         raise ModelLoadError(
             f"weights in {path} do not fit the ORACLE {kind} network: {'; '.join(problems)}. "
             f"Use an ORACLE {kind} checkpoint saved as a plain state dict, or pass kind= "
