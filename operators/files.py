@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, Optional
@@ -54,6 +55,13 @@ class RecentKeys:
             self.add(key)
 
 
+def _starts_with(path: Path, header: str) -> bool:
+    """Whether the file is empty or begins with `header`."""
+    with path.open("r", encoding="utf-8", newline="") as f:
+        head = f.read(len(header))
+    return head == "" or head == header
+
+
 class _AppendPartition(StatefulSinkPartition):
     def __init__(self, sink: "AppendFileSink", resume_offset: Optional[int]):
         self._sink = sink
@@ -64,6 +72,14 @@ class _AppendPartition(StatefulSinkPartition):
                      path, path.stat().st_size - resume_offset)
             os.truncate(path, resume_offset)
         self._seen = RecentKeys(sink.window)
+        if sink.header and path.exists() and not _starts_with(path, sink.header):
+            # Columns changed (an upgrade added one): appending would put rows under a header
+            # that does not describe them. Keep the old file whole beside the new one.
+            old = path.with_name(f"{path.stem}.before-{time.strftime('%Y%m%dT%H%M%S')}{path.suffix}")
+            path.rename(old)
+            log.warning("%s: its header is not this version's (columns changed); moved it to %s and "
+                        "starting a new file (records already in the old one are still skipped)", path, old.name)
+            self._seen.extend(sink.existing_keys(old))
         if path.exists():
             self._seen.extend(sink.existing_keys(path))
             if len(self._seen):

@@ -111,3 +111,17 @@ def test_alert_with_unusable_history_is_dead_lettered_not_fatal(tmp_path):
     letters = read_dead_letters(settings.deadletters)
     assert any(d["candid"] == 42 and d["reason"] == "no alert document" for d in letters)
     assert len(read_results(settings.results_csv)) >= 1
+
+
+def test_a_results_file_with_other_columns_is_set_aside_not_appended_to(tmp_path):
+    """An upgrade that adds a column must not write rows under an old header."""
+    settings = settings_for(ZTF, tmp_path)
+    settings.results_csv.parent.mkdir(parents=True)
+    old_header = "candid,objectId,jd,Alert,predicted\n"
+    kept = 3367139732915010140  # classified by the old version: not classified again
+    settings.results_csv.write_text(old_header + f"{kept},ZTF26aaoizvm,2461000.5,1.0,SN-Ia\n")
+    run(tmp_path)
+    rows = read_results(settings.results_csv)
+    assert kept not in set(rows.candid) and len(rows) == len(SAMPLE_TRUTH["ZTF"]["passing"]) - 2
+    (old,) = settings.results_csv.parent.glob("oracle_ztf_results.before-*.csv")
+    assert old.read_text().startswith(old_header)
