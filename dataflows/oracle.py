@@ -28,7 +28,7 @@ from operators import oracle_steps as steps
 from operators.batching import batch
 from operators.config import Settings
 from operators.deadletter import DeadLetter, dead_letter, dead_letter_sink
-from operators.fritz import FritzAnnotationSink, FritzClient
+from operators.fritz import FritzAnnotationSink, FritzClient, add_fritz_context, fritz_key
 from operators.logs import quiet_interrupt, setup_logging
 from operators.messages import FilterResult, origin_of, parse_message
 from operators.results import results_csv_sink
@@ -78,6 +78,10 @@ def is_alert(item) -> bool:
 
 def keyed(item):
     return ("out", item)
+
+
+def each(items: list) -> list:
+    return items
 
 
 def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None, store=None) -> Dataflow:
@@ -136,16 +140,24 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     work = op.map("enrich", work, partial(steps.enrich, lazy_store.get, with_cutouts=model.needs_stamp))
     work = op.map("build_inputs", work, partial(steps.build_inputs, survey.build_inputs, with_stamp=model.needs_stamp))
     work = op.map("classify", work, partial(steps.classify, model, predict_proba, model_name, survey.name))
-    if fritz is not None:
-        work = op.map("fritz_context", work, partial(steps.add_fritz_context, fritz, settings.fritz.context_timeout))
     work = op.map("log_batch", work, partial(steps.log_batch, survey.name))
-    results = op.flat_map("results", work, steps.results_of)
+    if fritz is None:
+        results = op.flat_map("results", work, steps.results_of)
+    else:
+        # SkyPortal limits requests per token, not per process: every result goes to one
+        # key, so one worker of the cluster makes every Fritz request (reads here, the
+        # annotations in the "fritz" sink on the same worker) from one token bucket.
+        result_lists = op.filter("any_results", op.map("result_lists", work, steps.results_of), bool)
+        to_fritz = op.key_on("to_fritz", result_lists, fritz_key)
+        with_context = op.stateful_map("fritz_context", to_fritz,
+                                       partial(add_fritz_context, fritz, settings.fritz.context_timeout))
+        results = op.flat_map("results", op.key_rm("from_fritz", with_context), each)
     op.output("csv", op.map("key_results", results, keyed), results_csv_sink(
         settings.results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name)))
     if fritz is not None:
         op.output("fritz", results, FritzAnnotationSink(settings.fritz, survey.taxonomy, client=fritz))
     if settings.slack.enabled:
-        op.output("slack", op.map("key_slack", results, keyed), SlackSink(settings.slack, survey.taxonomy, fritz=fritz))
+        op.output("slack", op.map("key_slack", results, keyed), SlackSink(settings.slack, survey.taxonomy))
 
     dead = op.merge("dead", unparsed, op.flat_map("batch_dead", work, steps.dead_of),
                     *([consumer_errors] if consumer_errors is not None else []))
