@@ -461,6 +461,9 @@ class FakeResult:
     predicted: str
     model: str = "oracle-test"
     processed_at: str = "2024-07-01T00:00:00+00:00"
+    fritz_classifications: str = ""
+    fritz_ml_classifications: str = ""
+    fritz_link: str = ""
 
 
 def make_result(taxonomy, objectId: str = "ZTF24aaaaaaa", candid: int = 1, *, seed: int = 0,

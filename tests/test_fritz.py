@@ -423,3 +423,23 @@ def test_context_never_blocks_nor_raises(fake):
     assert bad.classifications == "" and bad.exists is None
     auth = FritzClient(cfg(fake, token="wrong-token-555")).context("ZTF24ccccccc", timeout=5.0)
     assert auth.classifications == ""
+
+
+# -- check before a night ----------------------------------------------------------
+
+
+def test_check_verifies_token_acl_and_group_membership(fake):
+    from dataflows.__main__ import check_fritz
+
+    env = {"FRITZ_TOKEN": TOKEN, "FRITZ_URL": fake.url}
+    ok = check_fritz(env)
+    assert ok.ok and "oracle_bot" in ok.detail and "1959" in ok.detail, ok.line()
+    with FakeSkyPortal(token=TOKEN, bot_groups=(7,), groups=(1959, 7)) as outside:
+        bad = check_fritz({"FRITZ_TOKEN": TOKEN, "FRITZ_URL": outside.url, "FRITZ_GROUP_IDS": "7,1959"})
+    assert not bad.ok and "not a member of group(s) 1959" in bad.detail and "FRITZ_GROUP_IDS" in bad.fix
+    refused = check_fritz({"FRITZ_TOKEN": "wrong-token-555", "FRITZ_URL": fake.url})
+    assert not refused.ok and "401" in refused.detail and "wrong-token-555" not in refused.line()
+    reader = check_fritz({"FRITZ_TOKEN": "no-acl-token-987", "FRITZ_URL": fake.url})
+    assert not reader.ok and "Annotate" in reader.detail
+    insecure = check_fritz({"FRITZ_TOKEN": TOKEN, "FRITZ_URL": "http://fritz.example.org"})
+    assert not insecure.ok and "FRITZ_ALLOW_INSECURE" in insecure.detail
