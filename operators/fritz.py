@@ -356,6 +356,8 @@ class FritzAnnotationSink(DynamicSink):
             if last:
                 self._annotator = None
         if annotator is not None:
+            if self._client is not None:
+                self._client.stop_reads()
             annotator.close(self.close_timeout)
             if self._client is not None:
                 self._client.close()

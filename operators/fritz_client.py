@@ -380,9 +380,13 @@ class FritzClient:
             self._context_inflight.pop(object_id, None)
         return ctx
 
-    def close(self) -> None:
+    def stop_reads(self) -> None:
+        """Cancel the reads still waiting (at the end of a run the writes go first)."""
         if self._reads is not None:
             self._reads.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        self.stop_reads()
         self._session.close()
 
 

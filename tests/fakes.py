@@ -160,6 +160,8 @@ class _SkyPortalHandler(_Handler):
         if self._scripted():
             return
         if fake.rate_limited(auth):  # nginx, in front of everything: per Authorization value
+            with fake.lock:
+                fake.limited.append({"method": method, "path": path, "t": time.monotonic()})
             self._reply(method, 429, NGINX_429, fake.retry_headers(), ctype="text/html")
             return
         user = fake.users.get(auth[len("token "):]) if auth.startswith("token ") else None
@@ -227,6 +229,7 @@ class FakeSkyPortal(_Server):
         self._rate = rate
         self._buckets: dict[str, tuple[float, float]] = {}  # Authorization -> (tokens, last)
         self.rejected_429 = 0
+        self.limited: list[dict] = []  # requests answered 429
 
     def add_user(self, token: str, username: str, groups: set, acls: set) -> FakeUser:
         user = FakeUser(next(self._user_ids), username, set(groups), set(acls))
