@@ -382,5 +382,6 @@ __all__ = [
     "make_client",
     "object_link",
     "post_alert",
+    "sdk_log",
     "top_classes",
 ]
