@@ -6,7 +6,7 @@
     python -m dataflows ztf -w 4           the same (the container's entrypoint)
 
 The variables listed are read from the configuration readers' source
-(`Settings.from_env` in operators/config.py, `FritzConfig.from_env`, `SlackConfig.from_env`,
+(`Settings.from_env` in operators/config.py, `FritzConfig.from_env` in operators/fritz_config.py, `SlackConfig.from_env`,
 `FinkVraConfig.from_env`) by inspection, so the list cannot drift from what the
 flows read; `DESCRIPTIONS` below only adds a sentence to each. Flows are
 imported lazily: `--help` never loads torch, and a flow whose module is not
@@ -42,7 +42,7 @@ OPS_VARIABLES = ("ALERTFLOW_METRICS_PORT", "BYTEWAX_DATAFLOW_API_ENABLED", "BYTE
 
 FLOWS: dict[str, FlowInfo] = {
     "ztf": FlowInfo("ztf", "dataflows.ztf", "ZTF alerts that passed a BOOM filter, classified by ORACLE",
-                    survey="ZTF", readers=("operators/config.py", "operators/fritz.py", "operators/slack.py"),
+                    survey="ZTF", readers=("operators/config.py", "operators/fritz_config.py", "operators/slack.py"),
                     extra=("KAFKA_OPT_*", *OPS_VARIABLES)),
     "lsst": FlowInfo("lsst", "dataflows.lsst", "LSST alerts that passed a BOOM filter, classified by ORACLE",
                      survey="LSST", readers=("operators/config.py", "operators/slack.py"),
@@ -87,19 +87,20 @@ DESCRIPTIONS = {
     "ALERTFLOW_RECOVERY_PARTITIONS": "recovery partitions created on first start",
     "ALERTFLOW_SNAPSHOT_INTERVAL_S": "seconds between recovery snapshots (a restart replays at most this much)",
     "ALERTFLOW_BACKUP_INTERVAL_S": "seconds old snapshots are kept (for backups of the recovery directory)",
-    # Fritz (operators/fritz.py)
-    "FRITZ_TOKEN": "Fritz API token (secret); set: annotate sources on Fritz, unset: Fritz off",
-    "FRITZ_URL": "Fritz (SkyPortal) base URL",
+    # Fritz (operators/fritz_config.py)
+    "FRITZ_TOKEN": "Fritz API token (secret); set: annotate objects on Fritz, unset: Fritz off",
+    "FRITZ_URL": "Fritz (SkyPortal) base URL; https:// (http:// only to this machine or with FRITZ_ALLOW_INSECURE)",
+    "FRITZ_ALLOW_INSECURE": "true: allow an http:// FRITZ_URL on another host (the token travels unencrypted)",
     "FRITZ_ORIGIN": "annotation origin",
     "FRITZ_GROUP_IDS": "groups that see the annotations (comma-separated; default 1959)",
     "FRITZ_DECIMALS": "decimals of annotated probabilities",
-    "FRITZ_RATE": "requests per second (SkyPortal allows 5)",
-    "FRITZ_BURST": "request burst",
+    "FRITZ_RATE": "requests per second for the token, whole cluster (SkyPortal allows 5)",
+    "FRITZ_BURST": "request burst (SkyPortal allows 10)",
     "FRITZ_TIMEOUT": "seconds per request",
-    "FRITZ_MAX_RETRIES": "retries on 429, 5xx and timeouts",
+    "FRITZ_MAX_RETRIES": "retries on 429 (1, 2, 4 ... s), 5xx and timeouts",
     "FRITZ_WORKERS": "annotation requests in flight",
     "FRITZ_MAX_PENDING": "objects waiting to be annotated before the oldest is dropped",
-    "FRITZ_NOT_FOUND_TTL": "seconds to skip objects Fritz answered 404 for",
+    "FRITZ_NOT_FOUND_TTL": "seconds to skip objects Fritz does not know (404)",
     "FRITZ_CONTEXT_TTL": "seconds Fritz classifications are cached per object",
     "FRITZ_CONTEXT_TIMEOUT": "seconds to wait for Fritz classifications of an object",
     # Slack
@@ -500,7 +501,7 @@ def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0)
                                           f"(set MONGODB_URI or BOOM_DATABASE__HOST for BOOM's MongoDB)"))
     out.append(check_outputs(settings.results_dir, settings.logs_dir))
     if survey.name == "ZTF":
-        out.append(check_fritz(env))
+        out.append(check_fritz(env, timeout_s))
     out.append(check_slack(env, survey.slack_channel_env))
     out.append(check_metrics(env))
     rec = check_recovery(settings)
@@ -544,19 +545,44 @@ def check_mongo(settings, survey, model=None) -> CheckResult:
     return CheckResult("mongodb", True, f"{m.describe()}: {', '.join(wanted)} present")
 
 
-def check_fritz(env: Mapping[str, str]) -> CheckResult:
+def check_fritz(env: Mapping[str, str], timeout_s: float = 5.0) -> CheckResult:
+    """The token works, its user may annotate and is a member of every FRITZ_GROUP_IDS group
+    (otherwise Fritz accepts the annotations but never shows them to us again: after a
+    restart every update fails)."""
     try:
-        from operators.fritz import FritzConfig
+        from dataclasses import replace
+
+        from operators.fritz_client import FritzAuthError, FritzClient, FritzError
+        from operators.fritz_config import FritzConfig
 
         cfg = FritzConfig.from_env(env)
     except ImportError:
-        return CheckResult("fritz", True, "client not installed in this tree (operators/fritz.py)")
+        return CheckResult("fritz", True, "client not installed in this tree (operators/fritz_client.py)")
     except ValueError as exc:
         return CheckResult("fritz", False, str(exc), "fix the FRITZ_* variable named")
     if not cfg.enabled:
         return CheckResult("fritz", True, "off (FRITZ_TOKEN unset)")
-    return CheckResult("fritz", True, f"FRITZ_TOKEN set; annotations at {cfg.url} for groups "
-                                      f"{','.join(map(str, cfg.group_ids))}, origin {cfg.origin}")
+    client = FritzClient(replace(cfg, timeout=timeout_s, max_retries=1, backoff_429=0.5))
+    try:
+        account = client.verify_account()
+    except FritzAuthError:
+        return CheckResult("fritz", False, f"{cfg.url} refuses FRITZ_TOKEN (401)", "check FRITZ_TOKEN")
+    except FritzError as exc:
+        return CheckResult("fritz", False, f"{cfg.url}: {_short(exc, client.scrub)}", "check FRITZ_URL and the network")
+    finally:
+        client.close()
+    groups = ",".join(map(str, cfg.group_ids))
+    if "Annotate" not in account.permissions and "System admin" not in account.permissions:
+        return CheckResult("fritz", False, f"Fritz user {account.username} lacks the Annotate ACL",
+                           "ask a Fritz admin for the Annotate ACL")
+    missing = [g for g in cfg.group_ids if g not in account.group_ids]
+    if missing:
+        return CheckResult("fritz", False, f"Fritz user {account.username} is not a member of group(s) "
+                                           f"{','.join(map(str, missing))}: its annotations there would be invisible "
+                                           f"to it, and never updated after a restart",
+                           "add the user to those groups on Fritz, or fix FRITZ_GROUP_IDS")
+    return CheckResult("fritz", True, f"{cfg.url}: user {account.username} may annotate, member of groups {groups}; "
+                                      f"origin {cfg.origin}")
 
 
 def check_slack(env: Mapping[str, str], channel_var: str) -> CheckResult:

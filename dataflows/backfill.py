@@ -160,7 +160,7 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     source = WindowSource(make_scanner, collection, survey.time_field, job.since, job.until, job.narrowing,
                           job.slices, settings.batch_size, label=f"backfill {survey.name}")
     work = op.map("start", op.input("window", flow, source), start_batch)
-    work = classify_steps(work, survey, model, name, lazy_store, fritz, settings.fritz)
+    work = classify_steps(work, survey, model, name, lazy_store)
     write_outputs(work, survey, results_csv, deadletters, settings=settings, fritz=fritz,
                   slack=job.annotate and settings.slack.enabled)
     return flow, results_csv

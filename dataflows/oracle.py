@@ -32,7 +32,7 @@ from operators import oracle_steps as steps
 from operators.batching import batch
 from operators.config import Settings
 from operators.deadletter import DeadLetter, dead_letter, dead_letter_sink
-from operators.fritz import FritzAnnotationSink, FritzClient
+from operators.fritz import FritzAnnotationSink, FritzClient, add_fritz_context, fritz_key
 from operators.logs import quiet_interrupt, setup_logging
 from operators.messages import FilterResult, origin_of, parse_message
 from operators.results import results_csv_sink
@@ -82,6 +82,10 @@ def is_alert(item) -> bool:
 
 def keyed(item):
     return ("out", item)
+
+
+def each(items: list) -> list:
+    return items
 
 
 def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None, store=None) -> Dataflow:
@@ -138,7 +142,7 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     batches = batch("batch", op.key_on("shard", wanted, partial(steps.shard_of, settings.shards)),
                     settings.batch_size, timedelta(seconds=settings.batch_timeout_s))
     work = op.map("start", op.key_rm("unkey", batches), steps.start_batch)
-    work = classify_steps(work, survey, model, name, lazy_store, fritz, settings.fritz, shadow)
+    work = classify_steps(work, survey, model, name, lazy_store, shadow)
     extra_dead = [unparsed] + ([consumer_errors] if consumer_errors is not None else [])
     write_outputs(work, survey, settings.results_csv, settings.deadletters, fritz=fritz, settings=settings,
                   slack=settings.slack.enabled, extra_dead=extra_dead)
@@ -162,8 +166,8 @@ def load_survey_model(survey: Survey, weights: Path, kind: Optional[str], variab
     return model
 
 
-def classify_steps(work, survey: Survey, model, name: str, lazy_store, fritz=None, fritz_config=None, shadow=None):
-    """Batches (`Batch`) → enrich → build inputs → [shadow] → classify → [Fritz context] → log line.
+def classify_steps(work, survey: Survey, model, name: str, lazy_store, shadow=None):
+    """Batches (`Batch`) → enrich → build inputs → [shadow] → classify → log line.
     Shared by the live flow and backfills (dataflows/backfill.py)."""
     needs_stamp = model.needs_stamp or (shadow is not None and shadow[0].needs_stamp)
     work = op.map("enrich", work, partial(steps.enrich, lazy_store.get, with_cutouts=needs_stamp))
@@ -171,21 +175,29 @@ def classify_steps(work, survey: Survey, model, name: str, lazy_store, fritz=Non
     if shadow is not None:
         work = op.map("shadow", work, partial(steps.shadow, shadow[0], predict_proba, shadow[1], survey.name))
     work = op.map("classify", work, partial(steps.classify, model, predict_proba, name, survey.name))
-    if fritz is not None:
-        work = op.map("fritz_context", work, partial(steps.add_fritz_context, fritz, fritz_config.context_timeout))
     return op.map("log_batch", work, partial(steps.log_batch, survey.name))
 
 
 def write_outputs(work, survey: Survey, results_csv: Path, deadletters: Path, *, settings: Settings,
                   fritz=None, slack: bool = False, extra_dead=()) -> None:
     """Results CSV (+ Fritz annotations, Slack posts) and the dead-letter file."""
-    results = op.flat_map("results", work, steps.results_of)
+    if fritz is None:
+        results = op.flat_map("results", work, steps.results_of)
+    else:
+        # SkyPortal limits requests per token, not per process: every result goes to one
+        # key, so one worker of the cluster makes every Fritz request (reads here, the
+        # annotations in the "fritz" sink on the same worker) from one token bucket.
+        result_lists = op.filter("any_results", op.map("result_lists", work, steps.results_of), bool)
+        to_fritz = op.key_on("to_fritz", result_lists, fritz_key)
+        with_context = op.stateful_map("fritz_context", to_fritz,
+                                       partial(add_fritz_context, fritz, settings.fritz.context_timeout))
+        results = op.flat_map("results", op.key_rm("from_fritz", with_context), each)
     op.output("csv", op.map("key_results", results, keyed), results_csv_sink(
         results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name)))
     if fritz is not None:
         op.output("fritz", results, FritzAnnotationSink(settings.fritz, survey.taxonomy, client=fritz))
     if slack:
-        op.output("slack", op.map("key_slack", results, keyed), SlackSink(settings.slack, survey.taxonomy, fritz=fritz))
+        op.output("slack", op.map("key_slack", results, keyed), SlackSink(settings.slack, survey.taxonomy))
     dead = op.merge("dead", *extra_dead, op.flat_map("batch_dead", work, steps.dead_of))
     dead = op.inspect("count_dead", dead, partial(count_dead_letter, survey.name))
     op.output("dead_letters", op.map("key_dead", dead, keyed), dead_letter_sink(deadletters))

@@ -157,20 +157,6 @@ def shadow_of(batch: Batch) -> list[Result]:
     return batch.shadow
 
 
-def add_fritz_context(fritz, wait_s: float, batch: Batch) -> Batch:
-    """What humans already said on Fritz, per result (`fritz_classifications`).
-
-    Reads for the whole batch start at once and share one deadline, so a slow
-    Fritz costs a batch at most `wait_s`; a read not done by then leaves the
-    field empty and fills the cache for the object's next alert."""
-    for r in batch.items:
-        fritz.context(r.objectId, timeout=0)
-    deadline = time.monotonic() + wait_s
-    items = [replace(r, fritz_classifications=fritz.context(
-        r.objectId, timeout=max(0.0, deadline - time.monotonic())).classifications) for r in batch.items]
-    return replace(batch, items=items)
-
-
 def log_batch(survey: str, batch: Batch) -> Batch:
     """One INFO line per batch: counts and where the time went; batch metrics."""
     metrics.observe_batch(survey, batch)

@@ -12,19 +12,30 @@ Only alerts worth a look are posted (predicted leaf probability at least
 `SLACK_MIN_LEAF_PROBABILITY`), and an alert (candid) is never posted twice:
 the posted candids and the alerts still waiting are the sink's recovery state.
 Posting happens on a background thread with a bounded queue, so a slow or
-failing Slack never blocks classification; rate limits are retried by
-slack_sdk's `RateLimitErrorRetryHandler` (honouring Retry-After); errors are
-logged once per kind, clearly, and never raised out of the sink.
+failing Slack never blocks classification. What a failure does:
+
+- errors that cannot heal by waiting (`not_in_channel`, `channel_not_found`,
+  `invalid_auth`, `account_inactive`, `missing_scope`, ...) stop Slack posting
+  with one line saying what to do in Slack — instead of failing every later
+  alert (with `not_in_channel` each of those would leave an unshared file);
+- transient failures (network, 5xx, `ratelimited` beyond slack_sdk's retries,
+  the byte upload that slack_sdk does not retry) keep the alert at the head of
+  the queue and retry it after 1, 2, 4 ... 60 s: an outage of minutes loses no
+  post, and a restart resumes the queue from the recovered state;
+- anything else (e.g. a refused argument) drops that alert, said once per kind.
+
+Rate limits are first retried by slack_sdk's `RateLimitErrorRetryHandler`
+(honouring Retry-After). Nothing is raised out of the sink.
 
 Inputs: result records (candid, objectId, jd, survey, probabilities,
-predicted, model, processed_at), a `Taxonomy` (or one per survey), optionally
-a `FritzClient` for context. Outputs: Slack file posts.
+predicted, model, processed_at, and for ZTF the Fritz context the flow's
+`fritz_context` step put on them), a `Taxonomy` (or one per survey).
+Outputs: Slack file posts.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -34,29 +45,32 @@ from typing import Any, Mapping, Optional, Union
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_handlers import (
-    ConnectionErrorRetryHandler,
-    RateLimitErrorRetryHandler,
-    ServerErrorRetryHandler,
-)
+from slack_sdk.errors import SlackRequestError
 
 from models.taxonomy import Taxonomy
 from operators import metrics
 from operators.config import env_bool
-from operators.fritz import DEFAULT_URL as FRITZ_DEFAULT_URL
-from operators.fritz import FritzClient, alert_link
-from operators.tree_plot import format_probability, render_result_png
+from operators.fritz_client import scrub
+from operators.fritz_config import DEFAULT_URL as FRITZ_DEFAULT_URL
+from operators.ratelimit import backoff_delay
+from operators.slack_post import (  # noqa: F401 - the plain parts, re-exported for callers
+    FATAL,
+    MAX_OTHER_ATTEMPTS,
+    _p,
+    failure_kind,
+    format_message,
+    leaf_probability,
+    make_client,
+    object_link,
+    post_alert,
+    sdk_log,
+    top_classes,
+)
 
 log = logging.getLogger(__name__)
 
-# slack_sdk logs every failed attempt at ERROR; the sink says each kind of failure
-# once itself. Lower this logger's level (e.g. to DEBUG) to see slack_sdk's detail.
-sdk_log = logging.getLogger(__name__ + ".sdk")
-if sdk_log.level == logging.NOTSET:
-    sdk_log.setLevel(logging.CRITICAL)
-
 BABAMUL_URL = "https://babamul.caltech.edu"
+
 
 @dataclass(frozen=True)
 class SlackConfig:
@@ -75,7 +89,8 @@ class SlackConfig:
     timeout: int = 30  # seconds per Slack request
     max_pending: int = 500  # alerts waiting to be posted; the oldest is dropped beyond
     max_remembered: int = 20_000  # posted candids kept in the recovery state
-    fritz_context_timeout: float = 5.0  # wait for Fritz classifications before posting
+    retry_base: float = 1.0  # seconds before the first retry of a transient failure; doubles
+    retry_max: float = 60.0  # seconds, the longest wait between retries
     close_timeout: float = 60.0  # at the end of a run, wait this long for the queue
     dpi: float = 110.0
 
@@ -113,108 +128,6 @@ class SlackConfig:
 
 
 # ---------------------------------------------------------------------------
-# Plain functions
-
-
-def make_client(token: str, *, base_url: Optional[str] = None, rate_limit_retries: int = 3,
-                timeout: int = 30) -> WebClient:
-    """A WebClient that retries rate limits (Retry-After), connection and server errors."""
-    kwargs: dict[str, Any] = {}
-    if base_url:
-        kwargs["base_url"] = base_url if base_url.endswith("/") else base_url + "/"
-    return WebClient(
-        token=token,
-        timeout=timeout,
-        logger=sdk_log,
-        retry_handlers=[
-            ConnectionErrorRetryHandler(max_retry_count=2),
-            RateLimitErrorRetryHandler(max_retry_count=rate_limit_retries),
-            ServerErrorRetryHandler(max_retry_count=2),
-        ],
-        **kwargs,
-    )
-
-
-def _p(probabilities: Mapping[str, Any], name: str) -> Optional[float]:
-    try:
-        p = float(probabilities.get(name))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return p if math.isfinite(p) else None
-
-
-def top_classes(probabilities: Mapping[str, Any], taxonomy: Taxonomy, k: int = 3) -> list[tuple[str, float]]:
-    """The `k` most probable leaves, most probable first."""
-    leaves = [(taxonomy.nodes[i], _p(probabilities, taxonomy.nodes[i])) for i in taxonomy.leaves]
-    known = [(n, p) for n, p in leaves if p is not None]
-    return sorted(known, key=lambda np_: -np_[1])[: max(0, k)]
-
-
-def leaf_probability(record: Any, taxonomy: Taxonomy) -> float:
-    """Probability of the predicted leaf (the best leaf when `predicted` is unknown)."""
-    probs = record.probabilities or {}
-    p = _p(probs, getattr(record, "predicted", None) or "")
-    if p is None:
-        best = top_classes(probs, taxonomy, 1)
-        p = best[0][1] if best else 0.0
-    return p
-
-
-def object_link(record: Any, config: SlackConfig, fritz_link: Optional[str] = None) -> str:
-    """Babamul for LSST; for ZTF the Fritz link found (source page) or the alert page."""
-    survey = str(getattr(record, "survey", "ZTF")).upper()
-    if survey == "LSST":
-        return f"{config.babamul_url}/objects/LSST/{record.objectId}"
-    return fritz_link or alert_link(config.fritz_url, str(record.objectId))
-
-
-def _esc(text: str) -> str:
-    """Slack mrkdwn escaping of the three control characters."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def format_message(record: Any, taxonomy: Taxonomy, *, link: str, fritz_classifications: str = "",
-                   top_k: int = 3) -> str:
-    """The initial comment of a post (Slack mrkdwn)."""
-    survey = str(getattr(record, "survey", "")).upper()
-    where = "Babamul" if survey == "LSST" else "Fritz"
-    probs = record.probabilities or {}
-    predicted = getattr(record, "predicted", None)
-    head = f"*{_esc(record.objectId)}*"
-    if predicted:
-        head += f"  ORACLE: *{_esc(predicted)}* ({format_probability(_p(probs, predicted))})"
-    lines = [head]
-    tops = top_classes(probs, taxonomy, top_k)
-    if tops:
-        lines.append("Top classes: " + " · ".join(f"{_esc(n)} {format_probability(p)}" for n, p in tops))
-    lines.append(f"{where}: <{link}|{_esc(record.objectId)}>  {link}")
-    if fritz_classifications:
-        lines.append(f"Fritz classifications: {_esc(fritz_classifications)}")
-    meta = [f"{survey or '?'} candid {record.candid}"]
-    jd = _p({"jd": getattr(record, "jd", None)}, "jd")
-    if jd is not None:
-        meta.append(f"jd {jd:.5f}")
-    if getattr(record, "model", None):
-        meta.append(f"model {_esc(record.model)}")
-    lines.append(" · ".join(meta))
-    return "\n".join(lines)
-
-
-def post_alert(client: WebClient, channel: str, record: Any, taxonomy: Taxonomy, *, link: str,
-               fritz_classifications: str = "", top_k: int = 3, dpi: float = 110.0):
-    """Upload the probability tree of `record` with its message to `channel`; raises slack_sdk errors."""
-    png = render_result_png(record, taxonomy, dpi=dpi)
-    return client.files_upload_v2(
-        channel=channel,
-        file=png,
-        filename=f"{record.objectId}_{record.candid}.png",
-        title=f"ORACLE {record.objectId} ({record.candid})",
-        initial_comment=format_message(record, taxonomy, link=link,
-                                       fritz_classifications=fritz_classifications, top_k=top_k),
-    )
-
-
-# ---------------------------------------------------------------------------
 # Bytewax sink
 
 
@@ -229,24 +142,17 @@ class _Alert:
     probabilities: dict
     predicted: Optional[str]
     model: Optional[str]
+    fritz_classifications: str = ""
+    fritz_ml_classifications: str = ""
+    fritz_link: str = ""
 
     @classmethod
     def of(cls, r: Any) -> "_Alert":
         jd = _p({"jd": getattr(r, "jd", None)}, "jd")
         return cls(int(r.candid), str(r.objectId), jd, str(getattr(r, "survey", "ZTF") or "ZTF").upper(),
-                   dict(r.probabilities or {}), getattr(r, "predicted", None), getattr(r, "model", None))
-
-
-_HINTS = {
-    "invalid_auth": "SLACK_BOT_TOKEN is wrong or revoked",
-    "not_authed": "SLACK_BOT_TOKEN is missing",
-    "account_inactive": "the Slack app's token was deactivated",
-    "token_revoked": "SLACK_BOT_TOKEN was revoked",
-    "missing_scope": "the Slack bot needs the files:write scope",
-    "channel_not_found": "the channel id is wrong, or the bot cannot see that channel",
-    "not_in_channel": "invite the bot to the channel",
-    "ratelimited": "Slack kept rate-limiting after the retries",
-}
+                   dict(r.probabilities or {}), getattr(r, "predicted", None), getattr(r, "model", None),
+                   str(getattr(r, "fritz_classifications", "") or ""),
+                   str(getattr(r, "fritz_ml_classifications", "") or ""), str(getattr(r, "fritz_link", "") or ""))
 
 
 class _SlackPartition(StatefulSinkPartition):
@@ -260,6 +166,7 @@ class _SlackPartition(StatefulSinkPartition):
         self.stats: Counter[str] = Counter()
         self._warned: set[str] = set()
         self._closing = False
+        self.stopped: Optional[str] = None  # why posting stopped (an error that cannot heal)
         state = resume_state or {}
         for c in state.get("posted", []):
             self._posted[int(c)] = None
@@ -292,6 +199,9 @@ class _SlackPartition(StatefulSinkPartition):
                            getattr(item, "candid", item), exc_info=True)
 
     def _accept(self, record: Any) -> None:
+        if self.stopped:
+            self.stats["not_posted_stopped"] += 1
+            return
         alert = _Alert.of(record)
         taxonomy = self._sink.taxonomy_for(alert.survey)
         if taxonomy is None:
@@ -331,7 +241,7 @@ class _SlackPartition(StatefulSinkPartition):
         if self._thread is not None:
             deadline = time.monotonic() + self._cfg.close_timeout
             with self._lock:
-                while self._pending and time.monotonic() < deadline:
+                while self._pending and not self.stopped and time.monotonic() < deadline:
                     self._lock.wait(min(0.2, max(0.0, deadline - time.monotonic())))
                 left = len(self._pending)
                 self._closing = True
@@ -343,55 +253,69 @@ class _SlackPartition(StatefulSinkPartition):
     # -- poster thread ------------------------------------------------------
 
     def _run(self) -> None:
+        failures = 0  # consecutive transient failures of the head of the queue
         while True:
             with self._lock:
-                while not self._pending and not self._closing:
+                while (not self._pending or self.stopped) and not self._closing:
                     self._lock.wait(0.5)
                 if self._closing:
                     return
                 alert = self._pending[0]  # stays in the state until it is done
-            ok = self._post(alert)
+            outcome = self._post(alert, failures)
             with self._lock:
+                if outcome == "retry":
+                    failures += 1
+                    self.stats["retries"] += 1
+                    wait = backoff_delay(failures, base=self._cfg.retry_base, cap=self._cfg.retry_max, jitter=0.5)
+                    deadline = time.monotonic() + wait
+                    while not self._closing and time.monotonic() < deadline:
+                        self._lock.wait(deadline - time.monotonic())
+                    continue
+                failures = 0
                 if self._pending and self._pending[0] is alert:
                     self._pending.popleft()
                 self._queued.discard(alert.candid)
-                if ok:
+                if outcome == "posted":
                     self._posted[alert.candid] = None
                     while len(self._posted) > self._cfg.max_remembered:
                         self._posted.popitem(last=False)
                 self._lock.notify_all()
 
-    def _post(self, alert: _Alert) -> bool:
+    def _post(self, alert: _Alert, failures: int) -> str:
+        """Post one alert: "posted", "retry" (transient: keep it at the head), "dropped" or "stopped"."""
         cfg = self._cfg
         try:
             taxonomy = self._sink.taxonomy_for(alert.survey)
-            fritz_link, fritz_text = None, ""
-            if alert.survey == "ZTF" and self._sink.fritz is not None:
-                ctx = self._sink.fritz.context(alert.objectId, timeout=cfg.fritz_context_timeout)
-                fritz_link, fritz_text = ctx.link, ctx.classifications
-            link = object_link(alert, cfg, fritz_link)
+            link = object_link(alert, cfg, alert.fritz_link or None)
             post_alert(self._client, cfg.channel_for(alert.survey), alert, taxonomy, link=link,
-                       fritz_classifications=fritz_text, top_k=cfg.top_k, dpi=cfg.dpi)
-        except SlackApiError as e:
-            code = (e.response.get("error") if e.response is not None else None) or "unknown"
-            metrics.slack_post("failure", survey=alert.survey)
-            self.stats[f"error_{code}"] += 1
-            self._once(f"api-{code}", logging.ERROR,
-                       "Slack refused the post of %s (%s): %s%s. Classification and the CSV are not "
-                       "affected; this is said once per error kind.", alert.objectId, alert.candid, code,
-                       f" ({_HINTS[code]})" if code in _HINTS else "")
-            return False
+                       fritz_classifications=alert.fritz_classifications, top_k=cfg.top_k, dpi=cfg.dpi,
+                       fritz_ml_classifications=alert.fritz_ml_classifications)
         except Exception as e:  # noqa: BLE001 - never let Slack break anything
+            kind, name = failure_kind(e)
+            text = scrub(f"{type(e).__name__}: {e}", (cfg.token,)).splitlines()[0][:300]
             metrics.slack_post("failure", survey=alert.survey)
-            self.stats["error_other"] += 1
-            self._once(f"exc-{type(e).__name__}", logging.ERROR,
-                       "Slack post of %s (%s) failed: %s: %s. Classification and the CSV are not "
-                       "affected; this is said once per error kind.", alert.objectId, alert.candid,
-                       type(e).__name__, e)
-            return False
+            self.stats[f"error_{name}"] += 1
+            if kind == "fatal":
+                channel = cfg.channel_for(alert.survey)
+                with self._lock:
+                    self.stopped = name
+                    self._lock.notify_all()
+                log.error("Slack posting stopped: Slack answered %s for channel %s (%s). Classification and "
+                          "the CSV go on; restart the flow after fixing it in Slack.", name, channel, FATAL[name])
+                return "stopped"
+            if kind == "transient" or (isinstance(e, SlackRequestError) and failures < MAX_OTHER_ATTEMPTS):
+                self._once(f"transient-{name}", logging.WARNING,
+                           "Slack post of %s (%s) failed (%s); it is retried with backoff and the alerts "
+                           "behind it wait in the queue (at most %d). Said once per kind of failure.",
+                           alert.objectId, alert.candid, text, cfg.max_pending)
+                return "retry"
+            self._once(f"other-{name}", logging.ERROR,
+                       "Slack refused the post of %s (%s): %s. This alert is not posted; classification and "
+                       "the CSV are not affected; said once per error kind.", alert.objectId, alert.candid, text)
+            return "dropped"
         metrics.slack_post("success", survey=alert.survey)
         self.stats["posted"] += 1
-        return True
+        return "posted"
 
     def _once(self, key: str, level: int, msg: str, *args: Any, exc_info: bool = False) -> None:
         if key in self._warned:
@@ -404,7 +328,7 @@ class _SlackPartition(StatefulSinkPartition):
         """Wait until nothing is waiting to be posted (for tests and tools)."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._pending:
+            while self._pending and not self.stopped:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -418,7 +342,6 @@ class SlackSink(FixedPartitionedSink):
     Items: `(key, record)` pairs (the key is ignored; one partition). The
     recovery state is `{"posted": [candid, ...], "pending": [alert, ...]}`.
     `taxonomy` is one Taxonomy for every survey, or a mapping survey -> Taxonomy.
-    `fritz`: an optional FritzClient for ZTF links and Fritz classifications.
     """
 
     def __init__(
@@ -426,12 +349,10 @@ class SlackSink(FixedPartitionedSink):
         config: SlackConfig,
         taxonomy: Union[Taxonomy, Mapping[str, Taxonomy]],
         *,
-        fritz: Optional[FritzClient] = None,
         client: Optional[WebClient] = None,
     ):
         self.config = config
         self.taxonomy = taxonomy
-        self.fritz = fritz
         self.client = client
         self._said: set[str] = set()
         self.partition: Optional[_SlackPartition] = None  # the last one built (tests, tools)
@@ -455,10 +376,12 @@ class SlackSink(FixedPartitionedSink):
 __all__ = [
     "SlackConfig",
     "SlackSink",
+    "failure_kind",
     "format_message",
     "leaf_probability",
     "make_client",
     "object_link",
     "post_alert",
+    "sdk_log",
     "top_classes",
 ]

@@ -29,18 +29,22 @@ def run(tmp_path, fritz: FakeSkyPortal, slack: FakeSlack, **env):
 
 def test_each_classified_alert_is_annotated_posted_and_given_fritz_context(tmp_path, caplog):
     saved = "ZTF26aajvsis"  # a sample object with a human classification on this Fritz
-    unsaved = "ZTF26aaebysu"  # not saved on Fritz: its annotation is skipped (404), its row stays
-    on_fritz = tuple(d["_id"] for d in read_documents(ZTF.sample_dir / "ZTF_alerts_aux.jsonl") if d["_id"] != unsaved)
-    with FakeSkyPortal(token=FRITZ_TOKEN, sources=on_fritz) as fritz, FakeSlack(token=SLACK_TOKEN) as slack:
-        fritz.classifications[saved] = [{"classification": "SN Ia", "probability": 0.9}]
+    unsaved = "ZTF26aaebysu"  # known to Fritz, not saved as a source: annotated, linked to its alert page
+    unknown = "ZTF26aamcamo"  # Fritz has no such object: its annotation is skipped (404), its row stays
+    objects = [d["_id"] for d in read_documents(ZTF.sample_dir / "ZTF_alerts_aux.jsonl")]
+    assert {saved, unsaved, unknown} <= set(objects)
+    with FakeSkyPortal(token=FRITZ_TOKEN, sources=tuple(o for o in objects if o not in (unsaved, unknown)),
+                       objects=(unsaved,)) as fritz, FakeSlack(token=SLACK_TOKEN) as slack:
+        fritz.classifications[saved] = [{"classification": "SN Ia", "probability": 0.9, "ml": False},
+                                        {"classification": "AGN", "probability": 0.6, "ml": True}]
         with caplog.at_level(logging.DEBUG):
             settings = run(tmp_path, fritz, slack)
         rows = read_results(settings.results_csv)
         assert len(rows) > 20
 
         # Fritz: one annotation per object, our origin, every class in pre-order, private to the group.
-        assert unsaved in set(rows.objectId) and not fritz.annotations_on(unsaved)
-        for obj in set(rows.objectId) - {unsaved}:
+        assert unknown in set(rows.objectId) and not fritz.annotations_on(unknown)
+        for obj in set(rows.objectId) - {unknown}:
             notes = fritz.annotations_on(obj)
             assert len(notes) == 1, obj
             assert notes[0]["origin"] == "oracle_omni"
@@ -49,7 +53,7 @@ def test_each_classified_alert_is_annotated_posted_and_given_fritz_context(tmp_p
             assert notes[0]["group_ids"] == [1959]
         mine = rows[rows.objectId == saved].iloc[0]
         assert fritz.annotations_on(saved)[0]["data"]["Varstar"] == round(mine["Varstar"], 4)
-        assert "SN Ia(0.9)" in mine["fritz_classifications"]
+        assert mine["fritz_classifications"] == "SN Ia(0.9)" and mine["fritz_ml_classifications"] == "AGN(0.6)"
 
         # Slack: one post per row, in the ZTF channel, a PNG tree, the Fritz source link for saved objects.
         assert len(slack.posts) == len(rows)
@@ -62,7 +66,7 @@ def test_each_classified_alert_is_annotated_posted_and_given_fritz_context(tmp_p
 
         # Replay: annotations are updated in place, never duplicated.
         run(tmp_path / "again", fritz, slack)
-        assert all(len(fritz.annotations_on(obj)) == 1 for obj in set(rows.objectId) - {unsaved})
+        assert all(len(fritz.annotations_on(obj)) == 1 for obj in set(rows.objectId) - {unknown})
         assert fritz.calls("PUT"), "the second run updates the existing annotations"
 
     logged = caplog.text + (tmp_path / "logs" / "oracle_ztf.log").read_text()

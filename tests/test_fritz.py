@@ -24,12 +24,15 @@ from operators.fritz import (
     FritzConfig,
     FritzContext,
     FritzError,
+    FritzForbiddenError,
     FritzNotFoundError,
     TokenBucket,
     annotation_data,
     format_classifications,
+    scrub,
+    split_classifications,
 )
-from tests.fakes import FakeSkyPortal, make_result
+from tests.fakes import NGINX_429, FakeSkyPortal, make_result
 
 TOKEN = "s3cret-fritz-token-0123456789"
 ZTF_ORDER = ["Persistent", "AGN", "CV", "Varstar", "Transient", "SN-Ia", "SN-II", "SN-Ib/c", "SLSN"]
@@ -90,15 +93,45 @@ def test_config_from_env_defaults_and_errors():
     c = FritzConfig.from_env({})
     assert not c.enabled and c.url == "https://fritz.science" and c.origin == "oracle_omni"
     assert c.group_ids == (1959,)
-    c = FritzConfig.from_env({"FRITZ_TOKEN": TOKEN, "FRITZ_GROUP_IDS": "12, 34", "FRITZ_URL": "http://x/",
+    c = FritzConfig.from_env({"FRITZ_TOKEN": TOKEN, "FRITZ_GROUP_IDS": "12, 34", "FRITZ_URL": "https://x/",
                               "FRITZ_ORIGIN": "oracle_test"})
-    assert c.enabled and c.group_ids == (12, 34) and c.url == "http://x" and c.origin == "oracle_test"
+    assert c.enabled and c.group_ids == (12, 34) and c.url == "https://x" and c.origin == "oracle_test"
     assert TOKEN not in repr(c)
     with pytest.raises(ValueError, match="never posted publicly"):
         FritzConfig.from_env({"FRITZ_TOKEN": TOKEN, "FRITZ_GROUP_IDS": " "})
     with pytest.raises(ValueError, match="integers"):
         FritzConfig.from_env({"FRITZ_TOKEN": TOKEN, "FRITZ_GROUP_IDS": "abc"})
     FritzConfig.from_env({"FRITZ_GROUP_IDS": ""})  # disabled: not an error
+
+
+def test_plain_http_is_refused_unless_allowed_or_loopback():
+    with pytest.raises(ValueError) as info:
+        FritzConfig.from_env({"FRITZ_TOKEN": TOKEN, "FRITZ_URL": "http://fritz.example.org"})
+    msg = str(info.value)
+    assert "\n" not in msg and "FRITZ_URL" in msg and "FRITZ_ALLOW_INSECURE=true" in msg and TOKEN not in msg
+    ok = FritzConfig.from_env({"FRITZ_TOKEN": TOKEN, "FRITZ_URL": "http://fritz.example.org",
+                               "FRITZ_ALLOW_INSECURE": "true"})
+    assert ok.url == "http://fritz.example.org"
+    # The token never leaves this machine on loopback (tests, an SSH tunnel): allowed.
+    for url in ("http://127.0.0.1:5000", "http://localhost:5000", "http://[::1]:5000"):
+        assert FritzConfig.from_env({"FRITZ_TOKEN": TOKEN, "FRITZ_URL": url}).url == url
+    FritzConfig.from_env({"FRITZ_URL": "http://fritz.example.org"})  # disabled: not an error
+
+
+def test_scrub_removes_tokens_and_authorization_values():
+    text = (f"Insufficient permissions: <Token {TOKEN}>; headers {{'Authorization': 'token {TOKEN}'}} "
+            f"Authorization: Bearer xoxb-1234-abcdefghijklmnop and token 0123456789abcdef0123")
+    out = scrub(text, (TOKEN,))
+    assert TOKEN not in out and "xoxb-1234" not in out and "0123456789abcdef0123" not in out
+    assert "Insufficient permissions" in out
+    assert scrub("a short token word stays", ()) == "a short token word stays"
+
+
+def test_split_classifications_people_and_machines():
+    items = [{"classification": "SN Ia", "probability": 0.9, "ml": False, "author_name": "jdoe"},
+             {"classification": "AGN", "probability": 0.7, "ml": True, "author_name": "acai_bot"},
+             {"classification": "Ia", "probability": 1.0}]
+    assert split_classifications(items) == ("SN Ia(0.9); Ia(1.0)", "AGN(0.7)")
 
 
 def test_token_bucket_paces():
@@ -168,9 +201,55 @@ def test_auth_failure_says_so_without_the_token(fake, token):
     assert token not in msg and token not in repr(info.value)
 
 
-def test_not_saved_source_is_404(fake):
-    with pytest.raises(FritzNotFoundError):
+def test_unknown_object_is_404_and_an_unsaved_one_is_annotated(fake):
+    with pytest.raises(FritzNotFoundError, match="Fritz has no object ZTF24zzzzzzz"):
         FritzClient(cfg(fake)).upsert_annotation("ZTF24zzzzzzz", {"SN-Ia": 0.5})
+    fake.objects.add("ZTF24known00")  # known to Fritz, not saved as a source
+    client = FritzClient(cfg(fake))
+    assert client.upsert_annotation("ZTF24known00", {"SN-Ia": 0.5}).action == "created"
+    assert client.get_annotations("ZTF24zzzzzzz") == []  # 200 [], not 404
+    assert client.get_classifications("ZTF24zzzzzzz") == []
+
+
+def test_annotation_by_another_user_is_forbidden_with_the_real_cause(fake):
+    other = fake.add_user("older-token-0123456789", "oracle_bot_2023", {1959, 1}, {"Annotate"})
+    aid = fake.annotate_as(other, "ZTF24aaaaaaa", "oracle_omni", {"SN-Ia": 0.1}, [1959])
+    with pytest.raises(FritzForbiddenError) as info:
+        FritzClient(cfg(fake)).upsert_annotation("ZTF24aaaaaaa", {"SN-Ia": 0.5})
+    msg = str(info.value)
+    assert "only an annotation's author" in msg and str(aid) in msg and "FRITZ_ORIGIN" in msg
+    assert TOKEN not in msg and "group" not in msg.split("SkyPortal")[1].lower()  # no blame on groups
+    assert fake.annotations[aid]["data"] == {"SN-Ia": 0.1}
+
+
+def test_annotation_invisible_to_a_bot_outside_the_groups(caplog):
+    # The bot is not a member of group 1959: the POST works, but GET never shows the annotation.
+    with FakeSkyPortal(token=TOKEN, sources=("ZTF24aaaaaaa",), bot_groups=()) as f:
+        first = FritzClient(cfg(f))
+        assert first.upsert_annotation("ZTF24aaaaaaa", {"SN-Ia": 0.1}).action == "created"
+        assert first.upsert_annotation("ZTF24aaaaaaa", {"SN-Ia": 0.2}).action == "updated"  # remembered id
+        with pytest.raises(FritzForbiddenError, match="cannot see it.*not a member of FRITZ_GROUP_IDS=1959"):
+            FritzClient(cfg(f)).upsert_annotation("ZTF24aaaaaaa", {"SN-Ia": 0.3})  # after a restart
+        account = FritzClient(cfg(f)).verify_account()
+        assert account.username == "oracle_bot" and 1959 not in account.group_ids
+
+
+def test_a_failed_put_on_a_remembered_id_gets_then_puts(fake):
+    client = FritzClient(cfg(fake))
+    aid = client.upsert_annotation("ZTF24aaaaaaa", {"SN-Ia": 0.1}).annotation_id
+    client._remember_id("ZTF24aaaaaaa", 99999)  # e.g. deleted and re-created on Fritz meanwhile
+    n = len(fake.calls())
+    assert client.upsert_annotation("ZTF24aaaaaaa", {"SN-Ia": 0.2}) == client.upsert_annotation(
+        "ZTF24aaaaaaa", {"SN-Ia": 0.2}).__class__("updated", aid)
+    assert [c["method"] for c in fake.calls()[n:]] == ["PUT", "GET", "PUT", "PUT"]
+
+
+def test_echoed_token_never_reaches_an_error(fake):
+    with pytest.raises(FritzError) as info:
+        FritzClient(cfg(fake, group_ids=(1959, 424242))).upsert_annotation("ZTF24aaaaaaa", {"SN-Ia": 0.5})
+    msg = str(info.value)
+    assert info.value.status == 400 and "424242" in msg and "FRITZ_GROUP_IDS" in msg
+    assert "has no access" in msg and TOKEN not in msg  # the server quoted it; we did not
 
 
 def test_429_with_retry_after_is_retried(fake):
@@ -180,6 +259,16 @@ def test_429_with_retry_after_is_retried(fake):
     assert r.action == "created"
     assert time.monotonic() - t0 >= 0.95  # honoured Retry-After
     assert len(fake.calls("POST")) == 2
+
+
+def test_429_without_retry_after_backs_off_from_the_base(fake):
+    # SkyPortal's nginx answers 429 with an HTML page and no Retry-After.
+    fake.fail_next(2, 429, {}, NGINX_429)
+    t0 = time.monotonic()
+    r = FritzClient(cfg(fake, backoff_429=0.3)).upsert_annotation("ZTF24aaaaaaa", {"SN-Ia": 0.5})
+    assert r.action == "created"
+    assert time.monotonic() - t0 >= 0.3 + 0.6  # 0.3 s, then 0.6 s (plus jitter)
+    assert len(fake.calls("POST")) == 3
 
 
 def test_burst_of_500s_is_retried_then_succeeds(fake):
@@ -264,6 +353,22 @@ def test_sink_in_a_dataflow(fake, caplog):
     assert "'not_found': 1" in caplog.text
 
 
+def test_forbidden_object_is_reported_once_and_not_retried(fake, caplog):
+    other = fake.add_user("older-token-0123456789", "oracle_bot_2023", {1959, 1}, {"Annotate"})
+    fake.annotate_as(other, "ZTF24aaaaaaa", "oracle_omni", {"SN-Ia": 0.1}, [1959])
+    annotator = FritzAnnotator(FritzClient(cfg(fake, workers=1)))
+    for k in range(4):
+        annotator.submit("ZTF24aaaaaaa", {"SN-Ia": k / 10}, jd=float(k))
+        annotator.submit("ZTF24bbbbbbb", {"SN-Ia": k / 10}, jd=float(k))
+        assert annotator.flush(10.0)
+    annotator.close(1.0)
+    said = [r for r in caplog.records if "ZTF24aaaaaaa" in r.getMessage() and r.levelno >= logging.WARNING]
+    assert len(said) == 1 and "only an annotation's author" in said[0].getMessage()
+    assert annotator.stats["forbidden"] == 1 and annotator.stats["skipped_forbidden"] == 3
+    assert len([c for c in fake.calls("PUT") if "ZTF24aaaaaaa" in c["path"]]) == 1
+    assert fake.annotations_on("ZTF24bbbbbbb")[0]["data"] == {"SN-Ia": 0.3}
+
+
 def test_sink_survives_a_bad_token_and_says_it_once(fake, caplog):
     recs = [make_result(ZTF_TAXONOMY, o, i, seed=i) for i, o in
             enumerate(["ZTF24aaaaaaa", "ZTF24bbbbbbb", "ZTF24ccccccc"])]
@@ -289,11 +394,15 @@ def test_disabled_sink_is_a_noop():
 
 
 def test_context_link_classifications_and_cache(fake):
-    fake.classifications["ZTF24aaaaaaa"] = [{"classification": "SN Ia", "probability": 0.9, "origin": "x"},
-                                           {"classification": "AGN", "probability": None}]
+    fake.classifications["ZTF24aaaaaaa"] = [
+        {"classification": "SN Ia", "probability": 0.9, "origin": "x", "ml": False, "author_name": "jdoe"},
+        {"classification": "AGN", "probability": None, "ml": False},
+        {"classification": "Varstar", "probability": 0.8, "ml": True, "author_name": "some_classifier"}]
     client = FritzClient(cfg(fake, context_ttl=60.0))
     ctx = client.context("ZTF24aaaaaaa", timeout=5.0)
-    assert ctx == FritzContext("SN Ia(0.9); AGN(None)", f"{fake.url}/source/ZTF24aaaaaaa", True)
+    assert ctx == FritzContext("SN Ia(0.9); AGN(None)", f"{fake.url}/source/ZTF24aaaaaaa", True, "Varstar(0.8)")
+    # The light request for existence: HEAD, never the full source endpoint.
+    assert [c["method"] for c in fake.calls() if c["parts"][-1] == "ZTF24aaaaaaa"] == ["HEAD"]
     n = len(fake.calls())
     assert client.context("ZTF24aaaaaaa", timeout=5.0) == ctx
     assert len(fake.calls()) == n  # cached
@@ -314,3 +423,23 @@ def test_context_never_blocks_nor_raises(fake):
     assert bad.classifications == "" and bad.exists is None
     auth = FritzClient(cfg(fake, token="wrong-token-555")).context("ZTF24ccccccc", timeout=5.0)
     assert auth.classifications == ""
+
+
+# -- check before a night ----------------------------------------------------------
+
+
+def test_check_verifies_token_acl_and_group_membership(fake):
+    from dataflows.__main__ import check_fritz
+
+    env = {"FRITZ_TOKEN": TOKEN, "FRITZ_URL": fake.url}
+    ok = check_fritz(env)
+    assert ok.ok and "oracle_bot" in ok.detail and "1959" in ok.detail, ok.line()
+    with FakeSkyPortal(token=TOKEN, bot_groups=(7,), groups=(1959, 7)) as outside:
+        bad = check_fritz({"FRITZ_TOKEN": TOKEN, "FRITZ_URL": outside.url, "FRITZ_GROUP_IDS": "7,1959"})
+    assert not bad.ok and "not a member of group(s) 1959" in bad.detail and "FRITZ_GROUP_IDS" in bad.fix
+    refused = check_fritz({"FRITZ_TOKEN": "wrong-token-555", "FRITZ_URL": fake.url})
+    assert not refused.ok and "401" in refused.detail and "wrong-token-555" not in refused.line()
+    reader = check_fritz({"FRITZ_TOKEN": "no-acl-token-987", "FRITZ_URL": fake.url})
+    assert not reader.ok and "Annotate" in reader.detail
+    insecure = check_fritz({"FRITZ_TOKEN": TOKEN, "FRITZ_URL": "http://fritz.example.org"})
+    assert not insecure.ok and "FRITZ_ALLOW_INSECURE" in insecure.detail

@@ -297,7 +297,8 @@ def test_check_names_what_to_fix_and_never_prints_secrets(tmp_path):
     env = {"ALERTFLOW_RESULTS_DIR": str(tmp_path / "r"), "ALERTFLOW_LOGS_DIR": str(tmp_path / "l"),
            "ORACLE_ZTF_WEIGHTS": "/nonexistent",  # the model is not what this test is about
            "MONGODB_URI": "mongodb://alertflow:pa55word-secret@127.0.0.1:1/", "MONGODB_TIMEOUT_MS": "300",
-           "FRITZ_TOKEN": "fritz-secret-token", "POST_TO_SLACK": "true", "ALERTFLOW_METRICS_PORT": "web"}
+           "FRITZ_TOKEN": "fritz-secret-token", "FRITZ_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens
+           "POST_TO_SLACK": "true", "ALERTFLOW_METRICS_PORT": "web"}
     lines = [r.line() for r in run_checks("ztf", env)]
     text = "\n".join(lines)
     assert "pa55word-secret" not in text and "fritz-secret-token" not in text
@@ -305,7 +306,7 @@ def test_check_names_what_to_fix_and_never_prints_secrets(tmp_path):
     assert by_name["mongodb"].startswith("FAIL") and "MONGODB_URI" in by_name["mongodb"]
     assert by_name["slack"].startswith("FAIL") and "SLACK_BOT_TOKEN" in by_name["slack"]
     assert by_name["metrics"].startswith("FAIL") and "ALERTFLOW_METRICS_PORT" in by_name["metrics"]
-    assert by_name["fritz"].startswith("OK") and "FRITZ_TOKEN set" in by_name["fritz"]
+    assert by_name["fritz"].startswith("FAIL") and "FRITZ_URL" in by_name["fritz"]
 
 
 @pytest.mark.services
