@@ -44,6 +44,9 @@ KINDS = ("btsv2", "lsst_lite", "omni")
 LATENT_DIM = 16
 STAMP_SIZE = 224  # upstream upsamples the 63x63 stamps to the ConvNeXt's native size
 _TAXONOMIES = {len(ZTF_TAXONOMY): ZTF_TAXONOMY, len(LSST_TAXONOMY): LSST_TAXONOMY}
+# Light-curve length groups of one forward pass (<=4, <=8, ..., <=64, longer): see _pooled_sequence.
+LENGTH_BUCKETS = (4, 8, 16, 32, 64)
+_BUCKET_EDGES = torch.tensor(LENGTH_BUCKETS)
 _DEFAULT_NODES = {"btsv2": len(ZTF_TAXONOMY), "lsst_lite": len(LSST_TAXONOMY), "omni": len(ZTF_TAXONOMY)}
 
 
@@ -125,7 +128,24 @@ class LightCurveOracle(OracleModel):
         self.head_ln2 = nn.LayerNorm(64)
 
     def _pooled_sequence(self, ts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Bidirectional GRU over each series' own steps, then attention pooling -> [B, 2H]."""
+        """Bidirectional GRU over each series' own steps, then attention pooling -> [B, 2H].
+
+        Series are grouped by length (`LENGTH_BUCKETS`), each group trimmed to its own
+        longest: the attention and the unpacking work on the padded [B, T_max] output,
+        so one long series in a batch of short ones would multiply their cost. Rows do
+        not interact, so the grouping changes results only by float rounding."""
+        if ts.shape[0] > 1:
+            bucket = torch.bucketize(lengths, _BUCKET_EDGES)
+            if int(bucket.min()) != int(bucket.max()):
+                out = ts.new_empty((ts.shape[0], 2 * self.gru.hidden_size))
+                for b in torch.unique(bucket).tolist():
+                    idx = torch.nonzero(bucket == b).squeeze(1)
+                    part = lengths[idx]
+                    out[idx] = self._pooled_bucket(ts[idx, :int(part.max())], part)
+                return out
+        return self._pooled_bucket(ts, lengths)
+
+    def _pooled_bucket(self, ts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         lmin, lmax = int(lengths.min()), int(lengths.max())
         if lmin == lmax:
             # No padding inside the used window (always so for one alert): skip packing.
