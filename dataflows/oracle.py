@@ -25,7 +25,7 @@ import torch
 from models.oracle import ModelLoadError, load_oracle, predict_proba
 from operators import metrics
 from operators import oracle_steps as steps
-from operators.batching import batch
+from operators.batching import batch, group_by_key
 from operators.config import Settings
 from operators.deadletter import DeadLetter, dead_letter, dead_letter_sink
 from operators.fritz import FritzAnnotationSink, FritzClient
@@ -80,6 +80,10 @@ def keyed(item):
     return ("out", item)
 
 
+def keyed_results(batch: steps.Batch):
+    return ("out", steps.results_of(batch))
+
+
 def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None, store=None) -> Dataflow:
     """The dataflow for `survey`; `source` and `store` override the configured ones (tests)."""
     survey, settings = configured(survey, settings)
@@ -130,8 +134,9 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     split = op.branch("parsed_ok", parsed, is_alert)
     alerts, unparsed = split.trues, split.falses
     wanted = op.filter("passed_filter", alerts, partial(steps.passed_filter, survey.name, settings.filter_name))
-    batches = batch("batch", op.key_on("shard", wanted, partial(steps.shard_of, settings.shards)),
-                    settings.batch_size, timedelta(seconds=settings.batch_timeout_s))
+    # Alerts cross workers grouped by shard (one list per shard per input batch), not one by one.
+    grouped = op.flat_map_batch("group_by_shard", wanted, partial(group_by_key, partial(steps.shard_of, settings.shards)))
+    batches = batch("batch", grouped, settings.batch_size, timedelta(seconds=settings.batch_timeout_s))
     work = op.map("start", op.key_rm("unkey", batches), steps.start_batch)
     work = op.map("enrich", work, partial(steps.enrich, lazy_store.get, with_cutouts=model.needs_stamp))
     work = op.map("build_inputs", work, partial(steps.build_inputs, survey.build_inputs, with_stamp=model.needs_stamp))
@@ -139,9 +144,12 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     if fritz is not None:
         work = op.map("fritz_context", work, partial(steps.add_fritz_context, fritz, settings.fritz.context_timeout))
     work = op.map("log_batch", work, partial(steps.log_batch, survey.name))
-    results = op.flat_map("results", work, steps.results_of)
-    op.output("csv", op.map("key_results", results, keyed), results_csv_sink(
-        settings.results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name)))
+    # The single CSV writer receives one list per model batch: fewer items to move.
+    op.output("csv", op.map("key_results", work, keyed_results), results_csv_sink(
+        settings.results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name),
+        grouped=True))
+    if fritz is not None or settings.slack.enabled:
+        results = op.flat_map("results", work, steps.results_of)
     if fritz is not None:
         op.output("fritz", results, FritzAnnotationSink(settings.fritz, survey.taxonomy, client=fritz))
     if settings.slack.enabled:
