@@ -122,7 +122,7 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
         consumed = kop.input(
             "kafka", flow, brokers=list(k.brokers), topics=[k.topic], tail=True,
             starting_offset=OFFSET_BEGINNING if k.starting_offset == "beginning" else OFFSET_END,
-            add_config={"group.id": k.group_id, **k.client_config},
+            add_config={"group.id": k.group_id, **k.consumer_config},
         )
         messages, consumer_errors = consumed.oks, op.filter_map("consumer_error", consumed.errs, consumer_error)
     else:
