@@ -183,25 +183,85 @@ class LightCurveOracle(OracleModel):
         return self.fc_out(F.gelu(self.latent(ts, lengths, static)))
 
 
+# Omni's image head, as (head index, in, out) of each Linear. Upstream's `ConvNeXt`
+# replaces timm's head with pool (0), LayerNorm2d (1), flatten (2), then an MLP:
+#   new_arch today (96b175a on): Linear(512,256) GELU Linear(256,128) GELU Linear(128,64) GELU Linear(64,16)
+#   earlier commits (48611ad..bea9934) add a Dropout after the second GELU: Linear at 3, 5, 8, 10.
+# The deployed Omni pins a commit that is not public, so the head is built from the checkpoint.
+NEW_ARCH_IMAGE_HEAD = ((3, 512, 256), (5, 256, 128), (7, 128, 64), (9, 64, LATENT_DIM))
+IMAGE_HEAD_PREFIX = "image_spine.convnext.head."
+_TRUNK_WIDTH = 512  # convnext_pico's last stage
+
+
+def image_head_layout(state: dict, prefix: str = IMAGE_HEAD_PREFIX) -> tuple:
+    """`(index, in, out)` of every Linear (2-d `head.N.weight`) in a checkpoint's image head."""
+    layers = []
+    for key, value in state.items():
+        index = key[len(prefix):-len(".weight")] if key.startswith(prefix) and key.endswith(".weight") else ""
+        if index.isdigit() and value.ndim == 2:
+            layers.append((int(index), int(value.shape[1]), int(value.shape[0])))
+    return tuple(sorted(layers))
+
+
+def describe_image_head(layout) -> str:
+    """`image head Linear layers at 3,5,7,9: 512->256->128->64->16`."""
+    if not layout:
+        return "image head without Linear layers"
+    at = ",".join(str(i) for i, _, _ in layout)
+    widths = "->".join([str(layout[0][1])] + [str(o) for _, _, o in layout])
+    return f"image head Linear layers at {at}: {widths}"
+
+
+def check_image_head(layout, state: dict | None = None, prefix: str = IMAGE_HEAD_PREFIX) -> None:
+    """Raise ValueError naming the layout unless a GELU (and at most one Dropout) can sit
+    between consecutive Linear layers that chain 512 -> ... -> 16 from head index 3."""
+    def fail(why: str):
+        raise ValueError(f"unknown layout of the Omni image head, found {describe_image_head(layout)} ({why}); "
+                         "upstream's have Linear layers at 3,5,7,9: 512->256->128->64->16 (new_arch) or at "
+                         "3,5,8,10 (a Dropout after the second GELU)")
+
+    if not layout:
+        fail(f"no {prefix}N.weight of a Linear layer")
+    if layout[0][0] != 3:
+        fail("the first Linear must follow pool, norm and flatten, at index 3")
+    if layout[0][1] != _TRUNK_WIDTH:
+        fail(f"the first Linear must take the {_TRUNK_WIDTH} features of the convnext_pico trunk")
+    for (i, _, out), (j, nxt, _) in zip(layout, layout[1:]):
+        if j - i not in (2, 3):
+            fail(f"Linear {i} and {j} leave room for neither a GELU nor a GELU and a Dropout")
+        if nxt != out:
+            fail(f"Linear {i} gives {out} features but Linear {j} takes {nxt}")
+    if layout[-1][2] != LATENT_DIM:
+        fail(f"the last Linear must give the {LATENT_DIM}-d latent that Omni's fusion layer takes")
+    linear = {i for i, _, _ in layout}
+    for key in state or ():
+        if key.startswith(prefix):
+            index = key[len(prefix):].split(".")[0]
+            if not (index == "1" or (index.isdigit() and int(index) in linear)):
+                fail(f"a layer with parameters at index {index} ({key}) that no upstream head has")
+
+
 class StampNetwork(nn.Module):
     """Upstream `ConvNeXt` image classifier: convnext_pico trunk + ORACLE's MLP head.
 
     `convnext.head` is upstream's replacement head (indices matter for the
-    state_dict): 0 pool, 1 LayerNorm2d(512), 2 flatten, 3 Linear(512,256), 4 GELU,
-    5 dropout, 6 Linear(256,64), 7 GELU, 8 dropout, 9 Linear(64,16).
-    `final_out` (GELU, Linear(16, n_nodes)) is the stand-alone classifier's output
-    layer: kept so checkpoints load strictly, unused by Omni.
+    state_dict): 0 pool, 1 LayerNorm2d(512), 2 flatten, then the Linear layers of
+    `head` (default: new_arch's, at 3, 5, 7, 9) with a GELU right after every
+    Linear but the last and Identity in any other slot (upstream's Dropout, a
+    no-op in eval). `final_out` (GELU, Linear(16, n_nodes)) is the stand-alone
+    classifier's output layer: kept so checkpoints load strictly, unused by Omni.
     """
 
-    def __init__(self, n_nodes: int):
+    def __init__(self, n_nodes: int, head=NEW_ARCH_IMAGE_HEAD):
         super().__init__()
-        head = nn.Sequential(
-            GlobalAvgPool(), LayerNorm2d(512), nn.Flatten(1),
-            nn.Linear(512, 256), nn.GELU(), nn.Identity(),
-            nn.Linear(256, 64), nn.GELU(), nn.Identity(),
-            nn.Linear(64, LATENT_DIM),
-        )
-        self.convnext = convnext_pico(head=head)
+        head = tuple(tuple(layer) for layer in head)
+        check_image_head(head)
+        self.head_layout = head
+        linears = {i: nn.Linear(n_in, n_out) for i, n_in, n_out in head}
+        layers = [GlobalAvgPool(), LayerNorm2d(_TRUNK_WIDTH), nn.Flatten(1)]
+        for i in range(3, head[-1][0] + 1):
+            layers.append(linears[i] if i in linears else nn.GELU() if i - 1 in linears else nn.Identity())
+        self.convnext = convnext_pico(head=nn.Sequential(*layers))
         self.final_out = nn.Sequential(nn.GELU(), nn.Linear(LATENT_DIM, n_nodes))
 
     def latent(self, stamps: torch.Tensor) -> torch.Tensor:
@@ -215,15 +275,16 @@ class OmniOracle(OracleModel):
     """Upstream `GRU_MD_MM_Improved`: BTSv2 latent (16) + stamp latent (16) -> Linear -> GELU -> Linear."""
 
     def __init__(self, n_nodes: int = 10, n_static: int = 30, ts_dim: int = 5, gru_hidden: int = 128,
-                 gru_layers: int = 2):
+                 gru_layers: int = 2, residual: bool = True, image_head=NEW_ARCH_IMAGE_HEAD):
         super().__init__()
         self.taxonomy = taxonomy_for(n_nodes)
         self.kind = "omni"
         self.n_static = n_static
         self.ts_dim = ts_dim
         self.needs_stamp = True
-        self.lc_md_spine = LightCurveOracle(n_nodes, n_static, ts_dim, gru_hidden, gru_layers, kind="btsv2")
-        self.image_spine = StampNetwork(n_nodes)
+        self.lc_md_spine = LightCurveOracle(n_nodes, n_static, ts_dim, gru_hidden, gru_layers, residual=residual,
+                                            kind="btsv2")
+        self.image_spine = StampNetwork(n_nodes, image_head)
         self.mlp_head = nn.Sequential(nn.Linear(2 * LATENT_DIM, LATENT_DIM))
         self.final_out = nn.Sequential(nn.GELU(), nn.Linear(LATENT_DIM, n_nodes))
 
@@ -265,20 +326,26 @@ def _check_inputs(model: OracleModel, ts, lengths, static, stamps):
 # ---------------------------------------------------------------- construction and loading
 
 def build_oracle(kind: str, n_nodes: int | None = None, n_static: int = 30, ts_dim: int = 5,
-                 gru_hidden: int = 128, gru_layers: int = 2, residual: bool = False) -> OracleModel:
+                 gru_hidden: int = 128, gru_layers: int = 2, residual: bool | None = None,
+                 image_head=NEW_ARCH_IMAGE_HEAD) -> OracleModel:
     """A randomly initialised ORACLE network of `kind`, in eval mode.
 
     `n_nodes` defaults to the kind's taxonomy (10 ZTF, 26 LSST). For "lsst_lite",
-    `n_static` is ignored (no static input) and `residual=True` adds a learnt
-    `residual_proj` (the shipped LSST checkpoint has none).
+    `n_static` is ignored (no static input). `residual` says whether the
+    light-curve network has a learnt `residual_proj`; it defaults to what the
+    shipped checkpoints have (btsv2 and Omni yes, lsst_lite no). `image_head`
+    (Omni only) lists the image head's Linear layers as `(index, in, out)`;
+    it defaults to new_arch's, at head indices 3, 5, 7, 9.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     n_nodes = n_nodes or _DEFAULT_NODES[kind]
+    if residual is None:
+        residual = kind != "lsst_lite"
     if kind == "omni":
-        model = OmniOracle(n_nodes, n_static, ts_dim, gru_hidden, gru_layers)
+        model = OmniOracle(n_nodes, n_static, ts_dim, gru_hidden, gru_layers, residual, image_head)
     elif kind == "btsv2":
-        model = LightCurveOracle(n_nodes, n_static, ts_dim, gru_hidden, gru_layers, kind=kind)
+        model = LightCurveOracle(n_nodes, n_static, ts_dim, gru_hidden, gru_layers, residual=residual, kind=kind)
     else:
         model = LightCurveOracle(n_nodes, 0, ts_dim, gru_hidden, gru_layers, residual=residual, kind=kind)
     return model.eval()
@@ -309,8 +376,12 @@ def _architecture_from_state(state: dict, kind: str) -> dict:
         args["ts_dim"] = state[prefix + "gru.weight_ih_l0"].shape[1]
     if prefix + "gru.weight_hh_l0" in state:
         args["gru_hidden"] = state[prefix + "gru.weight_hh_l0"].shape[1]
-    if kind == "lsst_lite":
-        args["residual"] = "residual_proj.weight" in state
+    # Whether the light-curve network has a learnt residual projection: as the checkpoint says.
+    args["residual"] = prefix + "residual_proj.weight" in state
+    if kind == "omni" and any(k.startswith(IMAGE_HEAD_PREFIX) for k in state):
+        layout = image_head_layout(state)
+        check_image_head(layout, state)
+        args["image_head"] = layout
     layers = [k for k in state if k.startswith(prefix + "gru.weight_ih_l") and not k.endswith("_reverse")]
     if layers:
         args["gru_layers"] = len(layers)
@@ -374,6 +445,10 @@ def load_oracle(path: str | os.PathLike, kind: str | None = None) -> OracleModel
             problems.append(f"unexpected keys {unexpected}")
         if wrong_shape:
             problems.append(f"wrongly shaped keys {wrong_shape}")
+        if kind == "omni":
+            problems.append(f"built for the checkpoint's {describe_image_head(model.image_spine.head_layout)}, "
+                            f"light-curve spine {'with' if model.lc_md_spine.residual_proj is not None else 'without'}"
+                            " residual_proj")
         raise ModelLoadError(
             f"weights in {path} do not fit the ORACLE {kind} network: {'; '.join(problems)}. "
             f"Use an ORACLE {kind} checkpoint saved as a plain state dict, or pass kind= "

@@ -31,6 +31,7 @@ class ModelInputs:
     ts: np.ndarray  # [T, 5] float32
     static: Optional[np.ndarray] = None  # [n_static] float32
     stamp: Optional[np.ndarray] = None  # [3, 63, 63] float32
+    stamp_status: str = ""  # how the stamp was made (operators/stamps.py); "" without a stamp
 
     @property
     def length(self) -> int:

@@ -19,6 +19,8 @@ number of time series.
     alertflow_messages_total{flow,survey}                   messages read from the input
     alertflow_filter_total{flow,survey,result}              alerts that passed / failed the BOOM filter
     alertflow_classified_total{flow,survey}                 alerts classified by the model
+    alertflow_stamps_total{flow,survey,status}              classified alerts of image models by stamp status
+                                                            (template, none, empty, undecodable, bad shape NxN, ...)
     alertflow_results_written_total{flow,survey}            rows appended to the results file
     alertflow_dead_letters_total{flow,survey,stage,reason}  dead letters, by stage and reason kind
     alertflow_fritz_requests_total{flow,survey,outcome}     Fritz requests: success, failure, retry, ...
@@ -51,6 +53,8 @@ _BASE = ("flow", "survey")
 MESSAGES = Counter("alertflow_messages", "Messages read from the flow's input.", _BASE)
 FILTERED = Counter("alertflow_filter", "Alerts by BOOM filter outcome (result=passed|failed).", (*_BASE, "result"))
 CLASSIFIED = Counter("alertflow_classified", "Alerts classified by the model.", _BASE)
+STAMPS = Counter("alertflow_stamps", "Classified alerts of image models by stamp status "
+                 "(template, none, empty, undecodable, bad shape NxN, blank, no band).", (*_BASE, "status"))
 WRITTEN = Counter("alertflow_results_written", "Result rows appended to the results file.", _BASE)
 DEAD = Counter("alertflow_dead_letters", "Dead letters by stage and reason kind.", (*_BASE, "stage", "reason"))
 FRITZ = Counter("alertflow_fritz_requests", "Fritz requests by outcome.", (*_BASE, "outcome"))
@@ -203,6 +207,10 @@ def observe_batch(survey: Any, batch: Any, flow: Optional[str] = None) -> None:
         STAGE_SECONDS.labels(*key, label_value("stage", stage)).observe(max(0.0, float(seconds)))
     classified = len(getattr(batch, "items", ()) or ())
     CLASSIFIED.labels(*key).inc(classified)
+    for result in getattr(batch, "items", ()) or ():
+        status = getattr(result, "stamp", "")
+        if status:  # image models only; sizes fold to N ("bad shape NxN") to bound the label
+            STAMPS.labels(*key, label_value("stamp", status, 20)).inc()
     _add(key, "classified", classified)
     LAST_BATCH.labels(*key).set(time.time())
 

@@ -127,7 +127,7 @@ def classify(model, predict: Callable, model_name: str, survey: str, batch: Batc
     leaves = model.taxonomy.predicted_leaf(probs)
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     results, dead = [], list(batch.dead)
-    for a, p, leaf in zip(alerts, probs, leaves):
+    for a, x, p, leaf in zip(alerts, inputs, probs, leaves):
         if not np.all(np.isfinite(p)):
             dead.append(dead_letter("classify", "model output is not finite", a.origin, a.candid, a.objectId))
             continue
@@ -135,7 +135,7 @@ def classify(model, predict: Callable, model_name: str, survey: str, batch: Batc
             candid=a.candid, objectId=a.objectId, jd=a.jd, survey=survey,
             probabilities={n: float(v) for n, v in zip(names, p)},
             predicted=leaf, model=model_name, processed_at=now,
-            received_ms=a.origin.timestamp_ms,
+            received_ms=a.origin.timestamp_ms, stamp=x.stamp_status,
         ))
     return replace(batch, items=results, dead=dead, timings={**batch.timings, "model": time.perf_counter() - t0})
 

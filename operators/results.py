@@ -5,7 +5,9 @@ every taxonomy node, the predicted leaf, the model name and the time.
 
 `results/oracle_{survey}_results.csv` columns: `candid, objectId, jd`, one
 column per taxonomy node (level order, as the model emits them), `predicted`,
-`model`, `processed_at`, `fritz_classifications`. One row per candid, one
+`model`, `processed_at`, `fritz_classifications`, `stamp` (image models: how the
+image was made, `template`, `none`, `bad shape 58x63`, ... as in
+`operators/stamps.py`; empty for light-curve models). One row per candid, one
 header, whatever the worker count or number of crashes (see `operators/files.py`).
 """
 
@@ -32,6 +34,7 @@ class Result:
     model: str
     processed_at: str
     fritz_classifications: str = ""
+    stamp: str = ""  # stamp status of image models (operators/stamps.py); "" otherwise
     received_ms: Optional[int] = field(default=None, compare=False)  # Kafka append time
 
     def top_classes(self, taxonomy: Taxonomy, n: int = 3) -> list[tuple[str, float]]:
@@ -40,7 +43,7 @@ class Result:
 
 
 def csv_columns(taxonomy: Taxonomy) -> list[str]:
-    return ["candid", "objectId", "jd", *taxonomy.nodes, "predicted", "model", "processed_at", "fritz_classifications"]
+    return ["candid", "objectId", "jd", *taxonomy.nodes, "predicted", "model", "processed_at", "fritz_classifications", "stamp"]
 
 
 def _encoder(taxonomy: Taxonomy):
@@ -51,7 +54,7 @@ def _encoder(taxonomy: Taxonomy):
             w.writerow([
                 r.candid, r.objectId, repr(r.jd),
                 *(f"{r.probabilities[n]:.6g}" for n in taxonomy.nodes),
-                r.predicted, r.model, r.processed_at, r.fritz_classifications,
+                r.predicted, r.model, r.processed_at, r.fritz_classifications, r.stamp,
             ])
         return buf.getvalue()
 
@@ -84,5 +87,5 @@ def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None, g
 def read_results(path):
     import pandas as pd
 
-    return pd.read_csv(path, dtype={"candid": "int64", "objectId": str, "fritz_classifications": str},
+    return pd.read_csv(path, dtype={"candid": "int64", "objectId": str, "fritz_classifications": str, "stamp": str},
                        keep_default_na=False, na_values={"jd": [""]})

@@ -12,6 +12,8 @@ Outputs (`ModelInputs`):
   last column flags a detection: ORACLE was trained with 1 there (the upstream
   bridge leaves it 0, which the model never saw).
 - `static` (30, float32) in `STATIC_FEATURES` order; missing, NaN or −999 → −9.
+- `stamp` (3×63×63, float32, image models only) and `stamp_status`: see
+  `operators/stamps.py`; a missing or unusable template gives zeros, not an error.
   `l` is taken mod 360 because BOOM wraps it to (−180, 180] and ORACLE was
   trained on [0, 360).
 """
@@ -122,9 +124,10 @@ def ztf_inputs(alert: dict, aux: Optional[dict], cutout: Optional[dict] = None, 
     ts = light_curve([*history, cand])
     if len(ts) == 0:
         raise InputError("no usable detection: no programid 1/2 point with magpsf")
-    stamp = None
+    stamp, stamp_status = None, ""
     if with_stamp:
-        from operators.stamps import ztf_stamp  # image models only
+        from operators.stamps import band_channel, ztf_stamp  # image models only
 
-        stamp = ztf_stamp(cutout, cand.get("fid"))
-    return ModelInputs(ts=ts, static=static_features(alert, aux), stamp=stamp)
+        # The band of the light curve's last point, not the candidate's fid, as the deployed Omni.
+        stamp, stamp_status = ztf_stamp(cutout, band_channel(ts))
+    return ModelInputs(ts=ts, static=static_features(alert, aux), stamp=stamp, stamp_status=stamp_status)

@@ -136,6 +136,14 @@ def test_lite_with_learnt_residual_loads(tmp_path):
     assert load_oracle(tmp_path / "lite_res.pth").residual_proj is not None
 
 
+def test_btsv2_without_residual_proj_loads_as_upstreams_code_has_it(tmp_path):
+    # new_arch's GRU_MD_Improved has no residual_proj; the shipped BTSv2 weights have one.
+    state = build_oracle("btsv2").state_dict()
+    del state["residual_proj.weight"]
+    torch.save(state, tmp_path / "no_res.pth")
+    assert load_oracle(tmp_path / "no_res.pth").residual_proj is None
+
+
 def test_plausible_ztf_light_curve_gives_sane_probabilities(ztf):
     # A rising-then-fading transient in g and r (days since first detection, mag,
     # mag error, mean wavelength in microns, detection flag); static features unknown (-9).

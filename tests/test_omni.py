@@ -66,8 +66,9 @@ def test_parameter_names_and_shapes_are_timm_convnext_pico(omni_checkpoint):
         "stages.2.blocks.5.mlp.fc1.bias": (1024,), "stages.3.downsample.1.weight": (512, 256, 2, 2),
         "stages.3.blocks.1.mlp.fc2.weight": (512, 2048, 1, 1), "stages.3.blocks.1.mlp.fc2.bias": (512,),
         "stages.3.blocks.1.gamma": (512,),
-        # ORACLE's replacement head: pool, LayerNorm2d, flatten, 512->256->64->16 MLP
-        "head.1.weight": (512,), "head.3.weight": (256, 512), "head.6.weight": (64, 256), "head.9.weight": (16, 64),
+        # ORACLE's replacement head (new_arch): pool, LayerNorm2d, flatten, 512->256->128->64->16 MLP
+        "head.1.weight": (512,), "head.3.weight": (256, 512), "head.5.weight": (128, 256),
+        "head.7.weight": (64, 128), "head.9.weight": (16, 64),
     }
     for name, shape in expected.items():
         assert tuple(state[CONVNEXT + name].shape) == shape, name
@@ -77,6 +78,8 @@ def test_parameter_names_and_shapes_are_timm_convnext_pico(omni_checkpoint):
             blocks[int(k.split(".")[3])].add(int(k.split(".")[5]))
     assert [len(blocks[i]) for i in range(4)] == [2, 2, 6, 2]
     assert not any(k.startswith(CONVNEXT + "stages.0.downsample") for k in state)
+    assert sorted(k for k in state if k.startswith(CONVNEXT + "head.")) == sorted(
+        CONVNEXT + f"head.{i}.{p}" for i in (1, 3, 5, 7, 9) for p in ("weight", "bias"))
     # upstream GRU_MD_MM_Improved wrapper: both spines keep their own output layers
     for name, shape in {"lc_md_spine.static_proj.weight": (64, 30), "lc_md_spine.residual_proj.weight": (64, 128),
                         "lc_md_spine.fc_out.weight": (10, 16), "image_spine.final_out.1.weight": (10, 16),
@@ -123,3 +126,18 @@ def test_convnext_block_matches_timm_nchw_formulation():
         y = torch.nn.functional.conv2d(y, block.mlp.fc2.weight, block.mlp.fc2.bias)
         reference = y * block.gamma.reshape(1, -1, 1, 1) + x
         torch.testing.assert_close(block(x), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_image_head_gets_a_gelu_after_every_linear_but_the_last():
+    from models.oracle import describe_image_head
+
+    dropout_layout = ((3, 512, 256), (5, 256, 128), (8, 128, 64), (10, 64, 16))
+    model = build_oracle("omni", image_head=dropout_layout)
+    kinds = [type(m).__name__ for m in model.image_spine.convnext.head]
+    assert kinds == ["GlobalAvgPool", "LayerNorm2d", "Flatten", "Linear", "GELU", "Linear", "GELU", "Identity",
+                     "Linear", "GELU", "Linear"]
+    assert describe_image_head(model.image_spine.head_layout) == \
+        "image head Linear layers at 3,5,8,10: 512->256->128->64->16"
+    assert build_oracle("omni", residual=False).lc_md_spine.residual_proj is None
+    with pytest.raises(ValueError, match="at 3,4: 512->256->16"):
+        build_oracle("omni", image_head=((3, 512, 256), (4, 256, 16)))
