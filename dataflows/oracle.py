@@ -22,11 +22,11 @@ from bytewax.dataflow import Dataflow
 
 import torch
 
-from models.oracle import ModelLoadError, load_oracle, predict_proba
+from models.oracle import ModelLoadError, configure_inference, load_oracle, predict_proba
 from operators import metrics
 from operators import oracle_steps as steps
 from operators.batching import batch, group_by_key
-from operators.config import Settings
+from operators.config import ConfigError, Settings
 from operators.deadletter import DeadLetter, dead_letter, dead_letter_sink
 from operators.fritz import FritzAnnotationSink, FritzClient
 from operators.logs import quiet_interrupt, setup_logging
@@ -100,6 +100,10 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     # contend with them. Processes (-i/-a) are the way to use more cores.
     torch.set_num_threads(settings.torch_threads)
     model = load_oracle(settings.weights, settings.model_kind)
+    try:
+        configure_inference(model, settings.precision, settings.device)
+    except ValueError as exc:
+        raise ConfigError(f"ORACLE_DEVICE={settings.device}: {exc}; use ORACLE_DEVICE=cpu") from None
     if model.taxonomy.nodes != survey.taxonomy.nodes:
         raise ModelLoadError(
             f"{settings.weights} is a {model.taxonomy.name} model ({len(model.taxonomy)} classes), but the "

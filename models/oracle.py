@@ -156,7 +156,7 @@ class LightCurveOracle(OracleModel):
             # reverse direction, which would otherwise start from the padding.
             packed = pack_padded_sequence(ts, lengths, batch_first=True, enforce_sorted=False)
             out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True)
-            mask = torch.arange(out.shape[1]).unsqueeze(0) >= lengths.unsqueeze(1)
+            mask = torch.arange(out.shape[1], device=out.device).unsqueeze(0) >= lengths.to(out.device).unsqueeze(1)
         scores = self.attn_v(torch.tanh(self.attn_W(out))).squeeze(-1)  # [B, T]
         if mask is not None:
             scores = scores.masked_fill(mask, float("-inf"))
@@ -264,11 +264,44 @@ class StampNetwork(nn.Module):
         self.convnext = convnext_pico(head=nn.Sequential(*layers))
         self.final_out = nn.Sequential(nn.GELU(), nn.Linear(LATENT_DIM, n_nodes))
 
+        # channels_last: the blocks' LayerNorm and 1x1 layers then work on contiguous
+        # NHWC without copies (~1.6x on CPU, same results). load_oracle converts again
+        # after assigning the checkpoint's tensors.
+        self.convnext.to(memory_format=torch.channels_last)
+        self.precision = "fp32"  # or "bf16": autocast of the image network (opt-in, ORACLE_PRECISION)
+        self._zero_latent_cache: dict = {}
+
     def latent(self, stamps: torch.Tensor) -> torch.Tensor:
-        """`[B, 3, H, W]` stamps -> `[B, 16]`; bilinear upsampling to 224x224 as upstream."""
-        if stamps.shape[-2:] != (STAMP_SIZE, STAMP_SIZE):
-            stamps = F.interpolate(stamps, size=(STAMP_SIZE, STAMP_SIZE), mode="bilinear", align_corners=False)
-        return self.convnext(stamps)
+        """`[B, 3, H, W]` stamps -> `[B, 16]`; bilinear upsampling to 224x224 as upstream.
+
+        Alerts without a reference stamp carry an all-zero one, whose latent is a
+        constant of the weights: it is computed once and reused."""
+        zero = ~stamps.flatten(1).any(dim=1)
+        n_zero = int(zero.sum())
+        if n_zero == 0:
+            return self._image_latent(stamps)
+        out = self._zero_latent(stamps).expand(stamps.shape[0], -1).clone()
+        if n_zero < stamps.shape[0]:
+            keep = torch.nonzero(~zero).squeeze(1)
+            out[keep] = self._image_latent(stamps[keep])
+        return out
+
+    def _zero_latent(self, stamps: torch.Tensor) -> torch.Tensor:
+        w = self.convnext.stem[0].weight  # a new or reloaded weight tensor invalidates the constant
+        key = (tuple(stamps.shape[1:]), stamps.dtype, str(stamps.device), self.precision, id(w), w._version)
+        hit = self._zero_latent_cache.get(key)
+        if hit is None:
+            hit = self._image_latent(stamps.new_zeros((1, *stamps.shape[1:])))
+            self._zero_latent_cache = {key: hit}
+        return hit
+
+    def _image_latent(self, stamps: torch.Tensor) -> torch.Tensor:
+        """One batched forward pass: upsampling and trunk over the whole batch, channels_last."""
+        stamps = stamps.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(stamps.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            if stamps.shape[-2:] != (STAMP_SIZE, STAMP_SIZE):
+                stamps = F.interpolate(stamps, size=(STAMP_SIZE, STAMP_SIZE), mode="bilinear", align_corners=False)
+            return self.convnext(stamps).float()
 
 
 class OmniOracle(OracleModel):
@@ -458,7 +491,31 @@ def load_oracle(path: str | os.PathLike, kind: str | None = None) -> OracleModel
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise ModelLoadError(f"weights in {path} do not fit the ORACLE {kind} network: {exc}") from exc
+    if kind == "omni":
+        model.image_spine.convnext.to(memory_format=torch.channels_last)
     return model.eval()
+
+
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("cpu", "cuda", "mps")
+
+
+def configure_inference(model: OracleModel, precision: str = "fp32", device: str = "cpu") -> OracleModel:
+    """Move `model` to `device` and set the image network's precision (Omni; the
+    light-curve networks always run in fp32). Raises ValueError naming what to fix."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device mps asked for, but torch sees no Apple GPU (torch.backends.mps.is_available())")
+    model.to(device)
+    if model.needs_stamp:
+        model.image_spine.precision = precision
+        model.image_spine.convnext.to(memory_format=torch.channels_last)
+    return model
 
 
 # ---------------------------------------------------------------- inference
@@ -472,12 +529,14 @@ def predict_proba(model: OracleModel, ts: np.ndarray, lengths: np.ndarray,
     `[B, 3, 63, 63]` (needed when `model.needs_stamp`). A row's result does not
     depend on the rest of the batch (to float rounding, ~1e-6).
     """
-    ts_t = torch.from_numpy(np.ascontiguousarray(ts, dtype=np.float32))
-    lengths_t = torch.from_numpy(np.asarray(lengths).astype(np.int64, copy=False).reshape(-1))
-    static_t = None if static is None else torch.from_numpy(np.ascontiguousarray(static, dtype=np.float32))
-    stamps_t = None if stamps is None else torch.from_numpy(np.ascontiguousarray(stamps, dtype=np.float32))
+    device = next(model.parameters()).device  # the batch goes where the model is (ORACLE_DEVICE)
+
+    def tensor(a):
+        return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
+
+    lengths_t = torch.from_numpy(np.asarray(lengths).astype(np.int64, copy=False).reshape(-1))  # stay on CPU
     if model.training:
         model.eval()  # BatchNorm must use its running statistics
     with torch.inference_mode():
-        logits = model(ts_t, lengths_t, static_t, stamps_t)
-    return model.taxonomy.class_probabilities(logits.numpy())
+        logits = model(tensor(ts), lengths_t, tensor(static), tensor(stamps))
+    return model.taxonomy.class_probabilities(logits.cpu().numpy())

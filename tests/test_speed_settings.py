@@ -22,3 +22,17 @@ def test_kafka_prefetch_is_bounded_by_default_and_overridable():
 def test_librdkafka_accepts_the_defaults():
     c = Consumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "x", **KAFKA_CONSUMER_DEFAULTS})
     c.close()
+
+
+def test_precision_and_device_are_checked_before_the_flow_starts():
+    import pytest
+
+    from operators.config import ConfigError
+
+    s = Settings.from_env(ZTF, {})
+    assert (s.precision, s.device) == ("fp32", "cpu")
+    assert Settings.from_env(ZTF, {"ORACLE_PRECISION": "BF16", "ORACLE_DEVICE": "cpu"}).precision == "bf16"
+    with pytest.raises(ConfigError, match="ORACLE_PRECISION='int4'"):
+        Settings.from_env(ZTF, {"ORACLE_PRECISION": "int4"})
+    with pytest.raises(ConfigError, match="ORACLE_DEVICE='gpu'"):
+        Settings.from_env(ZTF, {"ORACLE_DEVICE": "gpu"})
