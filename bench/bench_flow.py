@@ -922,7 +922,7 @@ def targets(res: dict) -> list[dict]:
         res["ratios"]["cluster_embedded_over_embedded"] = ratio
         cores = sum((m["cluster-embedded"].get("cpu") or {}).get("cores", {}).values())
         add("2 processes ≥ 1.8× one (embedded store)", f"{ratio:.2f}× (the 2 processes got {cores:.2f} cores)",
-            ratio >= 1.7)
+            ratio >= 1.8)
         each = m["cluster-embedded"].get("process_cpu_each_s") or []
         if m["embedded"].get("process_cpu_s") and len(each) == 2 and max(each) > 0:
             # Each process on a core of its own: the busier one sets the pace.
@@ -931,7 +931,7 @@ def targets(res: dict) -> list[dict]:
             split = m["cluster-embedded"].get("classified_each") or []
             add("  … projected with 2 free cores (CPU of 1 process ÷ CPU of the busier of 2)",
                 f"{proj:.2f}× (CPU s {' + '.join(f'{c:.1f}' for c in each)} vs {m['embedded']['process_cpu_s']:.1f}; "
-                f"model work split {'/'.join(str(c) for c in split)})", proj >= 1.7)
+                f"model work split {'/'.join(str(c) for c in split)})", proj >= 1.8)
     if "cluster-embedded-shards" in m and "embedded-shards" in m:
         ratio = msgs_per_s(m["cluster-embedded-shards"]) / msgs_per_s(m["embedded-shards"])
         res["ratios"]["cluster_embedded_over_embedded_alt_shards"] = ratio
