@@ -20,12 +20,10 @@
   process exits. Run with `python -m bytewax.run "bench.flowbench:embedded_flow(...)"`.
 - `baseline_main(...)`: the upstream per-message design (poll one, two
   `find_one`, one single-alert forward pass, one CSV append, one commit).
-- Speed levers (`CachedAvroDecoder`, `light_curve_fast`, `bucketed`): drop-in
-  prototypes of changes proposed for operators/, measured by the
-  `embedded-levers` mode and checked against the code they replace
-  (`check_levers`).
 
-Nothing here changes the flow: instrumentation wraps functions from outside.
+Nothing here changes or wraps the flow: stage times come from its own metrics
+(`alertflow_stage_seconds`, read from the process's registry at exit), throughput
+from the source's first message and the results CSV.
 """
 
 from __future__ import annotations
@@ -340,233 +338,25 @@ class Stats:
 STATS = Stats()
 
 
-def _instrument(stats: Stats) -> None:
-    """Time parse, the batch stages and the file sinks of the real flow, from outside:
-    wall time (perf_counter) and this thread's CPU time (thread_time) per stage, so that
-    the split stays readable when the machine is shared (wall inflates, CPU does not)."""
-    import dataflows.oracle as oracle
-    import operators.files as files
-    import operators.oracle_steps as steps
+def flow_metrics(stats: Stats) -> None:
+    """Copy the flow's own metrics into `stats` (called at exit; nothing in the flow is
+    wrapped or patched): `alertflow_stage_seconds` sums per stage (enrich, inputs,
+    model), the classified and written counts, and the time of the last row (the
+    results CSV's modification time)."""
+    from prometheus_client import REGISTRY
 
-    if getattr(oracle, "_bench_instrumented", False):
-        return
-    oracle._bench_instrumented = True
-    perf, cpu = time.perf_counter, time.thread_time
-
-    def timed(stage: str, fn, count=lambda args, out: 0):
-        def wrapper(*args, **kwargs):
-            w0, c0 = perf(), cpu()
-            out = fn(*args, **kwargs)
-            stats.add(stage, perf() - w0, count(args, out), cpu() - c0)
-            return out
-
-        return wrapper
-
-    # parse_message, enrich and classify are looked up at call time; build_inputs is bound
-    # by build_flow (partial), so this must run before build_flow.
-    oracle.parse_message = timed("parse", oracle.parse_message, lambda args, out: 1)
-    steps.enrich = timed("enrich", steps.enrich)
-    steps.build_inputs = timed("inputs", steps.build_inputs)
-    steps.classify = timed("model", steps.classify, lambda args, out: len(out.items))
-    log_batch = steps.log_batch
-
-    def counted_log_batch(survey, batch):
-        with stats.lock:
-            stats.counts["batches"] = stats.counts.get("batches", 0) + 1
-            stats.counts["classified"] = stats.counts.get("classified", 0) + len(batch.items)
-        return log_batch(survey, batch)
-
-    steps.log_batch = timed("log_batch", counted_log_batch)
-    write_batch = files._AppendPartition.write_batch
-
-    def timed_write(self, items):
-        w0, c0 = perf(), cpu()
-        write_batch(self, items)
-        stats.add("outputs", perf() - w0, len(items), cpu() - c0)
-        stats.last_out = time.time()
-
-    files._AppendPartition.write_batch = timed_write
-
-
-# ---------------------------------------------------------------- speed levers (prototypes, bench only)
-#
-# Drop-in replacements measured by the `embedded-levers` mode; each gives the same
-# outputs as the function it replaces (checked by `check_levers`). They are applied
-# by patching module attributes inside the bench's own flow process only.
-
-
-def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
-    """An Avro long at `pos`: (value, next position)."""
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return (value >> 1) ^ -(value & 1), pos
-        shift += 7
-
-
-class CachedAvroDecoder:
-    """`decode_avro` that parses each distinct container header (schema + codec) once.
-
-    BOOM writes one container per message, so every message carries its schema as
-    JSON: `fastavro.reader` re-parses it (JSON + schema compilation) for each one,
-    ~40% of the parse step. Here the header's metadata bytes key a cache of parsed
-    schemas; the single block is decompressed and read with
-    `fastavro.schemaless_reader`. Anything unusual (not one block of one record,
-    another codec, a bad sync marker, any error) falls back to the original
-    `decode_avro`, so errors and their messages are unchanged."""
-
-    def __init__(self, fallback, max_schemas: int = 64):
-        from cramjam import snappy
-
-        self._fallback = fallback
-        self._snappy = snappy.decompress_raw
-        self._schemas: dict[bytes, tuple] = {}
-        self._max = max_schemas
-
-    def _schema(self, meta: bytes, payload: bytes, pos: int):
-        hit = self._schemas.get(meta)
-        if hit is None:
-            reader = fastavro.reader(io.BytesIO(payload))
-            hit = (fastavro.parse_schema(reader.writer_schema), reader.codec)
-            if len(self._schemas) < self._max:
-                self._schemas[meta] = hit
-        return hit
-
-    def __call__(self, payload: bytes) -> dict:
-        try:
-            if payload[:4] != b"Obj\x01":
-                raise ValueError
-            pos = 4
-            while True:  # the metadata map, in blocks
-                count, pos = _read_long(payload, pos)
-                if count == 0:
-                    break
-                if count < 0:
-                    count = -count
-                    _, pos = _read_long(payload, pos)
-                for _ in range(2 * count):
-                    length, pos = _read_long(payload, pos)
-                    pos += length
-            meta_end = pos
-            sync = payload[pos:pos + 16]
-            pos += 16
-            schema, codec = self._schema(payload[4:meta_end], payload, pos)
-            count, pos = _read_long(payload, pos)
-            size, pos = _read_long(payload, pos)
-            data = payload[pos:pos + size]
-            if count != 1 or len(data) != size or payload[pos + size:] != sync:
-                raise ValueError
-            if codec == "snappy":
-                raw = bytes(self._snappy(data[:-4]))
-            elif codec == "null":
-                raw = data
-            elif codec == "deflate":
-                raw = zlib.decompress(data, -15)
-            else:
-                raise ValueError
-            buf = io.BytesIO(raw)
-            record = fastavro.schemaless_reader(buf, schema)
-            if buf.tell() != len(raw):
-                raise ValueError
-            return record
-        except Exception:
-            return self._fallback(payload)
-
-
-def light_curve_fast(points: list):
-    """The light-curve lever, now the flow's own `operators.ztf_inputs.light_curve`
-    (plain Python up to one final array); kept as a name so earlier result files compare."""
-    from operators.ztf_inputs import light_curve
-
-    return light_curve(points)
-
-
-BUCKET_EDGES = (4, 8, 16, 32, 64)
-
-
-def bucketed(predict, edges=BUCKET_EDGES):
-    """`predict_proba` run per light-curve length bucket (≤4, ≤8, ≤16, ≤32, ≤64, longer),
-    each sub-batch trimmed to its own longest series; rows come back in input order.
-    The attention and projections work on the padded [B, T_max] output, so one long
-    series in a batch of short ones multiplies their cost."""
-    import numpy as np
-
-    def predict_bucketed(model, ts, lengths, static=None, stamps=None):
-        lengths = np.asarray(lengths)
-        if len(lengths) <= 1:
-            return predict(model, ts, lengths, static, stamps)
-        bucket = np.searchsorted(np.asarray(edges), lengths)
-        if (bucket == bucket[0]).all():
-            return predict(model, ts, lengths, static, stamps)
-        out = None
-        for b in np.unique(bucket):
-            idx = np.flatnonzero(bucket == b)
-            t = int(lengths[idx].max())
-            probs = predict(model, ts[idx, :t], lengths[idx], None if static is None else static[idx],
-                            None if stamps is None else stamps[idx])
-            if out is None:
-                out = np.empty((len(lengths), probs.shape[1]), dtype=probs.dtype)
-            out[idx] = probs
-        return out
-
-    return predict_bucketed
-
-
-def apply_levers(which=("parse", "buckets")) -> None:
-    """Patch the levers into this process (call before `build_flow`). The light-curve lever
-    is the flow's own code now (`light_curve_fast` calls it), so it is not patched."""
-    import dataflows.oracle as oracle
-    import operators.messages as messages
-
-    if "parse" in which:
-        messages.decode_avro = CachedAvroDecoder(messages.decode_avro)
-    if "buckets" in which:
-        oracle.predict_proba = bucketed(oracle.predict_proba)
-
-
-def check_levers(workload: "Workload", n: int = 300) -> dict:
-    """The levers give the same outputs as the code they replace (max |Δp| for the model)."""
-    import numpy as np
-
-    from models.oracle import load_oracle, predict_proba
-    from operators.messages import decode_avro
-    from operators.oracle_steps import pad
-    from operators.sample import read_messages
-    from operators.surveys import ZTF
-    from operators.ztf_inputs import light_curve, ztf_inputs
-
-    dec = CachedAvroDecoder(decode_avro)
-    for payload in [workload.message(i) for i in range(n)] + read_messages(ZTF.sample_dir):
-        try:
-            want = decode_avro(payload)
-        except Exception as exc:
-            try:
-                dec(payload)
-            except Exception as exc2:
-                assert str(exc2) == str(exc) and type(exc2) is type(exc)
-                continue
-            raise AssertionError("the cached decoder accepted a message decode_avro refuses")
-        assert dec(payload) == want
-    store = SynthStore(workload, ZTF.collections)
-    docs = store.fetch([workload.candid(i) for i in range(n)], list(workload.aux_docs), False)
-    inputs = []
-    for i in range(n):
-        alert = docs.alerts[workload.candid(i)]
-        aux = docs.aux[alert["objectId"]]
-        points = [*aux["prv_candidates"], alert["candidate"]]
-        a, b = light_curve(points), light_curve_fast(points)
-        assert a.dtype == b.dtype and np.array_equal(a, b)
-        inputs.append(ztf_inputs(alert, aux))
-    model = load_oracle(ZTF.weights)
-    ts, lengths = pad(inputs)
-    static = np.stack([x.static for x in inputs])
-    diff = float(np.abs(predict_proba(model, ts, lengths, static)
-                        - bucketed(predict_proba)(model, ts, lengths, static)).max())
-    assert diff < 1e-4, diff
-    return {"decoder": "identical", "light_curve": "identical", "buckets_max_abs_diff": diff}
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name == "alertflow_stage_seconds_sum":  # wall time only: no per-stage CPU split
+                stage = sample.labels.get("stage", "?")
+                stats.seconds[stage] = stats.seconds.get(stage, 0.0) + sample.value
+            elif sample.name == "alertflow_classified_total":
+                stats.counts["classified"] = stats.counts.get("classified", 0) + int(sample.value)
+            elif sample.name == "alertflow_results_written_total":
+                stats.counts["outputs"] = stats.counts.get("outputs", 0) + int(sample.value)
+    csv_path = Path(os.environ["ALERTFLOW_RESULTS_DIR"]) / "oracle_ztf_results.csv"
+    if csv_path.exists():
+        stats.last_out = csv_path.stat().st_mtime
 
 
 class SynthPartition:
@@ -631,7 +421,7 @@ def _sampler(stats: Stats, out_dir: Path, every_s: float) -> None:
         time.sleep(every_s)
 
 
-def embedded_flow(n: int, out_dir: str, parts: int = 1, sample_every_s: float = 1.0, levers: tuple = ()):
+def embedded_flow(n: int, out_dir: str, parts: int = 1, sample_every_s: float = 1.0):
     """The ORACLE ZTF flow over `n` synthesized messages in `parts` partitions, instrumented.
     Writes `out_dir/stats-PID.json` at exit; results under `out_dir/results`."""
     out = Path(out_dir)
@@ -642,12 +432,14 @@ def embedded_flow(n: int, out_dir: str, parts: int = 1, sample_every_s: float = 
     from dataflows.oracle import build_flow
     from operators.surveys import ZTF
 
-    if levers:
-        apply_levers(levers)
-    _instrument(STATS)
     workload = Workload()
     STATS.rss.append((time.time(), 0, proc_status().get("VmRSS", 0)))
-    atexit.register(lambda: (out / f"stats-{os.getpid()}.json").write_text(json.dumps(STATS.as_dict())))
+
+    def write_stats():
+        flow_metrics(STATS)
+        (out / f"stats-{os.getpid()}.json").write_text(json.dumps(STATS.as_dict()))
+
+    atexit.register(write_stats)
     threading.Thread(target=_sampler, args=(STATS, out, sample_every_s), daemon=True).start()
     source = _source_classes()(workload, n, parts)
     return build_flow(ZTF, source=source, store=SynthStore(workload, ZTF.collections))
@@ -754,3 +546,62 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "baseline":
         sys.exit(baseline_main(sys.argv[2:]))
     sys.exit("usage: python -m bench.flowbench baseline --brokers ... (the driver is bench/bench_flow.py)")
+
+
+# ---------------------------------------------------------------- Omni alone
+
+
+def omni_rates(seconds: float = 8.0, batch: int = 32) -> dict:
+    """Omni (random weights with a trained-looking layer scale: no Omni checkpoint is
+    shipped) on the bundled ZTF alerts with their real reference stamps: alerts/s on
+    one thread in fp32 and in each opt-in precision, and the largest probability
+    change the precision causes on those alerts."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from models.oracle import build_oracle, configure_inference, predict_proba
+    from operators.oracle_steps import pad
+    from operators.store import EmbeddedStore
+    from operators.surveys import ZTF
+    from operators.ztf_inputs import ztf_inputs
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_oracle("omni")
+    state = model.state_dict()
+    for key in state:
+        if key.endswith(".gamma"):
+            state[key] = torch.full_like(state[key], 0.5)
+    model.load_state_dict(state)
+    store = EmbeddedStore(ZTF.sample_dir, ZTF.collections)
+    candids = list(store._alerts)
+    docs = store.fetch(candids, sorted({d["objectId"] for d in store._alerts.values()}), True)
+    inputs = []
+    for c, alert in docs.alerts.items():
+        aux = docs.aux.get(alert["objectId"])
+        if aux is None:
+            continue
+        try:
+            inputs.append(ztf_inputs(alert, aux, docs.cutouts.get(c), with_stamp=True))
+        except Exception:
+            continue
+    ts, lengths = pad(inputs)
+    static = np.stack([x.static for x in inputs])
+    stamps = np.stack([x.stamp for x in inputs])
+    zero = int((~stamps.reshape(len(stamps), -1).any(axis=1)).sum())
+    idx = np.arange(batch) % len(inputs)
+    out = {"alerts": len(inputs), "zero_stamps": zero, "batch": batch}
+    fp32 = predict_proba(model, ts, lengths, static, stamps)
+    for precision in ("fp32", "bf16"):
+        m = copy.deepcopy(model)
+        configure_inference(m, precision, "cpu")
+        probs = predict_proba(m, ts, lengths, static, stamps)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            predict_proba(m, ts[idx], lengths[idx], static[idx], stamps[idx])
+            n += batch
+        out[precision] = {"alerts_per_s": n / (time.perf_counter() - t0),
+                          "max_abs_dp": float(np.abs(probs - fp32).max())}
+    return out

@@ -82,6 +82,8 @@ DESCRIPTIONS = {
     "ORACLE_{survey.name}_FORCED_PHOTOMETRY": "LSST: add BOOM's forced photometry (fp_hists) as flag-0 epochs; ZTF ignores it",
     "SLACK_API_URL": "Slack Web API base URL (a proxy or a test server); unset: slack_sdk's default",
     "ORACLE_TORCH_THREADS": "torch threads per process (workers are threads already; use processes for more cores)",
+    "ORACLE_PRECISION": "Omni's image network: fp32, or bf16 (opt-in: faster where the CPU has bf16, probabilities move slightly; bench/bench_flow.py prints by how much)",
+    "ORACLE_DEVICE": "where the model runs: cpu, cuda or mps (the model and each batch move there)",
     "ALERTFLOW_RECOVERY": "bytewax recovery (resume from the last snapshot after a restart); default on with Kafka",
     "ALERTFLOW_RECOVERY_DIR": "recovery partitions (created on first start; keep on a persistent disk)",
     "ALERTFLOW_RECOVERY_PARTITIONS": "recovery partitions created on first start",

@@ -26,11 +26,11 @@ from bytewax.dataflow import Dataflow
 
 import torch
 
-from models.oracle import ModelLoadError, load_oracle, model_label, predict_proba
+from models.oracle import ModelLoadError, configure_inference, load_oracle, model_label, predict_proba
 from operators import metrics
 from operators import oracle_steps as steps
-from operators.batching import batch
-from operators.config import Settings
+from operators.batching import batch, group_by_key
+from operators.config import ConfigError, Settings
 from operators.deadletter import DeadLetter, dead_letter, dead_letter_sink
 from operators.fritz import FritzAnnotationSink, FritzClient, add_fritz_context, fritz_key
 from operators.logs import quiet_interrupt, setup_logging
@@ -109,6 +109,11 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     if settings.shadow_weights is not None:
         shadow_model = load_survey_model(survey, settings.shadow_weights, None, f"ORACLE_{survey.name}_SHADOW_WEIGHTS")
         shadow = (shadow_model, model_label(shadow_model, settings.shadow_weights))
+    for m in [model] + ([shadow[0]] if shadow else []):
+        try:
+            configure_inference(m, settings.precision, settings.device)
+        except ValueError as exc:
+            raise ConfigError(f"ORACLE_DEVICE={settings.device}: {exc}; use ORACLE_DEVICE=cpu") from None
     lazy_store = steps.Lazy((lambda: store) if store is not None else partial(make_store, settings, survey))
     metrics.start_exporter(settings.metrics_port)
     fritz = FritzClient(settings.fritz) if settings.fritz.enabled and survey.name in FRITZ_SURVEYS else None
@@ -126,7 +131,7 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
         consumed = kop.input(
             "kafka", flow, brokers=list(k.brokers), topics=[k.topic], tail=True,
             starting_offset=OFFSET_BEGINNING if k.starting_offset == "beginning" else OFFSET_END,
-            add_config={"group.id": k.group_id, **k.client_config},
+            add_config={"group.id": k.group_id, **k.consumer_config},
         )
         messages, consumer_errors = consumed.oks, op.filter_map("consumer_error", consumed.errs, consumer_error)
     else:
@@ -139,8 +144,9 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     split = op.branch("parsed_ok", parsed, is_alert)
     alerts, unparsed = split.trues, split.falses
     wanted = op.filter("passed_filter", alerts, partial(steps.passed_filter, survey.name, settings.filter_name))
-    batches = batch("batch", op.key_on("shard", wanted, partial(steps.shard_of, settings.shards)),
-                    settings.batch_size, timedelta(seconds=settings.batch_timeout_s))
+    # Alerts cross workers grouped by shard (one list per shard per input batch), not one by one.
+    grouped = op.flat_map_batch("group_by_shard", wanted, partial(group_by_key, partial(steps.shard_of, settings.shards)))
+    batches = batch("batch", grouped, settings.batch_size, timedelta(seconds=settings.batch_timeout_s))
     work = op.map("start", op.key_rm("unkey", batches), steps.start_batch)
     work = classify_steps(work, survey, model, name, lazy_store, shadow)
     extra_dead = [unparsed] + ([consumer_errors] if consumer_errors is not None else [])
@@ -181,19 +187,20 @@ def classify_steps(work, survey: Survey, model, name: str, lazy_store, shadow=No
 def write_outputs(work, survey: Survey, results_csv: Path, deadletters: Path, *, settings: Settings,
                   fritz=None, slack: bool = False, extra_dead=()) -> None:
     """Results CSV (+ Fritz annotations, Slack posts) and the dead-letter file."""
-    if fritz is None:
-        results = op.flat_map("results", work, steps.results_of)
-    else:
+    result_lists = op.map("result_lists", work, steps.results_of)
+    if fritz is not None:
         # SkyPortal limits requests per token, not per process: every result goes to one
         # key, so one worker of the cluster makes every Fritz request (reads here, the
         # annotations in the "fritz" sink on the same worker) from one token bucket.
-        result_lists = op.filter("any_results", op.map("result_lists", work, steps.results_of), bool)
-        to_fritz = op.key_on("to_fritz", result_lists, fritz_key)
+        to_fritz = op.key_on("to_fritz", op.filter("any_results", result_lists, bool), fritz_key)
         with_context = op.stateful_map("fritz_context", to_fritz,
                                        partial(add_fritz_context, fritz, settings.fritz.context_timeout))
-        results = op.flat_map("results", op.key_rm("from_fritz", with_context), each)
-    op.output("csv", op.map("key_results", results, keyed), results_csv_sink(
-        results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name)))
+        result_lists = op.key_rm("from_fritz", with_context)
+    # The single CSV writer receives one list per model batch: fewer items to move.
+    op.output("csv", op.map("key_results", result_lists, keyed), results_csv_sink(
+        results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name), grouped=True))
+    if fritz is not None or slack:
+        results = op.flat_map("results", result_lists, each)
     if fritz is not None:
         op.output("fritz", results, FritzAnnotationSink(settings.fritz, survey.taxonomy, client=fritz))
     if slack:

@@ -50,6 +50,9 @@ from models.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY, Taxonomy
 
 KINDS = ("btsv2", "lsst_lite", "omni")
 _TAXONOMIES = {len(ZTF_TAXONOMY): ZTF_TAXONOMY, len(LSST_TAXONOMY): LSST_TAXONOMY}
+# Light-curve length groups of one forward pass (<=4, <=8, ..., <=64, longer): see _pooled_sequence.
+LENGTH_BUCKETS = (4, 8, 16, 32, 64)
+_BUCKET_EDGES = torch.tensor(LENGTH_BUCKETS)
 _DEFAULT_NODES = {"btsv2": len(ZTF_TAXONOMY), "lsst_lite": len(LSST_TAXONOMY), "omni": len(ZTF_TAXONOMY)}
 
 
@@ -131,7 +134,24 @@ class LightCurveOracle(OracleModel):
         self.head_ln2 = nn.LayerNorm(64)
 
     def _pooled_sequence(self, ts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Bidirectional GRU over each series' own steps, then attention pooling -> [B, 2H]."""
+        """Bidirectional GRU over each series' own steps, then attention pooling -> [B, 2H].
+
+        Series are grouped by length (`LENGTH_BUCKETS`), each group trimmed to its own
+        longest: the attention and the unpacking work on the padded [B, T_max] output,
+        so one long series in a batch of short ones would multiply their cost. Rows do
+        not interact, so the grouping changes results only by float rounding."""
+        if ts.shape[0] > 1:
+            bucket = torch.bucketize(lengths, _BUCKET_EDGES)
+            if int(bucket.min()) != int(bucket.max()):
+                out = ts.new_empty((ts.shape[0], 2 * self.gru.hidden_size))
+                for b in torch.unique(bucket).tolist():
+                    idx = torch.nonzero(bucket == b).squeeze(1)
+                    part = lengths[idx]
+                    out[idx] = self._pooled_bucket(ts[idx, :int(part.max())], part)
+                return out
+        return self._pooled_bucket(ts, lengths)
+
+    def _pooled_bucket(self, ts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         lmin, lmax = int(lengths.min()), int(lengths.max())
         if lmin == lmax:
             # No padding inside the used window (always so for one alert): skip packing.
@@ -142,7 +162,7 @@ class LightCurveOracle(OracleModel):
             # reverse direction, which would otherwise start from the padding.
             packed = pack_padded_sequence(ts, lengths, batch_first=True, enforce_sorted=False)
             out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True)
-            mask = torch.arange(out.shape[1]).unsqueeze(0) >= lengths.unsqueeze(1)
+            mask = torch.arange(out.shape[1], device=out.device).unsqueeze(0) >= lengths.to(out.device).unsqueeze(1)
         scores = self.attn_v(torch.tanh(self.attn_W(out))).squeeze(-1)  # [B, T]
         if mask is not None:
             scores = scores.masked_fill(mask, float("-inf"))
@@ -372,7 +392,31 @@ def load_oracle(path: str | os.PathLike, kind: str | None = None) -> OracleModel
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise ModelLoadError(f"weights in {path} do not fit the ORACLE {kind} network: {exc}") from exc
+    if kind == "omni":
+        model.image_spine.convnext.to(memory_format=torch.channels_last)
     return model.eval()
+
+
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("cpu", "cuda", "mps")
+
+
+def configure_inference(model: OracleModel, precision: str = "fp32", device: str = "cpu") -> OracleModel:
+    """Move `model` to `device` and set the image network's precision (Omni; the
+    light-curve networks always run in fp32). Raises ValueError naming what to fix."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device mps asked for, but torch sees no Apple GPU (torch.backends.mps.is_available())")
+    model.to(device)
+    if model.needs_stamp:
+        model.image_spine.precision = precision
+        model.image_spine.convnext.to(memory_format=torch.channels_last)
+    return model
 
 
 # ---------------------------------------------------------------- inference
@@ -386,15 +430,17 @@ def predict_proba(model: OracleModel, ts: np.ndarray, lengths: np.ndarray,
     `[B, 3, 63, 63]` (needed when `model.needs_stamp`). A row's result does not
     depend on the rest of the batch (to float rounding, ~1e-6).
     """
-    ts_t = torch.from_numpy(np.ascontiguousarray(ts, dtype=np.float32))
-    lengths_t = torch.from_numpy(np.asarray(lengths).astype(np.int64, copy=False).reshape(-1))
-    static_t = None if static is None else torch.from_numpy(np.ascontiguousarray(static, dtype=np.float32))
-    stamps_t = None if stamps is None else torch.from_numpy(np.ascontiguousarray(stamps, dtype=np.float32))
+    device = next(model.parameters()).device  # the batch goes where the model is (ORACLE_DEVICE)
+
+    def tensor(a):
+        return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
+
+    lengths_t = torch.from_numpy(np.asarray(lengths).astype(np.int64, copy=False).reshape(-1))  # stay on CPU
     if model.training:
         model.eval()  # BatchNorm must use its running statistics
     with torch.inference_mode():
-        logits = model(ts_t, lengths_t, static_t, stamps_t)
-    return model.taxonomy.class_probabilities(logits.numpy())
+        logits = model(tensor(ts), lengths_t, tensor(static), tensor(stamps))
+    return model.taxonomy.class_probabilities(logits.cpu().numpy())
 
 
 def weights_sha12(path) -> str:

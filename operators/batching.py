@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Iterable, List, Optional, Tuple, TypeVar
+from typing import Callable, Iterable, List, Optional, Tuple, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import operator
@@ -32,13 +32,23 @@ class _BatchLogic(StatefulLogic):
         self.timeout = timeout
         self.state = state or _OpenBatch()
 
-    def on_item(self, value) -> Tuple[Iterable[list], bool]:
+    def on_item(self, values: list) -> Tuple[Iterable[list], bool]:
+        """`values`: the alerts of one key from one input batch (grouped before the exchange)."""
+        if not values:
+            return ((), StatefulLogic.RETAIN if self.state.items else StatefulLogic.DISCARD)
         if not self.state.items:
             self.state.deadline = datetime.now(timezone.utc) + self.timeout
-        self.state.items.append(value)
-        if len(self.state.items) >= self.max_size:
-            return ((self.state.items,), StatefulLogic.DISCARD)
-        return ((), StatefulLogic.RETAIN)
+        self.state.items.extend(values)
+        if len(self.state.items) < self.max_size:
+            return ((), StatefulLogic.RETAIN)
+        items, size = self.state.items, self.max_size
+        full = [items[i:i + size] for i in range(0, len(items) - size + 1, size)]
+        rest = items[len(full) * size:]
+        if not rest:
+            return (full, StatefulLogic.DISCARD)
+        # the leftover opens a new batch with its own deadline
+        self.state = _OpenBatch(rest, datetime.now(timezone.utc) + self.timeout)
+        return (full, StatefulLogic.RETAIN)
 
     def on_notify(self) -> Tuple[Iterable[list], bool]:
         return ((self.state.items,), StatefulLogic.DISCARD)
@@ -54,7 +64,25 @@ class _BatchLogic(StatefulLogic):
 
 
 @operator
-def batch(step_id: str, up: KeyedStream[V], max_size: int, timeout: timedelta) -> KeyedStream[List[V]]:
-    """Gather items of each key into lists of at most `max_size`, each list
-    emitted no later than `timeout` after its first item arrived."""
+def batch(step_id: str, up: KeyedStream[List[V]], max_size: int, timeout: timedelta) -> KeyedStream[List[V]]:
+    """Gather the lists of items of each key into lists of at most `max_size`, each
+    emitted no later than `timeout` after its first item arrived. The input is
+    lists (see `group_by_key`) so that items cross workers in groups, not one by one."""
     return op.stateful("batch", up, lambda resume: _BatchLogic(max_size, timeout, resume))
+
+
+def group_by_key(key: Callable[[V], str], items: List[V]) -> List[Tuple[str, List[V]]]:
+    """One input batch (a `flat_map_batch` call) → `(key, [items])` per key present.
+
+    bytewax exchanges every item of a keyed stream between workers on its own
+    (pickled, with per-item overhead); grouping first moves one list per key per
+    input batch instead. Order within a key is kept."""
+    groups: dict[str, list] = {}
+    for item in items:
+        k = key(item)
+        group = groups.get(k)
+        if group is None:
+            groups[k] = [item]
+        else:
+            group.append(item)
+    return list(groups.items())

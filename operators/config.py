@@ -84,8 +84,24 @@ class KafkaSettings:
     client_config: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
+    def consumer_config(self) -> dict[str, str]:
+        """The flow's consumer settings: bounded prefetch unless KAFKA_OPT_* says otherwise."""
+        return {**KAFKA_CONSUMER_DEFAULTS, **self.client_config}
+
+    @property
     def secrets(self) -> list[str]:
         return [v for k, v in self.client_config.items() if "password" in k or "secret" in k]
+
+
+# librdkafka prefetches up to 64 MB per partition and 100,000 messages by default: with
+# BOOM's cutout-carrying messages that alone made a Kafka run peak near 850 MB. The flow
+# consumes in batches of ~1,000, so a few MB ahead per partition keep it fed.
+# KAFKA_OPT_QUEUED_MAX_MESSAGES_KBYTES etc. override these.
+KAFKA_CONSUMER_DEFAULTS = {
+    "queued.max.messages.kbytes": "16384",
+    "queued.min.messages": "5000",
+    "fetch.max.bytes": "16777216",
+}
 
 
 # The user-info part of a URI, up to the last "@" before the host (robust to unescaped "/" or "@").
@@ -151,6 +167,8 @@ class Settings:
     snapshot_interval_s: float = 5.0
     backup_interval_s: float = 0.0
     torch_threads: int = 1
+    precision: str = "fp32"  # Omni's image network: fp32, or bf16 (opt-in, faster, probabilities move slightly)
+    device: str = "cpu"  # where the model runs: cpu, cuda, mps
     fritz: Optional["FritzConfig"] = None
     slack: Optional["SlackConfig"] = None
     metrics_port: Optional[int] = None
@@ -231,6 +249,12 @@ class Settings:
                 timeout_ms=env_int(env, "MONGODB_TIMEOUT_MS", 5000),
                 retries=env_int(env, "MONGODB_RETRIES", 0),
             )
+        precision = (env_str(env, "ORACLE_PRECISION", "fp32") or "fp32").lower()
+        if precision not in {"fp32", "bf16"}:
+            raise ConfigError(f"ORACLE_PRECISION={precision!r}: use fp32 (default) or bf16")
+        device = (env_str(env, "ORACLE_DEVICE", "cpu") or "cpu").lower()
+        if device not in {"cpu", "cuda", "mps"}:
+            raise ConfigError(f"ORACLE_DEVICE={device!r}: use cpu (default), cuda or mps")
         batch_size = env_int(env, "ORACLE_BATCH_SIZE", 256)
         if batch_size < 1:
             raise ConfigError("ORACLE_BATCH_SIZE must be at least 1")
@@ -255,6 +279,8 @@ class Settings:
             snapshot_interval_s=env_float(env, "ALERTFLOW_SNAPSHOT_INTERVAL_S", 5.0),
             backup_interval_s=env_float(env, "ALERTFLOW_BACKUP_INTERVAL_S", 0.0),
             torch_threads=env_int(env, "ORACLE_TORCH_THREADS", 1),
+            precision=precision,
+            device=device,
             fritz=FritzConfig.from_env(env),
             slack=SlackConfig.from_env(env),
             metrics_port=metrics_port(env),

@@ -90,6 +90,8 @@ class _AppendPartition(StatefulSinkPartition):
         self._skipped = 0
 
     def write_batch(self, items: list) -> None:
+        if self._sink.grouped:  # each item is a list of records (one per upstream batch)
+            items = [record for group in items for record in group]
         fresh = []
         for item in items:
             key = self._sink.key(item)
@@ -120,7 +122,8 @@ class AppendFileSink(FixedPartitionedSink):
     item across runs; `existing_keys(path)` reads the keys already in a file, in
     file order; `window` is how many recent keys are remembered.
     Items are `(key, value)` pairs as bytewax partitioned sinks require; only
-    values reach `encode`.
+    values reach `encode`. With `grouped=True` each value is a list of records
+    (moving one list per batch to the single writer costs less than one item per record).
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class AppendFileSink(FixedPartitionedSink):
         header: str = "",
         after_write: Callable[[list], None] = lambda items: None,
         window: int = 200_000,
+        grouped: bool = False,
     ):
         self.path = Path(path)
         self.encode = encode
@@ -140,6 +144,7 @@ class AppendFileSink(FixedPartitionedSink):
         self.header = header
         self.after_write = after_write
         self.window = window
+        self.grouped = grouped
 
     def list_parts(self) -> list[str]:
         return [self.path.name]

@@ -74,8 +74,9 @@ def _candids_in(path: Path) -> Iterable[int]:
                 yield int(row[0])
 
 
-def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None) -> AppendFileSink:
-    """Sink for `(key, Result)` items into the results CSV (deduplicated by candid)."""
+def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None, grouped: bool = False) -> AppendFileSink:
+    """Sink for `(key, Result)` items (`(key, [Result, ...])` with `grouped`) into the
+    results CSV (deduplicated by candid)."""
     return AppendFileSink(
         path,
         encode=_encoder(taxonomy),
@@ -83,6 +84,7 @@ def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None) -
         existing_keys=_candids_in,
         header=",".join(csv_columns(taxonomy)) + "\n",
         after_write=after_write,
+        grouped=grouped,
     )
 
 

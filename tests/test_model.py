@@ -169,3 +169,25 @@ def test_bad_inputs_are_rejected(ztf):
     with pytest.raises(ValueError, match="ts"):
         predict_proba(ztf, ts[..., :4], lengths, static)
     assert predict_proba(ztf, ts[:0], lengths[:0], static[:0]).shape == (0, 10)
+
+
+@pytest.mark.parametrize("which", ["ztf", "lsst"])
+def test_length_groups_change_nothing_but_rounding(which, request):
+    """One forward pass groups series by length: its pooled features match one pass over
+    the whole padded batch to float32 rounding, and probabilities match each row alone
+    (no grouping, no padding) and any order of the batch to 1e-6."""
+    model = request.getfixturevalue(which)
+    lengths = [1, 3, 4, 5, 9, 70, 16, 17, 33, 64, 65, 2, 120, 8]
+    ts, lengths, static = random_batch(lengths, model.n_static, seed=5)
+    ts_t, len_t = torch.from_numpy(ts), torch.from_numpy(lengths)
+    with torch.inference_mode():
+        grouped = model._pooled_sequence(ts_t, len_t)
+        whole = model._pooled_bucket(ts_t, len_t)
+    torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=0)
+    batched = predict_proba(model, ts, lengths, static)
+    for i, n in enumerate(lengths):
+        alone = predict_proba(model, ts[i:i + 1, :n], lengths[i:i + 1], None if static is None else static[i:i + 1])
+        np.testing.assert_allclose(batched[i], alone[0], atol=1e-6, rtol=0)
+    order = np.random.default_rng(1).permutation(len(lengths))
+    shuffled = predict_proba(model, ts[order], lengths[order], None if static is None else static[order])
+    np.testing.assert_allclose(shuffled, batched[order], atol=1e-6, rtol=0)

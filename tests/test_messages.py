@@ -1,0 +1,84 @@
+"""`decode_avro`'s cached-schema fast path gives exactly what fastavro's container
+reader gives: the same record for every bundled message, the same refusal (type
+and text) for anything malformed, so malformed messages stay dead letters."""
+
+from __future__ import annotations
+
+import io
+
+import fastavro
+import pytest
+from bytewax.connectors.kafka import KafkaSourceMessage
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from operators.config import DATA_DIR
+from operators.deadletter import DeadLetter
+from operators.messages import FilterResult, _decode_avro_cached, decode_avro, parse_message
+from operators.sample import read_messages
+from operators.surveys import LSST, ZTF
+
+BUNDLED = read_messages(ZTF.sample_dir) + read_messages(LSST.sample_dir)
+
+
+def reference(payload: bytes):
+    """fastavro's reader, record by record, as the flow decoded before the cache."""
+    try:
+        records = list(fastavro.reader(io.BytesIO(payload)))
+        if len(records) != 1:
+            raise ValueError(f"not one record: the container holds {len(records)}")
+        return "ok", records[0]
+    except Exception as exc:
+        return "error", (type(exc), str(exc))
+
+
+def ours(payload: bytes):
+    try:
+        return "ok", decode_avro(payload)
+    except Exception as exc:
+        return "error", (type(exc), str(exc))
+
+
+def test_every_bundled_message_decodes_as_fastavro_reads_it():
+    fast = 0
+    for payload in BUNDLED:
+        assert ours(payload) == reference(payload)
+        try:
+            _decode_avro_cached(payload)
+            fast += 1
+        except Exception:
+            pass
+    # the fast path (not the fallback) is what decoded the good ones
+    assert fast == sum(reference(p)[0] == "ok" for p in BUNDLED) > 0
+
+
+@pytest.mark.parametrize("name", ["fink_ztf_sample.avro", "fink_lsst_sample.avro", "fink_ztf_2019_alert_1.avro"])
+def test_other_containers_fall_back_to_the_reader(name):
+    payload = (DATA_DIR / "fink" / name).read_bytes()
+    assert ours(payload) == reference(payload)
+
+
+GOOD = [p for p in BUNDLED if reference(p)[0] == "ok"]
+junk = st.one_of(
+    st.binary(max_size=400),
+    st.builds(lambda i, cut: GOOD[i % len(GOOD)][:cut], st.integers(0, 10_000), st.integers(0, 3000)),
+    st.builds(lambda i, pos, b: _flip(GOOD[i % len(GOOD)], pos, b), st.integers(0, 10_000),
+              st.integers(0, 100_000), st.integers(0, 255)),
+    st.builds(lambda i, extra: GOOD[i % len(GOOD)] + extra, st.integers(0, 10_000), st.binary(max_size=40)),
+)
+
+
+def _flip(value: bytes, pos: int, byte: int) -> bytes:
+    pos = pos % len(value)
+    return value[:pos] + bytes([byte]) + value[pos + 1:]
+
+
+@settings(max_examples=1500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(junk)
+def test_malformed_messages_are_refused_as_the_reader_refuses_them(payload):
+    assert ours(payload) == reference(payload)
+    out = parse_message(KafkaSourceMessage(None, payload, topic="t", partition=0, offset=3))
+    if reference(payload)[0] == "error":
+        assert isinstance(out, DeadLetter) and out.reason.startswith(("undecodable Avro", "empty message"))
+    else:
+        assert isinstance(out, (FilterResult, DeadLetter))
