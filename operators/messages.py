@@ -144,28 +144,74 @@ class _WriterSchemas:
 _SCHEMAS = _WriterSchemas()
 
 
-def _decode_avro_cached(payload: bytes) -> dict:
-    """The fast path of `decode_avro`: one block holding one record, its writer schema
-    parsed once per distinct header. Raises on anything else (the caller falls back)."""
+def _container_header(payload: bytes) -> tuple[bytes, dict, int]:
+    """An Avro container's header: (metadata bytes, metadata map, position after the sync marker)."""
     if payload[:4] != b"Obj\x01":
         raise ValueError("not an Avro container")
-    pos = 4
-    while True:  # the header's metadata map, in blocks
+    pos, meta = 4, {}
+    while True:  # the metadata map, in blocks
         count, pos = _read_long(payload, pos)
         if count == 0:
             break
         if count < 0:
             count = -count
             _, pos = _read_long(payload, pos)  # block size in bytes
-        for _ in range(2 * count):
-            length, pos = _read_long(payload, pos)
-            if length < 0:
+        for _ in range(count):
+            key_len, pos = _read_long(payload, pos)
+            key, pos = payload[pos:pos + key_len], pos + key_len
+            value_len, pos = _read_long(payload, pos)
+            if key_len < 0 or value_len < 0:
                 raise ValueError("negative length")
-            pos += length
-    meta_end = pos
-    sync = payload[pos:pos + 16]
-    schema, codec = _SCHEMAS.get(payload[4:meta_end], payload)
-    count, pos = _read_long(payload, pos + 16)
+            meta[key], pos = payload[pos:pos + value_len], pos + value_len
+    return payload[4:pos], meta, pos + 16
+
+
+# Snappy expands at most ~21x (a 3-byte copy tag gives 64 bytes). A block declaring more
+# is corrupt, and decompressing it first would allocate what it declares: 9 junk bytes
+# can ask for 4 GB and abort the process (cramjam aborts when the allocation fails).
+SNAPPY_MAX_EXPANSION = 32
+
+
+def _check_block_sizes(payload: bytes) -> None:
+    """Refuse a container whose Snappy blocks declare more bytes than they can hold,
+    before any decoder allocates them."""
+    try:
+        _, meta, pos = _container_header(payload)
+    except (ValueError, IndexError):
+        return  # not a container header we can read: the decoders say why
+    if meta.get(b"avro.codec") != b"snappy":
+        return
+    while pos < len(payload):
+        try:
+            _, pos = _read_long(payload, pos)
+            size, pos = _read_long(payload, pos)
+            declared, _ = _read_uvarint(payload, pos)
+        except IndexError:
+            return
+        if size >= 0 and declared > SNAPPY_MAX_EXPANSION * size + 64:
+            raise ValueError(f"corrupt Snappy block: declares {declared} bytes from {size}")
+        pos += max(size, 0) + 16
+
+
+def _read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    """An unsigned little-endian base-128 varint (Snappy's uncompressed length)."""
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80 or shift > 63:
+            return value, pos
+        shift += 7
+
+
+def _decode_avro_cached(payload: bytes) -> dict:
+    """The fast path of `decode_avro`: one block holding one record, its writer schema
+    parsed once per distinct header. Raises on anything else (the caller falls back)."""
+    meta, _, pos = _container_header(payload)
+    sync = payload[pos - 16:pos]
+    schema, codec = _SCHEMAS.get(meta, payload)
+    count, pos = _read_long(payload, pos)
     size, pos = _read_long(payload, pos)
     data = payload[pos:pos + size]
     if count != 1 or size < 0 or len(data) != size or len(sync) != 16 or payload[pos + size:] != sync:
@@ -193,6 +239,7 @@ def decode_avro(payload: bytes) -> dict:
     the parse step). The common shape (one block, one record) is decoded with the
     writer schema parsed once per distinct header; anything else goes through
     fastavro's reader, so what is refused and why is exactly as before."""
+    _check_block_sizes(payload)
     try:
         return _decode_avro_cached(payload)
     except Exception:

@@ -37,7 +37,7 @@ def _flip(value: bytes, pos: int, byte: int) -> bytes:
     return value[:pos] + bytes([byte]) + value[pos + 1:]
 
 
-@settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(junk)
 def test_parser_never_raises_on_junk_and_says_why(payload):
     out = parse_message(KafkaSourceMessage(None, payload, topic="t", partition=0, offset=1))
@@ -50,7 +50,7 @@ field_values = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1
                          st.text(max_size=5), st.lists(st.integers(), max_size=2))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(st.sampled_from(["candid", "objectId", "jd", "ra", "dec", "filters"]), field_values)
 def test_wrongly_typed_fields_are_dead_letters(name, value):
     record = dict(RECORD, **{name: value})
