@@ -12,6 +12,7 @@ MongoDB; otherwise from the bundled documents.
 
 from __future__ import annotations
 
+import atexit
 import logging
 from datetime import timedelta
 from functools import partial
@@ -22,7 +23,7 @@ from bytewax.dataflow import Dataflow
 
 import torch
 
-from models.oracle import ModelLoadError, load_oracle, predict_proba
+from models.oracle import predict_proba
 from operators import metrics
 from operators import oracle_steps as steps
 from operators.batching import batch
@@ -31,8 +32,9 @@ from operators.deadletter import DeadLetter, dead_letter, dead_letter_sink
 from operators.fritz import FritzAnnotationSink, FritzClient
 from operators.logs import quiet_interrupt, setup_logging
 from operators.messages import FilterResult, origin_of, parse_message
+from operators.preflight import exit_on_failures, read_or_exit, validate
 from operators.results import results_csv_sink
-from operators.recovery import enable_default_recovery
+from operators.recovery import enable_default_recovery, run_by_bytewax as _run_by_bytewax
 from operators.slack import SlackSink
 from operators.sources import SampleSource
 from operators.store import EmbeddedStore
@@ -81,26 +83,32 @@ def keyed(item):
 
 
 def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None, store=None) -> Dataflow:
-    """The dataflow for `survey`; `source` and `store` override the configured ones (tests)."""
+    """The dataflow for `survey`; `source` and `store` override the configured ones (tests).
+
+    Configuration problems end the process here, before any dataflow exists: one line
+    each on stderr, exit status 2 (operators/preflight.py, the same checks as
+    `python -m dataflows check`). With Kafka, it then waits for the brokers
+    (operators/kafka_input.py)."""
+    if settings is None:
+        settings = read_or_exit(lambda: Settings.from_env(survey))
     survey, settings = configured(survey, settings)
+    checks, model = validate(settings, survey)
+    exit_on_failures(checks)
     setup_logging(settings.log_file, settings.log_level)
+    metrics.begin(survey.name)
+    if _run_by_bytewax():  # the process is this run: its totals are the run's
+        atexit.register(lambda: log.info("%s", metrics.run_summary(survey.name)))
     if settings.recovery:
         enable_default_recovery(settings.recovery_dir, settings.recovery_partitions,
                                 settings.snapshot_interval_s, settings.backup_interval_s)
     if settings.kafka is not None:
-        quiet_interrupt()
+        quiet_interrupt(on_stop=lambda: log.info("%s", metrics.run_summary(survey.name)))
     if settings.kafka is not None and not settings.recovery:
         log.warning("recovery is off: a restart replays %s from its %s offset (rows already in the CSV are "
                     "skipped)", settings.kafka.topic, settings.kafka.starting_offset)
     # Workers are threads sharing the model; more intra-op threads per forward pass mostly
     # contend with them. Processes (-i/-a) are the way to use more cores.
     torch.set_num_threads(settings.torch_threads)
-    model = load_oracle(settings.weights, settings.model_kind)
-    if model.taxonomy.nodes != survey.taxonomy.nodes:
-        raise ModelLoadError(
-            f"{settings.weights} is a {model.taxonomy.name} model ({len(model.taxonomy)} classes), but the "
-            f"{survey.name} flow needs {survey.taxonomy.name} ({len(survey.taxonomy)} classes): point "
-            f"ORACLE_{survey.name}_WEIGHTS at a {survey.name} checkpoint")
     model_name = f"ORACLE-{model.kind}:{settings.weights.name}"
     lazy_store = steps.Lazy((lambda: store) if store is not None else partial(make_store, settings, survey))
     metrics.start_exporter(settings.metrics_port)
@@ -111,14 +119,19 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
 
     flow = Dataflow(f"oracle_{survey.name.lower()}")
     if source is None and settings.kafka is not None:
-        from bytewax.connectors.kafka import operators as kop
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
+        from operators.kafka_input import consumer_config, kafka_input, wait_for_kafka
+
         k = settings.kafka
-        consumed = kop.input(
+        where = ",".join(k.brokers)
+        wait_for_kafka({"bootstrap.servers": where, **k.client_config}, k.topic, where=where, topic_var="KAFKA_TOPIC",
+                       exit_after_s=k.unreachable_exit_s, redact=settings.redact)
+        consumed = kafka_input(
             "kafka", flow, brokers=list(k.brokers), topics=[k.topic], tail=True,
             starting_offset=OFFSET_BEGINNING if k.starting_offset == "beginning" else OFFSET_END,
-            add_config={"group.id": k.group_id, **k.client_config},
+            add_config=consumer_config({"group.id": k.group_id, **k.client_config}, where, k.unreachable_exit_s,
+                                       settings.redact),
         )
         messages, consumer_errors = consumed.oks, op.filter_map("consumer_error", consumed.errs, consumer_error)
     else:
@@ -141,7 +154,8 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     work = op.map("log_batch", work, partial(steps.log_batch, survey.name))
     results = op.flat_map("results", work, steps.results_of)
     op.output("csv", op.map("key_results", results, keyed), results_csv_sink(
-        settings.results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name)))
+        settings.results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name),
+        after_skip=partial(metrics.count_skipped, survey.name)))
     if fritz is not None:
         op.output("fritz", results, FritzAnnotationSink(settings.fritz, survey.taxonomy, client=fritz))
     if settings.slack.enabled:

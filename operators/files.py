@@ -80,7 +80,10 @@ class _AppendPartition(StatefulSinkPartition):
             if key not in self._seen:
                 self._seen.add(key)
                 fresh.append(item)
-        self._skipped += len(items) - len(fresh)
+        skipped = len(items) - len(fresh)
+        self._skipped += skipped
+        if skipped:
+            self._sink.after_skip(skipped)
         items = fresh
         if items:
             self._f.write(self._sink.encode(items))
@@ -116,6 +119,7 @@ class AppendFileSink(FixedPartitionedSink):
         header: str = "",
         after_write: Callable[[list], None] = lambda items: None,
         window: int = 200_000,
+        after_skip: Callable[[int], None] = lambda n: None,
     ):
         self.path = Path(path)
         self.encode = encode
@@ -124,6 +128,7 @@ class AppendFileSink(FixedPartitionedSink):
         self.header = header
         self.after_write = after_write
         self.window = window
+        self.after_skip = after_skip  # called with how many items of a batch were written before
 
     def list_parts(self) -> list[str]:
         return [self.path.name]

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+_on_stop = None
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
 
 
@@ -22,15 +23,23 @@ def _interrupted(exc: BaseException | None) -> bool:
     return False
 
 
-def quiet_interrupt() -> None:
+def quiet_interrupt(on_stop=None) -> None:
     """Ctrl-C ends a following flow: say so in one line instead of a traceback,
     and exit with the conventional status 130. State up to the last snapshot is
-    kept and the rest is replayed on restart."""
+    kept and the rest is replayed on restart. `on_stop()` (the run summary) is
+    called first; the last call's wins."""
+    global _on_stop
+    _on_stop = on_stop
     previous = sys.excepthook
 
     def alertflow_excepthook(kind, value, tb):
         if _interrupted(value):
             logging.getLogger("alertflow").info("stopped by Ctrl-C (SIGINT); restart to resume")
+            if _on_stop is not None:
+                try:
+                    _on_stop()
+                except Exception:  # noqa: BLE001 - a summary must not turn a clean stop into a traceback
+                    pass
             logging.shutdown()
             os._exit(130)
         previous(kind, value, tb)

@@ -67,7 +67,8 @@ def _candids_in(path: Path) -> Iterable[int]:
                 yield int(row[0])
 
 
-def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None) -> AppendFileSink:
+def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None,
+                     after_skip=lambda n: None) -> AppendFileSink:
     """Sink for `(key, Result)` items into the results CSV (deduplicated by candid)."""
     return AppendFileSink(
         path,
@@ -76,6 +77,7 @@ def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None) -
         existing_keys=_candids_in,
         header=",".join(csv_columns(taxonomy)) + "\n",
         after_write=after_write,
+        after_skip=after_skip,
     )
 
 
