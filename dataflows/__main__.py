@@ -4,6 +4,7 @@
     python -m dataflows check ztf          before a night: weights, Kafka, MongoDB, Fritz, Slack
     python -m dataflows run ztf -w 4       = python -m bytewax.run dataflows.ztf -w 4
     python -m dataflows ztf -w 4           the same (the container's entrypoint)
+    python -m dataflows replay-dead-letters results/oracle_ztf_deadletters.jsonl
 
 The variables listed are read from the configuration readers' source
 (`Settings.from_env` in operators/config.py, `FritzConfig.from_env`, `SlackConfig.from_env`,
@@ -315,11 +316,15 @@ def flow_available(info: FlowInfo) -> tuple[bool, str]:
 
 USAGE = """\
 usage: python -m dataflows [--help] {check,run} FLOW [ARGS...]
+       python -m dataflows replay-dead-letters FILE
        python -m dataflows FLOW [ARGS...]          (= run FLOW)
 
   check FLOW         check the configuration before a night; one line per check, exit 1 on any FAIL
   run FLOW [ARGS]    python -m bytewax.run dataflows.FLOW [ARGS]: ARGS are bytewax's own
                      (-w N workers per process; -i ID -a "hostA:2101;hostB:2101" for a cluster)
+  replay-dead-letters FILE [--survey ztf|lsst]
+                     publish the dead letters' payloads back to KAFKA_TOPIC (KAFKA_BROKERS set),
+                     or re-run them through the flow here
 """
 
 
@@ -585,6 +590,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         failed = sum(not r.ok for r in results)
         print(f"{rest[0]}: {'all checks passed' if not failed else f'{failed} check(s) failed'}")
         return 1 if failed else 0
+    if command == "replay-dead-letters":
+        from operators.replay import main as replay_main
+
+        return replay_main(rest)
     if command == "run":
         if not rest:
             print("usage: python -m dataflows run FLOW [bytewax.run options]", file=sys.stderr)
