@@ -163,9 +163,10 @@ def configured_flow() -> Dataflow:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format=FORMAT)
     tally = Tally("fink_vra summary", TALLY)
-    if run_by_bytewax():
+    built = build_flow(cfg, unreachable_exit_s=exit_after, tally=tally)
+    if run_by_bytewax():  # the process is this run
         atexit.register(lambda: log.info("%s", tally.line().replace("summary", "run summary", 1)))
-    return build_flow(cfg, unreachable_exit_s=exit_after, tally=tally)
+    return built
 
 
 flow = configured_flow()

@@ -96,8 +96,6 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     exit_on_failures(checks)
     setup_logging(settings.log_file, settings.log_level)
     metrics.begin(survey.name)
-    if _run_by_bytewax():  # the process is this run: its totals are the run's
-        atexit.register(lambda: log.info("%s", metrics.run_summary(survey.name)))
     if settings.recovery:
         enable_default_recovery(settings.recovery_dir, settings.recovery_partitions,
                                 settings.snapshot_interval_s, settings.backup_interval_s)
@@ -165,4 +163,6 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
                     *([consumer_errors] if consumer_errors is not None else []))
     dead = op.inspect("count_dead", dead, partial(count_dead_letter, survey.name))
     op.output("dead_letters", op.map("key_dead", dead, keyed), dead_letter_sink(settings.deadletters))
+    if _run_by_bytewax():  # the process is this run: its totals are the run's
+        atexit.register(lambda: log.info("%s", metrics.run_summary(survey.name)))
     return flow
