@@ -30,7 +30,7 @@ from operators.batching import batch
 from operators.config import Settings
 from operators.deadletter import DeadLetter, dead_letter, dead_letter_sink
 from operators.fritz import FritzAnnotationSink, FritzClient
-from operators.logs import quiet_interrupt, setup_logging
+from operators.logs import quiet_interrupt, setup_logging, watch_sigint
 from operators.messages import FilterResult, origin_of, parse_message
 from operators.preflight import exit_on_failures, read_or_exit, validate
 from operators.results import results_csv_sink
@@ -99,6 +99,7 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     if settings.recovery:
         enable_default_recovery(settings.recovery_dir, settings.recovery_partitions,
                                 settings.snapshot_interval_s, settings.backup_interval_s)
+    watch_sigint()
     if settings.kafka is not None:
         quiet_interrupt(on_stop=lambda: log.info("%s", metrics.run_summary(survey.name)))
     if settings.kafka is not None and not settings.recovery:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 _on_stop = None
@@ -23,6 +25,28 @@ def _interrupted(exc: BaseException | None) -> bool:
     return False
 
 
+# Set by Ctrl-C (SIGINT): steps that wait (store retries) watch it, so that Ctrl-C stops a flow
+# whose worker threads are backing off, not only the main thread.
+STOPPING = threading.Event()
+
+
+def interruptible_sleep(seconds: float) -> None:
+    """`time.sleep` that ends at once with KeyboardInterrupt when Ctrl-C was pressed."""
+    if STOPPING.wait(seconds):
+        raise KeyboardInterrupt("Ctrl-C while waiting")
+
+
+def _sigint(signum, frame):
+    STOPPING.set()
+    raise KeyboardInterrupt  # what Python's default handler does; bytewax stops its workers on it
+
+
+def watch_sigint() -> None:
+    """Ctrl-C also sets `STOPPING` (bytewax delivers SIGINT to Python through the main thread)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not _sigint:
+        signal.signal(signal.SIGINT, _sigint)
+
+
 def quiet_interrupt(on_stop=None) -> None:
     """Ctrl-C ends a following flow: say so in one line instead of a traceback,
     and exit with the conventional status 130. State up to the last snapshot is
@@ -33,7 +57,8 @@ def quiet_interrupt(on_stop=None) -> None:
     previous = sys.excepthook
 
     def alertflow_excepthook(kind, value, tb):
-        if _interrupted(value):
+        # With several workers the stop surfaces as bytewax's worker panic, not as KeyboardInterrupt.
+        if _interrupted(value) or STOPPING.is_set():
             logging.getLogger("alertflow").info("stopped by Ctrl-C (SIGINT); restart to resume")
             if _on_stop is not None:
                 try:

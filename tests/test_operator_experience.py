@@ -8,6 +8,7 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -127,26 +128,41 @@ def test_no_forced_photometry_variable_for_ztf():
 # ---------------------------------------------------------------- Kafka away (item 1)
 
 
+def read_lines(proc: subprocess.Popen) -> list[str]:
+    """The process's output lines, filled by a thread as they come (never blocks the test)."""
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    return lines
+
+
+def wait_for_line(proc: subprocess.Popen, lines: list[str], text: str, count: int = 1, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while sum(text in line for line in list(lines)) < count:
+        assert proc.poll() is None, f"exited with {proc.returncode}: " + "".join(lines)[-3000:]
+        assert time.monotonic() < deadline, f"no {text!r} line within {timeout_s:.0f} s: " + "".join(lines)[-3000:]
+        time.sleep(0.1)
+
+
+def interrupt(proc: subprocess.Popen, lines: list[str]) -> float:
+    """Ctrl-C; seconds until the flow says it stopped (or exits), at most 30."""
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 30 and proc.poll() is None and not any("stopped by Ctrl-C" in x for x in list(lines)):
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
 def _stops_on_sigint_and_stays_quiet(module: str, tmp_path: Path, **env) -> str:
     proc = flow_process(module, tmp_path, **env)
-    lines: list[str] = []
+    lines = read_lines(proc)
     try:
-        deadline = time.monotonic() + 120
-        while not any("unreachable" in line for line in lines):  # torch import, then the first attempt
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
-            lines.append(proc.stdout.readline())
+        wait_for_line(proc, lines, "unreachable")  # torch import, then the first attempt
         watched_from = len(lines)
-        import threading
-
-        reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-        reader.start()
         time.sleep(12)  # librdkafka alone wrote ~19 lines a second here
         quiet = lines[watched_from:]
-        proc.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
+        stopped_after = interrupt(proc, lines)
         code = proc.wait(timeout=30)
-        stopped_after = time.monotonic() - t0
-        reader.join(5)
+        time.sleep(0.5)  # the reader drains the pipe
     finally:
         _stop_process(proc)
     text = "".join(lines)
@@ -175,6 +191,30 @@ def test_unreachable_kafka_exits_non_zero_when_asked(tmp_path):
                          KAFKA_UNREACHABLE_EXIT_S="2")
     assert code == EXIT_UNREACHABLE, out
     assert "KAFKA_UNREACHABLE_EXIT_S=2" in out.strip().splitlines()[-1] and "Traceback" not in out
+
+
+@pytest.mark.services
+def test_two_workers_waiting_on_mongodb_stop_on_sigint(tmp_path, kafka, create_topic):
+    topic = create_topic("ZTF_alerts_results")
+    kafka.produce(topic, load_sample.read_sample(ZTF.sample_dir, ZTF.collections).messages)
+    proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflows.ztf", "-w", "2"], cwd=REPO_ROOT,
+                            env=clean_env(**kafka.env(topic), MONGODB_URI=f"mongodb://127.0.0.1:{free_port()}/",
+                                          MONGODB_TIMEOUT_MS="300", ORACLE_BATCH_TIMEOUT_S="0.2",
+                                          ALERTFLOW_RESULTS_DIR=tmp_path / "results",
+                                          ALERTFLOW_LOGS_DIR=tmp_path / "logs",
+                                          ALERTFLOW_RECOVERY_DIR=tmp_path / "recovery", PYTHONUNBUFFERED="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = read_lines(proc)
+    try:
+        wait_for_line(proc, lines, "unavailable during the fetch", count=3)  # the workers backing off
+        stopped_after = interrupt(proc, lines)
+        code = proc.wait(timeout=30)
+        time.sleep(0.5)
+    finally:
+        _stop_process(proc)
+    text = "".join(lines)
+    assert stopped_after < 5 and code == 130, (stopped_after, code, text[-3000:])
+    assert "Traceback" not in text and "stopped by Ctrl-C" in text
 
 
 def test_librdkafka_lines_are_rate_limited_and_say_how_many_were_held():
