@@ -89,11 +89,9 @@ def build_flow(cfg: FinkVraConfig, source: Optional[Source] = None, unreachable_
     elif cfg.uses_kafka:
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
-        from operators.kafka_input import consumer_config, kafka_input, wait_for_kafka
+        from operators.kafka_input import consumer_config, kafka_input
 
         where, redact = ",".join(cfg.kafka_brokers), _redact(cfg)
-        wait_for_kafka({"bootstrap.servers": where, **cfg.kafka_config}, cfg.topic, where=where,
-                       topic_var="FINK_VRA_TOPIC", exit_after_s=unreachable_exit_s, redact=redact)
         kin = kafka_input(
             "kafka_in", flow,
             brokers=list(cfg.kafka_brokers),
@@ -162,6 +160,12 @@ def configured_flow() -> Dataflow:
     exit_on_failures(validate_fink_vra(cfg))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format=FORMAT)
+    if cfg.uses_kafka and run_by_bytewax():  # about to run: wait here, where Ctrl-C works
+        from operators.kafka_input import wait_for_kafka
+
+        where = ",".join(cfg.kafka_brokers)
+        wait_for_kafka({"bootstrap.servers": where, **cfg.kafka_config}, cfg.topic, where=where,
+                       topic_var="FINK_VRA_TOPIC", exit_after_s=exit_after, redact=_redact(cfg))
     tally = Tally("fink_vra summary", TALLY)
     built = build_flow(cfg, unreachable_exit_s=exit_after, tally=tally)
     if run_by_bytewax():  # the process is this run

@@ -87,13 +87,13 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
 
     Configuration problems end the process here, before any dataflow exists: one line
     each on stderr, exit status 2 (operators/preflight.py, the same checks as
-    `python -m dataflows check`). With Kafka, it then waits for the brokers
-    (operators/kafka_input.py)."""
+    `python -m dataflows check`). Run by `python -m bytewax.run` with Kafka, it then waits
+    for the brokers (operators/kafka_input.py); building alone connects nowhere."""
     if settings is None:
         settings = read_or_exit(lambda: Settings.from_env(survey))
     survey, settings = configured(survey, settings)
     checks, model = validate(settings, survey)
-    exit_on_failures(checks)
+    exit_on_failures(c for c in checks if source is None or c.name != "input")  # a given source needs no sample
     setup_logging(settings.log_file, settings.log_level)
     metrics.begin(survey.name)
     if settings.recovery:
@@ -124,8 +124,9 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
 
         k = settings.kafka
         where = ",".join(k.brokers)
-        wait_for_kafka({"bootstrap.servers": where, **k.client_config}, k.topic, where=where, topic_var="KAFKA_TOPIC",
-                       exit_after_s=k.unreachable_exit_s, redact=settings.redact)
+        if _run_by_bytewax():  # about to run: wait here, where Ctrl-C works (building alone never connects)
+            wait_for_kafka({"bootstrap.servers": where, **k.client_config}, k.topic, where=where,
+                           topic_var="KAFKA_TOPIC", exit_after_s=k.unreachable_exit_s, redact=settings.redact)
         consumed = kafka_input(
             "kafka", flow, brokers=list(k.brokers), topics=[k.topic], tail=True,
             starting_offset=OFFSET_BEGINNING if k.starting_offset == "beginning" else OFFSET_END,

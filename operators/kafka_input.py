@@ -87,8 +87,9 @@ class RateLimitedLog:
 
 
 def admin_config(client_config: Mapping[str, object]) -> dict:
-    """The settings of an AdminClient from a consumer's (no consumer-only properties)."""
-    return {k: v for k, v in client_config.items() if k not in CONSUMER_ONLY}
+    """The settings of an AdminClient (or producer) from a consumer's: no consumer-only
+    properties, no callbacks (the consumer's error watch stays the consumer's)."""
+    return {k: v for k, v in client_config.items() if k not in CONSUMER_ONLY and k not in {"error_cb", "stats_cb"}}
 
 
 def _probe(admin: AdminClient, topic: Optional[str]) -> Optional[str]:
