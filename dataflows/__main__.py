@@ -4,6 +4,7 @@
     python -m dataflows check ztf          before a night: weights, Kafka, MongoDB, Fritz, Slack
     python -m dataflows run ztf -w 4       = python -m bytewax.run dataflows.ztf -w 4
     python -m dataflows ztf -w 4           the same (the container's entrypoint)
+    python -m dataflows replay-dead-letters results/oracle_ztf_deadletters.jsonl
 
 The variables listed are read from the configuration readers' source
 (`Settings.from_env` in operators/config.py, `FritzConfig.from_env` in operators/fritz_config.py, `SlackConfig.from_env`,
@@ -36,6 +37,7 @@ class FlowInfo:
     survey: Optional[str] = None  # key of operators.surveys.SURVEYS for the ORACLE flows
     readers: tuple[str, ...] = ()  # source files whose environment reads are listed
     extra: tuple[str, ...] = ()  # variables read elsewhere (not found by inspection)
+    skip: tuple[str, ...] = ()  # variables its readers read only for another flow
 
 
 OPS_VARIABLES = ("ALERTFLOW_METRICS_PORT", "BYTEWAX_DATAFLOW_API_ENABLED", "BYTEWAX_DATAFLOW_API_PORT")
@@ -43,12 +45,12 @@ OPS_VARIABLES = ("ALERTFLOW_METRICS_PORT", "BYTEWAX_DATAFLOW_API_ENABLED", "BYTE
 FLOWS: dict[str, FlowInfo] = {
     "ztf": FlowInfo("ztf", "dataflows.ztf", "ZTF alerts that passed a BOOM filter, classified by ORACLE",
                     survey="ZTF", readers=("operators/config.py", "operators/fritz_config.py", "operators/slack.py"),
-                    extra=("KAFKA_OPT_*", *OPS_VARIABLES)),
+                    extra=("KAFKA_OPT_*", *OPS_VARIABLES), skip=("ORACLE_LSST_FORCED_PHOTOMETRY",)),
     "lsst": FlowInfo("lsst", "dataflows.lsst", "LSST alerts that passed a BOOM filter, classified by ORACLE",
                      survey="LSST", readers=("operators/config.py", "operators/slack.py"),
                      extra=("KAFKA_OPT_*", *OPS_VARIABLES)),
     "fink_vra": FlowInfo("fink_vra", "dataflows.fink_vra", "Fink alerts -> the VRA active-learning feature table",
-                         readers=("operators/fink_vra.py",), extra=OPS_VARIABLES),
+                         readers=("operators/fink_vra.py",), extra=("KAFKA_UNREACHABLE_EXIT_S", *OPS_VARIABLES)),
 }
 
 # One sentence per variable; names and defaults come from the readers themselves.
@@ -79,7 +81,8 @@ DESCRIPTIONS = {
     "ALERTFLOW_LOGS_DIR": "log files (one per flow, rotated at 50 MB, 5 kept)",
     "ALERTFLOW_SAMPLE_DIR": "bundled sample replayed without Kafka",
     "ALERTFLOW_LOG_LEVEL": "DEBUG, INFO, WARNING",
-    "ORACLE_{survey.name}_FORCED_PHOTOMETRY": "LSST: add BOOM's forced photometry (fp_hists) as flag-0 epochs; ZTF ignores it",
+    "ORACLE_LSST_FORCED_PHOTOMETRY": "add BOOM's forced photometry (fp_hists) as flag-0 epochs",
+    "KAFKA_UNREACHABLE_EXIT_S": "seconds without a Kafka broker before the flow exits with status 3 (for a supervisor); 0: retry for ever",
     "SLACK_API_URL": "Slack Web API base URL (a proxy or a test server); unset: slack_sdk's default",
     "ORACLE_TORCH_THREADS": "torch threads per process (workers are threads already; use processes for more cores)",
     "ORACLE_PRECISION": "Omni's image network: fp32, or bf16 (opt-in: faster where the CPU has bf16, probabilities move slightly; bench/bench_flow.py prints by how much)",
@@ -142,6 +145,7 @@ DESCRIPTIONS = {
 OPS_DEFAULTS = {
     "BYTEWAX_DATAFLOW_API_ENABLED": "false",
     "BYTEWAX_DATAFLOW_API_PORT": "3030",
+    "KAFKA_UNREACHABLE_EXIT_S": "0.0",
 }
 
 # ------------------------------------------------------------------ variables, by inspection of the readers
@@ -273,6 +277,8 @@ def flow_variables(info: FlowInfo) -> list[Variable]:
             continue
         for template, default in scan_readers(path):
             name = _render(template, names)
+            if name in info.skip:
+                continue
             out.setdefault(name, Variable(name, _evaluate(default, path, names), rel))
     for template in info.extra:
         name = _render(template, names)
@@ -315,6 +321,7 @@ def flow_available(info: FlowInfo) -> tuple[bool, str]:
 
 USAGE = """\
 usage: python -m dataflows [--help] {check,run,backfill,compare} FLOW [ARGS...]
+       python -m dataflows replay-dead-letters FILE
        python -m dataflows FLOW [ARGS...]          (= run FLOW)
 
   check FLOW         check the configuration before a night; one line per check, exit 1 on any FAIL
@@ -322,6 +329,9 @@ usage: python -m dataflows [--help] {check,run,backfill,compare} FLOW [ARGS...]
                      (-w N workers per process; -i ID -a "hostA:2101;hostB:2101" for a cluster)
   backfill SURVEY --since T --until T [...]   classify past alert documents (backfill --help)
   compare A.csv B.csv [--html out.html]       what changed between two results files (compare --help)
+  replay-dead-letters FILE [--survey ztf|lsst]
+                     publish the dead letters' payloads back to KAFKA_TOPIC (KAFKA_BROKERS set),
+                     or re-run them through the flow here
 """
 
 
@@ -346,16 +356,7 @@ def help_text() -> str:
 # ------------------------------------------------------------------ check
 
 
-@dataclass
-class CheckResult:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-
-    def line(self) -> str:
-        text = f"{'OK  ' if self.ok else 'FAIL'}  {self.name:<9} {self.detail}"
-        return text + (f" -> {self.fix}" if (self.fix and not self.ok) else "")
+from operators.preflight import CheckResult  # noqa: E402 - light: no torch at import
 
 
 def _truthy(env: Mapping[str, str], name: str) -> Optional[bool]:
@@ -415,113 +416,40 @@ def check_metrics(env: Mapping[str, str]) -> CheckResult:
     return CheckResult("metrics", True, ", ".join(parts))
 
 
-def check_recovery(settings) -> Optional[CheckResult]:
-    """What a restart will do (the ORACLE flows' recovery settings)."""
-    if not hasattr(settings, "recovery"):
-        return None
-    if not settings.recovery:
-        if settings.kafka is None:
-            return CheckResult("recovery", True, "off (bundled replay)")
-        return CheckResult("recovery", True, f"off: a restart replays the topic from its "
-                                             f"{settings.kafka.starting_offset} (set ALERTFLOW_RECOVERY=true)")
-    d = Path(settings.recovery_dir)
-    if d.exists() and not (d.is_dir() and os.access(d, os.W_OK)):
-        return CheckResult("recovery", False, f"{d} is not a writable directory", "fix ALERTFLOW_RECOVERY_DIR")
-    if not _writable(d):
-        return CheckResult("recovery", False, f"cannot create {d}", "fix ALERTFLOW_RECOVERY_DIR")
-    parts = len(list(d.glob("part-*.sqlite3"))) if d.is_dir() else 0
-    if parts:
-        return CheckResult("recovery", True, f"{d}: {parts} partition(s); a restart resumes from the last snapshot")
-    return CheckResult("recovery", True, f"{d}: first start, {settings.recovery_partitions} partition(s) "
-                                         f"will be created")
-
-
-def _writable(path: Path) -> bool:
-    p = path.resolve()
-    while not p.exists():
-        p = p.parent
-    return p.is_dir() and os.access(p, os.W_OK)
-
-
-def check_outputs(*paths: Path) -> CheckResult:
-    bad = [str(p) for p in paths if not _writable(p)]
-    if bad:
-        return CheckResult("outputs", False, f"cannot write {', '.join(bad)}",
-                           "set ALERTFLOW_RESULTS_DIR / ALERTFLOW_LOGS_DIR to writable directories")
-    return CheckResult("outputs", True, ", ".join(str(p.resolve()) for p in paths))
-
-
 SINK_SWITCHES = ("POST_TO_SLACK", "FRITZ_TOKEN")
 
 
 def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0) -> list[CheckResult]:
+    """The flow's own validation (operators/preflight.py: weights, input, outputs, recovery),
+    then the services it will talk to."""
     from operators.config import ConfigError, Settings
+    from operators.preflight import validate
 
     survey = _survey(info.survey)
     out: list[CheckResult] = []
     try:
         settings = Settings.from_env(survey, env)
     except ConfigError as exc:
-        return [CheckResult("config", False, str(exc), "fix that variable (python -m dataflows --help)")]
+        detail, _, fix = str(exc).partition(" -> ")
+        return [CheckResult("config", False, detail, fix or "fix that variable (python -m dataflows --help)")]
     except ValueError:
         # A Fritz or Slack setting is wrong: their own checks below say which; check the rest without them.
         settings = Settings.from_env(survey, {k: v for k, v in env.items() if k not in SINK_SWITCHES})
     out.append(CheckResult("config", True, f"survey {survey.name}, filter {settings.filter_name}, batch "
                                            f"{settings.batch_size}, {settings.shards} shards"))
-    weights_var = f"ORACLE_{survey.name}_WEIGHTS"
-    model = None
-    if not settings.weights.is_file():
-        out.append(CheckResult("weights", False, f"{settings.weights} does not exist",
-                               f"set {weights_var} to an ORACLE checkpoint (.pth)"))
-    else:
-        try:
-            from models.oracle import load_oracle
-
-            model = load_oracle(settings.weights, settings.model_kind)
-            out.append(CheckResult("weights", True, f"{settings.weights}: ORACLE {model.kind}, "
-                                                    f"{len(model.taxonomy.nodes)} taxonomy nodes"))
-        except Exception as exc:  # noqa: BLE001 - ModelLoadError, a corrupt file, a wrong kind
-            out.append(CheckResult("weights", False, f"{settings.weights}: {_short(exc)}",
-                                   f"set {weights_var} to an ORACLE checkpoint, or ORACLE_MODEL_KIND to its kind"))
-    if settings.shadow_weights is not None:
-        out.append(check_shadow(survey, settings.shadow_weights))
+    local, model = validate(settings, survey)
+    out.extend(local)
     if settings.kafka is not None:
         k = settings.kafka
         out.append(check_kafka(k.brokers, k.topic, k.client_config, timeout_s, settings.redact))
-    else:
-        sample = settings.sample_dir / "messages.jsonl"
-        if sample.is_file():
-            with sample.open() as f:
-                n = sum(1 for line in f if line.strip())
-            out.append(CheckResult("input", True, f"bundled sample {settings.sample_dir} ({n} messages; "
-                                                  f"set KAFKA_BROKERS to follow the live topic)"))
-        else:
-            out.append(CheckResult("input", False, f"no KAFKA_BROKERS and no sample at {sample}",
-                                   "set KAFKA_BROKERS, or ALERTFLOW_SAMPLE_DIR to a sample directory"))
     out.append(check_mongo(settings, survey, model) if settings.mongo is not None else
                CheckResult("store", True, f"bundled documents in {settings.sample_dir} "
                                           f"(set MONGODB_URI or BOOM_DATABASE__HOST for BOOM's MongoDB)"))
-    out.append(check_outputs(settings.results_dir, settings.logs_dir))
     if survey.name == "ZTF":
         out.append(check_fritz(env, timeout_s))
     out.append(check_slack(env, survey.slack_channel_env))
     out.append(check_metrics(env))
-    rec = check_recovery(settings)
-    if rec is not None:
-        out.append(rec)
     return out
-
-
-def check_shadow(survey, weights: Path) -> CheckResult:
-    from dataflows.oracle import load_survey_model
-
-    var = f"ORACLE_{survey.name}_SHADOW_WEIGHTS"
-    try:
-        model = load_survey_model(survey, weights, None, var)
-    except Exception as exc:  # noqa: BLE001 - ModelLoadError, a corrupt file
-        return CheckResult("shadow", False, _short(exc), f"set {var} to an ORACLE {survey.name} checkpoint, or unset it")
-    return CheckResult("shadow", True, f"{weights}: ORACLE {model.kind}; rows to oracle_{survey.name.lower()}"
-                                       f"_shadow_results.csv, never posted")
 
 
 def check_mongo(settings, survey, model=None) -> CheckResult:
@@ -624,27 +552,15 @@ def check_fink_vra(env: Mapping[str, str], timeout_s: float = 5.0) -> list[Check
             text = text.replace(s, "***")
         return text
 
+    from operators.preflight import validate_fink_vra
+
     out = [CheckResult("config", True, f"topic {cfg.topic}, output {cfg.out_dir}")]
+    out.extend(validate_fink_vra(cfg))
     if cfg.uses_kafka:
         out.append(check_kafka(cfg.kafka_brokers, cfg.topic, cfg.kafka_config, timeout_s, redact,
                                fix_var="FINK_VRA_KAFKA_BROKERS"))
-    elif cfg.uses_files:
-        from operators.fink_files import expand_input
-
-        try:
-            found = expand_input(cfg.input_path)
-            out.append(CheckResult("input", True, f"FINK_VRA_INPUT: {len(found)} file(s)"))
-        except ValueError as exc:
-            out.append(CheckResult("input", False, str(exc), "set FINK_VRA_INPUT to Fink Avro/Parquet files"))
-    else:
-        files = sorted(cfg.embedded_dir.glob(cfg.embedded_glob))
-        out.append(CheckResult("input", bool(files), f"bundled alerts {cfg.embedded_dir}/{cfg.embedded_glob}: "
-                                                     f"{len(files)} file(s)", "set FINK_VRA_EMBEDDED_DIR"))
     out.append(CheckResult("sherlock", True, "LASAIR_TOKEN set" if cfg.lasair_token else
                            "off (LASAIR_TOKEN unset: no AGN/VS drops, sep_arcsec NaN)"))
-    if cfg.sfd_dir is not None:
-        out.append(CheckResult("sfd", cfg.sfd_dir.is_dir(), f"{cfg.sfd_dir}", "set FINK_VRA_SFD_DIR to the SFD maps"))
-    out.append(check_outputs(cfg.out_dir, cfg.deadletter_path.parent))
     out.append(check_metrics(env))
     return out
 
@@ -706,6 +622,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         failed = sum(not r.ok for r in results)
         print(f"{rest[0]}: {'all checks passed' if not failed else f'{failed} check(s) failed'}")
         return 1 if failed else 0
+    if command == "replay-dead-letters":
+        from operators.replay import main as replay_main
+
+        return replay_main(rest)
     if command == "run":
         if not rest:
             print("usage: python -m dataflows run FLOW [bytewax.run options]", file=sys.stderr)

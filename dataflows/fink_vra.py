@@ -13,7 +13,9 @@ dropped and counted; anything unusable goes to
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 from functools import partial
 from typing import Optional
 
@@ -21,8 +23,13 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
+from operators.config import kafka_unreachable_exit_s
 from operators.deadletter import DeadLetterSink
 from operators.fink_files import AlertFileSource, file_alert
+from operators.logs import FORMAT
+from operators.metrics import Tally
+from operators.preflight import exit_on_failures, read_or_exit, validate_fink_vra
+from operators.recovery import run_by_bytewax
 from operators.fink_vra import (
     EmbeddedAlertSource,
     FinkVraConfig,
@@ -50,25 +57,51 @@ from operators.sfd_ebv import open_sfd
 log = logging.getLogger(__name__)
 
 
-def build_flow(cfg: FinkVraConfig, source: Optional[Source] = None) -> Dataflow:
-    """The flow for `cfg`; `source` (of `Message`s) replaces the configured input."""
+def _redact(cfg: FinkVraConfig):
+    secrets = [v for k, v in cfg.kafka_config.items() if "password" in k] + [t for t in (cfg.lasair_token,) if t]
+
+    def redact(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    return redact
+
+
+def count(tally: Tally, name: str, step_id: str, item) -> None:
+    tally.add(name)
+    if name == "messages":
+        tally.maybe_log()
+
+
+def is_dropped_by_cut(item) -> bool:
+    return not passes_vra_cut(item)
+
+
+def build_flow(cfg: FinkVraConfig, source: Optional[Source] = None, unreachable_exit_s: Optional[float] = None,
+               tally: Optional[Tally] = None) -> Dataflow:
+    """The flow for `cfg`; `source` (of `Message`s) replaces the configured input.
+    `tally` counts the run (the summary line, every 60 s and at the end)."""
     flow = Dataflow("fink_vra")
     letters = []
     decoded = None
+    tally = tally or Tally("fink_vra summary", TALLY)
 
     if source is not None:
         messages = op.input("inp", flow, source)
     elif cfg.uses_kafka:
-        from bytewax.connectors.kafka import operators as kop
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
-        kin = kop.input(
+        from operators.kafka_input import consumer_config, kafka_input
+
+        where, redact = ",".join(cfg.kafka_brokers), _redact(cfg)
+        kin = kafka_input(
             "kafka_in", flow,
             brokers=list(cfg.kafka_brokers),
             topics=[cfg.topic],
             tail=cfg.kafka_tail,
             starting_offset=OFFSET_BEGINNING if cfg.kafka_starting_offset == "beginning" else OFFSET_END,
-            add_config=dict(cfg.kafka_config) or None,
+            add_config=consumer_config(cfg.kafka_config, where, unreachable_exit_s, redact),
         )
         messages = op.map("kafka_msg", kin.oks, kafka_message)
         letters.append(op.map("kafka_err", kin.errs, kafka_error_letter))
@@ -79,13 +112,19 @@ def build_flow(cfg: FinkVraConfig, source: Optional[Source] = None) -> Dataflow:
         messages = op.input("embedded", flow, EmbeddedAlertSource(cfg.embedded_dir, cfg.embedded_glob))
 
     if decoded is None:
+        messages = op.inspect("count_messages", messages, partial(count, tally, "messages"))
         schema = load_schema(str(cfg.schema_path)) if cfg.schema_path else None
         decoded = op.flat_map("decode", messages, partial(decode_message, schema))
+    else:  # file records: each one is a message read
+        decoded = op.inspect("count_messages", decoded, partial(count, tally, "messages"))
     split = op.branch("decoded", decoded, is_alert)
     alerts, letters = split.trues, letters + [split.falses]
 
+    alerts = op.inspect("count_alerts", alerts, partial(count, tally, "alerts"))
     if cfg.stream_filter:
-        alerts = op.filter("vra_cut", alerts, passes_vra_cut)
+        cut = op.branch("vra_cut", alerts, passes_vra_cut)
+        alerts = cut.trues
+        op.inspect("count_cut", cut.falses, partial(count, tally, "dropped by the cut"))
 
     if cfg.lasair_token:
         client = SherlockClient(
@@ -97,6 +136,7 @@ def build_flow(cfg: FinkVraConfig, source: Optional[Source] = None) -> Dataflow:
         letters.append(split.falses)
         kept = op.branch("agn_vs", split.trues, kept_by_sherlock)
         alerts = kept.trues
+        op.inspect("count_agn_vs", kept.falses, partial(count, tally, "dropped as AGN/VS"))
         drops = op.stateful_map("drop_count", op.key_on("by_class", kept.falses, sherlock_class), count_drops)
         op.inspect("log_drops", drops, log_drop_count)
     else:
@@ -106,11 +146,40 @@ def build_flow(cfg: FinkVraConfig, source: Optional[Source] = None) -> Dataflow:
     split = op.branch("featured", rows, is_row)
     letters.append(split.falses)
 
+    def rows_written(written: int, skipped: int) -> None:
+        tally.add("rows written", written)
+        tally.add("rows skipped as already written", skipped)
+
     op.output("parquet", op.key_on("by_candid", split.trues, candid_key),
-              ParquetDatasetSink(cfg.out_dir, cfg.out_partitions))
-    op.output("deadletters", op.key_on("dl_key", op.merge("all_letters", *letters), letter_key),
-              DeadLetterSink(cfg.deadletter_path))
+              ParquetDatasetSink(cfg.out_dir, cfg.out_partitions, on_write=rows_written))
+    all_letters = op.inspect("count_letters", op.merge("all_letters", *letters), partial(count, tally, "dead letters"))
+    op.output("deadletters", op.key_on("dl_key", all_letters, letter_key), DeadLetterSink(cfg.deadletter_path))
     return flow
 
 
-flow = build_flow(FinkVraConfig.from_env())
+TALLY = ("messages", "alerts", "dropped by the cut", "dropped as AGN/VS", "rows written",
+         "rows skipped as already written", "dead letters")
+
+
+def configured_flow() -> Dataflow:
+    """The flow as `python -m bytewax.run dataflows.fink_vra` starts it: a configuration
+    problem is one line on stderr and exit status 2 (the checks of `python -m dataflows check fink_vra`)."""
+    cfg = read_or_exit(FinkVraConfig.from_env)
+    exit_after = read_or_exit(lambda: kafka_unreachable_exit_s(os.environ))
+    exit_on_failures(validate_fink_vra(cfg))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format=FORMAT)
+    if cfg.uses_kafka and run_by_bytewax():  # about to run: wait here, where Ctrl-C works
+        from operators.kafka_input import wait_for_kafka
+
+        where = ",".join(cfg.kafka_brokers)
+        wait_for_kafka({"bootstrap.servers": where, **cfg.kafka_config}, cfg.topic, where=where,
+                       topic_var="FINK_VRA_TOPIC", exit_after_s=exit_after, redact=_redact(cfg))
+    tally = Tally("fink_vra summary", TALLY)
+    built = build_flow(cfg, unreachable_exit_s=exit_after, tally=tally)
+    if run_by_bytewax():  # the process is this run
+        atexit.register(lambda: log.info("%s", tally.line().replace("summary", "run summary", 1)))
+    return built
+
+
+flow = configured_flow()

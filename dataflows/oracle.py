@@ -15,6 +15,7 @@ with backfills (dataflows/backfill.py).
 
 from __future__ import annotations
 
+import atexit
 import logging
 from datetime import timedelta
 from functools import partial
@@ -33,10 +34,11 @@ from operators.batching import batch, group_by_key
 from operators.config import ConfigError, Settings
 from operators.deadletter import DeadLetter, dead_letter, dead_letter_sink
 from operators.fritz import FritzAnnotationSink, FritzClient, add_fritz_context, fritz_key
-from operators.logs import quiet_interrupt, setup_logging
+from operators.logs import quiet_interrupt, setup_logging, watch_sigint
 from operators.messages import FilterResult, origin_of, parse_message
+from operators.preflight import exit_on_failures, read_or_exit, validate
 from operators.results import results_csv_sink
-from operators.recovery import enable_default_recovery
+from operators.recovery import enable_default_recovery, run_by_bytewax as _run_by_bytewax
 from operators.slack import SlackSink
 from operators.sources import SampleSource
 from operators.store import EmbeddedStore
@@ -89,25 +91,35 @@ def each(items: list) -> list:
 
 
 def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None, store=None) -> Dataflow:
-    """The dataflow for `survey`; `source` and `store` override the configured ones (tests)."""
+    """The dataflow for `survey`; `source` and `store` override the configured ones (tests).
+
+    Configuration problems end the process here, before any dataflow exists: one line
+    each on stderr, exit status 2 (operators/preflight.py, the same checks as
+    `python -m dataflows check`). Run by `python -m bytewax.run` with Kafka, it then waits
+    for the brokers (operators/kafka_input.py); building alone connects nowhere."""
+    if settings is None:
+        settings = read_or_exit(lambda: Settings.from_env(survey))
     survey, settings = configured(survey, settings)
+    checks, model = validate(settings, survey)
+    exit_on_failures(c for c in checks if source is None or c.name != "input")  # a given source needs no sample
     setup_logging(settings.log_file, settings.log_level)
+    metrics.begin(survey.name)
     if settings.recovery:
         enable_default_recovery(settings.recovery_dir, settings.recovery_partitions,
                                 settings.snapshot_interval_s, settings.backup_interval_s)
+    watch_sigint()
     if settings.kafka is not None:
-        quiet_interrupt()
+        quiet_interrupt(on_stop=lambda: log.info("%s", metrics.run_summary(survey.name)))
     if settings.kafka is not None and not settings.recovery:
         log.warning("recovery is off: a restart replays %s from its %s offset (rows already in the CSV are "
                     "skipped)", settings.kafka.topic, settings.kafka.starting_offset)
     # Workers are threads sharing the model; more intra-op threads per forward pass mostly
     # contend with them. Processes (-i/-a) are the way to use more cores.
     torch.set_num_threads(settings.torch_threads)
-    model = load_survey_model(survey, settings.weights, settings.model_kind, f"ORACLE_{survey.name}_WEIGHTS")
     name = model_label(model, settings.weights)
     shadow = None
-    if settings.shadow_weights is not None:
-        shadow_model = load_survey_model(survey, settings.shadow_weights, None, f"ORACLE_{survey.name}_SHADOW_WEIGHTS")
+    if settings.shadow_weights is not None:  # validated above
+        shadow_model = load_oracle(settings.shadow_weights)
         shadow = (shadow_model, model_label(shadow_model, settings.shadow_weights))
     for m in [model] + ([shadow[0]] if shadow else []):
         try:
@@ -124,14 +136,20 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
 
     flow = Dataflow(f"oracle_{survey.name.lower()}")
     if source is None and settings.kafka is not None:
-        from bytewax.connectors.kafka import operators as kop
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
+        from operators.kafka_input import consumer_config, kafka_input, wait_for_kafka
+
         k = settings.kafka
-        consumed = kop.input(
+        where = ",".join(k.brokers)
+        if _run_by_bytewax():  # about to run: wait here, where Ctrl-C works (building alone never connects)
+            wait_for_kafka({"bootstrap.servers": where, **k.client_config}, k.topic, where=where,
+                           topic_var="KAFKA_TOPIC", exit_after_s=k.unreachable_exit_s, redact=settings.redact)
+        consumed = kafka_input(
             "kafka", flow, brokers=list(k.brokers), topics=[k.topic], tail=True,
             starting_offset=OFFSET_BEGINNING if k.starting_offset == "beginning" else OFFSET_END,
-            add_config={"group.id": k.group_id, **k.consumer_config},
+            add_config=consumer_config({"group.id": k.group_id, **k.consumer_config}, where, k.unreachable_exit_s,
+                                       settings.redact),
         )
         messages, consumer_errors = consumed.oks, op.filter_map("consumer_error", consumed.errs, consumer_error)
     else:
@@ -155,6 +173,8 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     if shadow is not None:
         op.output("shadow_csv", op.map("key_shadow", op.flat_map("shadow_results", work, steps.shadow_of), keyed),
                   results_csv_sink(settings.shadow_results_csv, survey.taxonomy))
+    if _run_by_bytewax():  # the process is this run: its totals are the run's
+        atexit.register(lambda: log.info("%s", metrics.run_summary(survey.name)))
     return flow
 
 
@@ -198,7 +218,8 @@ def write_outputs(work, survey: Survey, results_csv: Path, deadletters: Path, *,
         result_lists = op.key_rm("from_fritz", with_context)
     # The single CSV writer receives one list per model batch: fewer items to move.
     op.output("csv", op.map("key_results", result_lists, keyed), results_csv_sink(
-        results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name), grouped=True))
+        results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name), grouped=True,
+        after_skip=partial(metrics.count_skipped, survey.name)))
     if fritz is not None or slack:
         results = op.flat_map("results", result_lists, each)
     if fritz is not None:

@@ -509,8 +509,11 @@ def main(argv: list[str] | None = None) -> int:
 
     live = sub.add_parser("round", help="tonight's round on real labels; writes the next batch to label")
     live.add_argument("--features", default="results/fink_vra", help="feature table (default: %(default)s)")
-    live.add_argument("--labels", default="labeled.csv")
-    live.add_argument("--out", default=str(DEFAULT_OUT))
+    live.add_argument("--labels", default="labeled.csv",
+                      help="your labels, candid,objectId,label,timestamp (written by `python -m models.labeling "
+                           "label`; `python -m models.labeling proxy` makes a trial one) (default: %(default)s)")
+    live.add_argument("--out", default=str(DEFAULT_OUT),
+                      help="where the report, importance and next_batch_*.csv go (default: %(default)s)")
     live.add_argument("--no-track", action="store_true", help="skip MLflow")
     add_loop_arguments(live)
     add_tracking_arguments(live)

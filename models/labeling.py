@@ -153,6 +153,14 @@ def read_alerts(paths: Iterable[str | Path]) -> list[dict]:
     return alerts
 
 
+def ztf_only(alerts: list[dict]) -> tuple[list[dict], int]:
+    """The ZTF alert packets (a `candid` and a `candidate` record) and how many others
+    were left out: a folder of Fink alerts may also hold Rubin ones (`data/fink/`)."""
+    kept = [a for a in alerts if isinstance(a, dict) and a.get("candid") is not None
+            and isinstance(a.get("candidate"), dict)]
+    return kept, len(alerts) - len(kept)
+
+
 BANDS = {1: ("g", "tab:green"), 2: ("r", "tab:red"), 3: ("i", "goldenrod")}
 
 
@@ -390,17 +398,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.labeling", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     lab = sub.add_parser("label", help="label alerts one key at a time")
-    lab.add_argument("--alerts", nargs="+", required=True, help="Avro alert files or directories")
+    lab.add_argument("--alerts", nargs="+", required=True,
+                     help="Avro alert files or directories (every *.avro in them; non-ZTF alerts are skipped)")
     lab.add_argument("--labels", default="labeled.csv", help="CSV to append to (default: %(default)s)")
     lab.add_argument("--queue", help="next_batch_*.csv from the active-learning round: label in its order")
     lab.add_argument("--plots", default="results/labeling", help="where light-curve PNGs go (default: %(default)s)")
     lab.add_argument("--no-hints", action="store_true", help="hide the catalogue hint (blind labelling)")
     prx = sub.add_parser("proxy", help="write catalogue proxy labels (for tests/simulations only)")
-    prx.add_argument("--alerts", nargs="+", required=True)
-    prx.add_argument("--out", required=True, help="CSV to write (labeled.csv format)")
+    prx.add_argument("--alerts", nargs="+", required=True,
+                     help="Avro alert files or directories (every *.avro in them; non-ZTF alerts are skipped)")
+    prx.add_argument("--out", required=True,
+                     help="CSV to write, in labeled.csv format (candid,objectId,label,timestamp); "
+                          "a trial's first labeled.csv for `python -m models.active_learning round`")
     args = parser.parse_args(argv)
 
-    alerts = read_alerts(args.alerts)
+    alerts, others = ztf_only(read_alerts(args.alerts))
+    if others:
+        print(f"skipped {others} alert(s) that are not ZTF alerts (no candid/candidate): labelling is for ZTF",
+              file=sys.stderr)
     if args.command == "proxy":
         table = proxy_labels_table(alerts)
         table.to_csv(args.out, index=False)

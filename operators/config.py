@@ -43,7 +43,7 @@ def env_int(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+        raise ConfigError(f"{name}={raw!r} is not an integer -> set {name} to a whole number, or unset it") from None
 
 
 def env_float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -53,7 +53,7 @@ def env_float(env: Mapping[str, str], name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
+        raise ConfigError(f"{name}={raw!r} is not a number -> set {name} to a number, or unset it") from None
 
 
 def env_bool(env: Mapping[str, str], name: str, default: Optional[bool]) -> Optional[bool]:
@@ -64,7 +64,16 @@ def env_bool(env: Mapping[str, str], name: str, default: Optional[bool]) -> Opti
         return True
     if raw.lower() in {"0", "false", "no", "off"}:
         return False
-    raise ConfigError(f"{name}={raw!r}: use true or false")
+    raise ConfigError(f"{name}={raw!r} is not true or false -> set {name} to true or false, or unset it")
+
+
+def kafka_unreachable_exit_s(env: Mapping[str, str]) -> Optional[float]:
+    """`KAFKA_UNREACHABLE_EXIT_S` (every flow reading Kafka): seconds without a broker
+    before the flow exits non-zero; unset or 0: keep retrying."""
+    seconds = env_float(env, "KAFKA_UNREACHABLE_EXIT_S", 0.0)
+    if seconds < 0:
+        raise ConfigError(f"KAFKA_UNREACHABLE_EXIT_S={seconds:g} -> give a number of seconds ≥ 0 (0: never exit)")
+    return seconds or None
 
 
 def _path_or_none(value: Optional[str]) -> Optional[Path]:
@@ -82,6 +91,7 @@ class KafkaSettings:
     group_id: str
     starting_offset: str  # "beginning" or "end"
     client_config: Mapping[str, str] = field(default_factory=dict, repr=False)
+    unreachable_exit_s: Optional[float] = None  # exit non-zero after this long without a broker; None: wait
 
     @property
     def consumer_config(self) -> dict[str, str]:
@@ -221,7 +231,7 @@ class Settings:
         if brokers:
             offset = (env_str(env, "KAFKA_STARTING_OFFSET", "beginning") or "").lower()
             if offset not in {"beginning", "end"}:
-                raise ConfigError(f"KAFKA_STARTING_OFFSET={offset!r}: use beginning or end")
+                raise ConfigError(f"KAFKA_STARTING_OFFSET={offset!r} -> use beginning or end")
             extra = {
                 key[len("KAFKA_OPT_"):].lower().replace("_", "."): value
                 for key, value in env.items()
@@ -233,6 +243,7 @@ class Settings:
                 group_id=env_str(env, "KAFKA_GROUP_ID", f"alertflow-oracle-{name}"),
                 starting_offset=offset,
                 client_config=extra,
+                unreachable_exit_s=kafka_unreachable_exit_s(env),
             )
         mongo = None
         uri = env_str(env, "MONGODB_URI")
@@ -257,7 +268,7 @@ class Settings:
             raise ConfigError(f"ORACLE_DEVICE={device!r}: use cpu (default), cuda or mps")
         batch_size = env_int(env, "ORACLE_BATCH_SIZE", 256)
         if batch_size < 1:
-            raise ConfigError("ORACLE_BATCH_SIZE must be at least 1")
+            raise ConfigError(f"ORACLE_BATCH_SIZE={batch_size} -> set ORACLE_BATCH_SIZE to at least 1")
         return cls(
             survey=survey.name,
             filter_name=env_str(env, "ORACLE_FILTER", survey.filter_name),
@@ -272,7 +283,9 @@ class Settings:
             kafka=kafka,
             mongo=mongo,
             log_level=(env_str(env, "ALERTFLOW_LOG_LEVEL", "INFO") or "INFO").upper(),
-            forced_photometry=env_bool(env, f"ORACLE_{survey.name}_FORCED_PHOTOMETRY", False),
+            # Only the LSST builder takes forced photometry: ZTF has no such variable.
+            forced_photometry=(env_bool(env, "ORACLE_LSST_FORCED_PHOTOMETRY", False)
+                               if "forced_photometry" in survey.input_options else False),
             recovery=env_bool(env, "ALERTFLOW_RECOVERY", kafka is not None),
             recovery_dir=Path(env_str(env, "ALERTFLOW_RECOVERY_DIR", f"recovery/{name}")),
             recovery_partitions=env_int(env, "ALERTFLOW_RECOVERY_PARTITIONS", 4),

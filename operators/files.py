@@ -98,7 +98,10 @@ class _AppendPartition(StatefulSinkPartition):
             if key not in self._seen:
                 self._seen.add(key)
                 fresh.append(item)
-        self._skipped += len(items) - len(fresh)
+        skipped = len(items) - len(fresh)
+        self._skipped += skipped
+        if skipped:
+            self._sink.after_skip(skipped)
         items = fresh
         if items:
             self._f.write(self._sink.encode(items))
@@ -136,6 +139,7 @@ class AppendFileSink(FixedPartitionedSink):
         after_write: Callable[[list], None] = lambda items: None,
         window: int = 200_000,
         grouped: bool = False,
+        after_skip: Callable[[int], None] = lambda n: None,
     ):
         self.path = Path(path)
         self.encode = encode
@@ -145,6 +149,7 @@ class AppendFileSink(FixedPartitionedSink):
         self.after_write = after_write
         self.window = window
         self.grouped = grouped
+        self.after_skip = after_skip  # called with how many items of a batch were written before
 
     def list_parts(self) -> list[str]:
         return [self.path.name]

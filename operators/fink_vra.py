@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import fastavro
 import pandas as pd
@@ -480,8 +480,9 @@ def write_rows(out_dir: Path, part: str, rows: list[Mapping[str, Any]]) -> Path:
 
 
 class _ParquetPartition(StatefulSinkPartition[dict, None]):
-    def __init__(self, out_dir: Path, part: str, index: int, count: int):
-        self._dir, self._part = out_dir, part
+    def __init__(self, out_dir: Path, part: str, index: int, count: int,
+                 on_write: Callable[[int, int], None] = lambda written, skipped: None):
+        self._dir, self._part, self._on_write = out_dir, part, on_write
         # Every run starts from what is on disk: replays add nothing twice.
         self._seen = {c for c in existing_candids(out_dir) if c % count == index}
 
@@ -493,6 +494,7 @@ class _ParquetPartition(StatefulSinkPartition[dict, None]):
                 fresh.append(row)
         if fresh:
             write_rows(self._dir, self._part, fresh)
+        self._on_write(len(fresh), len(items) - len(fresh))
 
     def snapshot(self) -> None:
         return None
@@ -507,9 +509,11 @@ class ParquetDatasetSink(FixedPartitionedSink[dict, None]):
     `pd.read_parquet(out_dir)` (indexed by candid).
     """
 
-    def __init__(self, out_dir: Path | str, partitions: int = 4):
+    def __init__(self, out_dir: Path | str, partitions: int = 4,
+                 on_write: Callable[[int, int], None] = lambda written, skipped: None):
         self._dir = Path(out_dir)
         self._n = partitions
+        self._on_write = on_write  # (rows written, rows skipped as already there) per batch
 
     def list_parts(self) -> list[str]:
         return [f"part{i:02d}" for i in range(self._n)]
@@ -518,7 +522,7 @@ class ParquetDatasetSink(FixedPartitionedSink[dict, None]):
         return int(item_key) % self._n
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ParquetPartition:
-        return _ParquetPartition(self._dir, for_part, int(for_part[4:]), self._n)
+        return _ParquetPartition(self._dir, for_part, int(for_part[4:]), self._n, self._on_write)
 
 
 def read_features(out_dir: Path | str) -> pd.DataFrame:

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 import fastavro
-from pymongo import ReplaceOne
 
 from operators.config import KafkaSettings, MongoSettings, Settings
 from operators.sample import read_messages
@@ -173,19 +172,27 @@ def repeat_sample(sample: SampleData, repeat: int, first_candid: int = SYNTHETIC
 
 
 def upsert_documents(collection, docs: Iterable[dict], chunk: int = UPSERT_CHUNK) -> int:
-    """Replace-or-insert documents by `_id` (NaN → null); returns how many were written."""
+    """Replace-or-insert documents by `_id` (NaN → null); returns how many were written.
+
+    Written as delete-then-insert per chunk rather than `ReplaceOne(upsert=True)`:
+    nx-27017 refuses raw bytes (the cutouts) in an update, so a second load of the
+    same sample failed there; inserts take them, on nx-27017 and on MongoDB alike."""
     n = 0
     batch: list = []
+
+    def flush() -> int:
+        latest = {d["_id"]: d for d in batch}  # an _id twice in a chunk: the last one wins, as with replace
+        collection.delete_many({"_id": {"$in": list(latest)}})
+        collection.insert_many(list(latest.values()), ordered=False)
+        return len(batch)
+
     for doc in docs:
-        doc = nan_to_none(doc)
-        batch.append(ReplaceOne({"_id": doc["_id"]}, doc, upsert=True))
+        batch.append(nan_to_none(doc))
         if len(batch) >= chunk:
-            collection.bulk_write(batch, ordered=False)
-            n += len(batch)
+            n += flush()
             batch = []
     if batch:
-        collection.bulk_write(batch, ordered=False)
-        n += len(batch)
+        n += flush()
     return n
 
 
@@ -279,7 +286,11 @@ class LoadReport:
 
 
 def kafka_client_config(kafka: KafkaSettings) -> dict[str, str]:
-    return {"bootstrap.servers": ",".join(kafka.brokers), **dict(kafka.client_config)}
+    """A producer's (and admin client's) settings: consumer-only properties (`KAFKA_OPT_GROUP_ID`, ...)
+    are left to the flow's consumer, so librdkafka has nothing to warn about."""
+    from operators.kafka_input import admin_config
+
+    return admin_config({"bootstrap.servers": ",".join(kafka.brokers), **dict(kafka.client_config)})
 
 
 def load(

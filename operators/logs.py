@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
+_on_stop = None
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
 
 
@@ -22,15 +25,46 @@ def _interrupted(exc: BaseException | None) -> bool:
     return False
 
 
-def quiet_interrupt() -> None:
+# Set by Ctrl-C (SIGINT): steps that wait (store retries) watch it, so that Ctrl-C stops a flow
+# whose worker threads are backing off, not only the main thread.
+STOPPING = threading.Event()
+
+
+def interruptible_sleep(seconds: float) -> None:
+    """`time.sleep` that ends at once with KeyboardInterrupt when Ctrl-C was pressed."""
+    if STOPPING.wait(seconds):
+        raise KeyboardInterrupt("Ctrl-C while waiting")
+
+
+def _sigint(signum, frame):
+    STOPPING.set()
+    raise KeyboardInterrupt  # what Python's default handler does; bytewax stops its workers on it
+
+
+def watch_sigint() -> None:
+    """Ctrl-C also sets `STOPPING` (bytewax delivers SIGINT to Python through the main thread)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not _sigint:
+        signal.signal(signal.SIGINT, _sigint)
+
+
+def quiet_interrupt(on_stop=None) -> None:
     """Ctrl-C ends a following flow: say so in one line instead of a traceback,
     and exit with the conventional status 130. State up to the last snapshot is
-    kept and the rest is replayed on restart."""
+    kept and the rest is replayed on restart. `on_stop()` (the run summary) is
+    called first; the last call's wins."""
+    global _on_stop
+    _on_stop = on_stop
     previous = sys.excepthook
 
     def alertflow_excepthook(kind, value, tb):
-        if _interrupted(value):
+        # With several workers the stop surfaces as bytewax's worker panic, not as KeyboardInterrupt.
+        if _interrupted(value) or STOPPING.is_set():
             logging.getLogger("alertflow").info("stopped by Ctrl-C (SIGINT); restart to resume")
+            if _on_stop is not None:
+                try:
+                    _on_stop()
+                except Exception:  # noqa: BLE001 - a summary must not turn a clean stop into a traceback
+                    pass
             logging.shutdown()
             os._exit(130)
         previous(kind, value, tb)

@@ -17,7 +17,7 @@ import math
 import threading
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import fastavro
@@ -36,6 +36,9 @@ class FilterResult:
     filters: frozenset[str]  # names and ids of the BOOM filters the alert passed
     origin: Origin
     cutout_template: Optional[bytes] = None  # kept only when the model needs a stamp
+    # The raw message, kept until the alert is written or dead-lettered, so that a dead
+    # letter from any later stage can be replayed (`python -m dataflows replay-dead-letters`).
+    payload: Optional[bytes] = field(default=None, repr=False, compare=False)
 
     def passed(self, filter_name: str) -> bool:
         return filter_name in self.filters
@@ -69,7 +72,8 @@ def _field(record: dict, name: str, kind: type):
     raise ValueError(f"wrong type: {name} should be {kind.__name__}, got {type(value).__name__}")
 
 
-def parse_record(record: dict, origin: Origin, keep_template: bool = False) -> FilterResult:
+def parse_record(record: dict, origin: Origin, keep_template: bool = False,
+                 payload: Optional[bytes] = None) -> FilterResult:
     """Validate one decoded record; raises ValueError with a short reason."""
     if not isinstance(record, dict):
         raise ValueError("wrong type: record is not a mapping")
@@ -93,6 +97,7 @@ def parse_record(record: dict, origin: Origin, keep_template: bool = False) -> F
         filters=frozenset(names),
         origin=origin,
         cutout_template=template if isinstance(template, bytes) and template else None,
+        payload=payload,
     )
 
 
@@ -258,7 +263,7 @@ def parse_message(msg, keep_template: bool = False) -> Union[FilterResult, DeadL
     except Exception as exc:  # any decoding failure is the message's fault
         return dead_letter("parse", f"undecodable Avro: {type(exc).__name__}: {exc}"[:300], origin, payload=payload)
     try:
-        return parse_record(record, origin, keep_template)
+        return parse_record(record, origin, keep_template, payload)
     except ValueError as exc:
         rec = record if isinstance(record, dict) else {}
         return dead_letter("parse", str(exc), origin, rec.get("candid"), rec.get("objectId"), payload)

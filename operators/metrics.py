@@ -123,7 +123,8 @@ def label_value(kind: str, value: Any, limit: int = MAX_LABEL_VALUES) -> str:
 @dataclass
 class _Totals:
     counts: dict = field(default_factory=lambda: {"in": 0, "passed": 0, "failed": 0, "classified": 0,
-                                                  "dead": 0, "written": 0})
+                                                  "dead": 0, "written": 0, "skipped": 0})
+    dead_reasons: dict = field(default_factory=dict)  # "stage: reason kind" -> count
     last_counts: dict = field(default_factory=dict)
     last_time: float = field(default_factory=time.monotonic)
     started: float = field(default_factory=time.monotonic)
@@ -136,12 +137,21 @@ _totals: dict[tuple[str, str], _Totals] = {}
 _totals_lock = threading.Lock()
 
 
-def _add(key: tuple[str, str], name: str, n: int) -> None:
+def _add(key: tuple[str, str], name: str, n: int, reasons: Optional[dict] = None) -> None:
     with _totals_lock:
         t = _totals.get(key)
         if t is None:
             t = _totals[key] = _Totals()
         t.counts[name] += n
+        for reason, k in (reasons or {}).items():
+            t.dead_reasons[reason] = t.dead_reasons.get(reason, 0) + k
+
+
+def begin(survey: Any, flow: Optional[str] = None) -> None:
+    """The run starts now (the run summary's time counts from here)."""
+    key = _labels(survey, flow)
+    with _totals_lock:
+        _totals.setdefault(key, _Totals())
 
 
 def totals(survey: Any, flow: Optional[str] = None) -> dict:
@@ -181,6 +191,7 @@ def count_dead_letters(survey: Any, letters: Any, flow: Optional[str] = None) ->
             isinstance(letters, tuple) and len(letters) == 2 and hasattr(letters[1], "reason")):
         letters = [letters]
     n = 0
+    reasons: dict = {}
     for letter in letters:
         if isinstance(letter, tuple) and len(letter) == 2:  # a (key, letter) pair from a keyed stream
             letter = letter[1]
@@ -189,9 +200,11 @@ def count_dead_letters(survey: Any, letters: Any, flow: Optional[str] = None) ->
         else:
             reason, stage = getattr(letter, "reason", "") or "", getattr(letter, "stage", None)
         kind = str(reason).split(":", 1)[0]
-        DEAD.labels(*key, label_value("stage", stage), label_value("reason", kind)).inc()
+        stage_label, reason_label = label_value("stage", stage), label_value("reason", kind)
+        DEAD.labels(*key, stage_label, reason_label).inc()
+        reasons[f"{stage_label}: {reason_label}"] = reasons.get(f"{stage_label}: {reason_label}", 0) + 1
         n += 1
-    _add(key, "dead", n)
+    _add(key, "dead", n, reasons)
 
 
 @_never_raise
@@ -235,6 +248,13 @@ def observe_written(survey: Any, results: Iterable, flow: Optional[str] = None, 
 
 
 @_never_raise
+def count_skipped(survey: Any, n: int, flow: Optional[str] = None) -> None:
+    """`n` rows not written because an earlier run (or a replay) wrote them already."""
+    if n:
+        _add(_labels(survey, flow), "skipped", int(n))
+
+
+@_never_raise
 def fritz_request(outcome: str, survey: Any = "ZTF", n: int = 1, flow: Optional[str] = None) -> None:
     """A Fritz request ended: `success`, `failure`, `retry`, or a short word (`not_found`, ...)."""
     FRITZ.labels(*_labels(survey, flow), label_value("fritz_outcome", outcome, 20)).inc(n)
@@ -262,12 +282,34 @@ def _take(t: _Totals, now: float, reset: bool) -> tuple[dict, dict, float]:
     return c, last, elapsed
 
 
-def _format(key: tuple[str, str], c: dict, last: dict, elapsed: float) -> str:
+def _reasons(reasons: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _counts_text(c: dict, reasons: dict) -> str:
+    dead = f"{c['dead']} dead-lettered" + (f" ({_reasons(reasons)})" if reasons else "")
+    return (f"{c['in']} in, {c['passed']} passed filter, {c['failed']} failed filter, {c['classified']} classified, "
+            f"{dead}, {c['written']} written, {c['skipped']} skipped as already written")
+
+
+def _format(key: tuple[str, str], c: dict, last: dict, elapsed: float, reasons: Optional[dict] = None) -> str:
     d = {k: c[k] - last.get(k, 0) for k in c}
-    return (f"{key[1]} summary ({key[0]}): {c['in']} in, {c['passed']} passed filter, {c['failed']} failed filter, "
-            f"{c['classified']} classified, {c['dead']} dead-lettered, {c['written']} written | "
+    return (f"{key[1]} summary ({key[0]}): {_counts_text(c, reasons or {})} | "
             f"last {elapsed:.0f} s: {_rate(d['in'], elapsed):.1f} in/s, {_rate(d['classified'], elapsed):.1f} classified/s, "
             f"{_rate(d['dead'], elapsed):.2f} dead/s")
+
+
+def run_summary(survey: Any, flow: Optional[str] = None, now: Optional[float] = None) -> str:
+    """The line logged when a run ends: totals since the process started and the time taken.
+
+    `ZTF run summary (oracle_ztf): 40 in, 31 passed filter, 6 failed filter, 27 classified,
+    4 dead-lettered (parse: undecodable avro 2, ...), 27 written, 0 skipped as already written | 3.1 s`"""
+    key = _labels(survey, flow)
+    now = time.monotonic() if now is None else now
+    with _totals_lock:
+        t = _totals.get(key) or _Totals(started=now)
+        c, reasons, started = dict(t.counts), dict(t.dead_reasons), t.started
+    return f"{key[1]} run summary ({key[0]}): {_counts_text(c, reasons)} | {now - started:.1f} s"
 
 
 def summary_line(survey: Any, flow: Optional[str] = None, now: Optional[float] = None, reset: bool = True) -> str:
@@ -277,7 +319,8 @@ def summary_line(survey: Any, flow: Optional[str] = None, now: Optional[float] =
     with _totals_lock:
         t = _totals.setdefault(key, _Totals(last_time=now, started=now))
         taken = _take(t, now, reset)
-    return _format(key, *taken)
+        reasons = dict(t.dead_reasons)
+    return _format(key, *taken, reasons)
 
 
 @_never_raise
@@ -296,7 +339,37 @@ def maybe_log_summary(survey: Any, every_s: float = 60.0, flow: Optional[str] = 
         if now - t.last_time < every_s:
             return
         taken = _take(t, now, reset=True)
-    log.info("%s", _format(key, *taken))
+        reasons = dict(t.dead_reasons)
+    log.info("%s", _format(key, *taken, reasons))
+
+
+class Tally:
+    """Named counts of one run and the time since it began, as one line (the Fink VRA
+    flow's summary; the ORACLE flows use the totals above). Thread-safe."""
+
+    def __init__(self, title: str, names: Iterable[str], clock=time.monotonic):
+        self.title, self._clock = title, clock
+        self.counts = {name: 0 for name in names}
+        self.started = self._last_line = clock()
+        self._lock = threading.Lock()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[name] = self.counts.get(name, 0) + n
+
+    def line(self) -> str:
+        with self._lock:
+            counts = dict(self.counts)
+        return f"{self.title}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + \
+            f" | {self._clock() - self.started:.1f} s"
+
+    def maybe_log(self, every_s: float = 60.0) -> None:
+        with self._lock:
+            now = self._clock()
+            if now - self._last_line < every_s:
+                return
+            self._last_line = now
+        log.info("%s", self.line())
 
 
 # ---------------------------------------------------------------- standalone exporter

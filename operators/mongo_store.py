@@ -51,6 +51,7 @@ from pymongo.errors import (
 )
 
 from operators.config import _USERINFO, ConfigError, MongoSettings
+from operators.logs import interruptible_sleep
 from operators.store import Collections, Documents
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ class MongoStore:
         client: Optional[MongoClient] = None,
         backoff_initial_s: float = 0.25,
         backoff_max_s: float = 10.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = interruptible_sleep,
     ):
         self._settings = settings
         self._c = collections

@@ -81,9 +81,9 @@ def enrich(get_store: Callable, batch: Batch, with_cutouts: bool = False) -> Bat
         aux_doc = docs.aux.get(a.objectId)
         cutout = {"cutoutTemplate": a.cutout_template} if a.cutout_template else docs.cutouts.get(a.candid)
         if alert_doc is None:
-            dead.append(dead_letter("enrich", "no alert document", a.origin, a.candid, a.objectId))
+            dead.append(dead_letter("enrich", "no alert document", a.origin, a.candid, a.objectId, a.payload))
         elif aux_doc is None:
-            dead.append(dead_letter("enrich", "no aux document", a.origin, a.candid, a.objectId))
+            dead.append(dead_letter("enrich", "no aux document", a.origin, a.candid, a.objectId, a.payload))
         else:
             ready.append((a, (alert_doc, aux_doc, cutout)))
     return replace(batch, items=ready, dead=dead, timings={**batch.timings, "enrich": time.perf_counter() - t0})
@@ -97,10 +97,10 @@ def build_inputs(build: Callable, batch: Batch, with_stamp: bool = False) -> Bat
         try:
             ready.append((a, build(alert_doc, aux_doc, cutout_doc, with_stamp)))
         except InputError as exc:
-            dead.append(dead_letter("inputs", str(exc), a.origin, a.candid, a.objectId))
+            dead.append(dead_letter("inputs", str(exc), a.origin, a.candid, a.objectId, a.payload))
         except Exception as exc:  # a document shape we did not foresee: keep the alert, say why
             dead.append(dead_letter("inputs", f"bad document: {type(exc).__name__}: {exc}"[:300],
-                                    a.origin, a.candid, a.objectId))
+                                    a.origin, a.candid, a.objectId, a.payload))
     return replace(batch, items=ready, dead=dead, timings={**batch.timings, "inputs": time.perf_counter() - t0})
 
 
@@ -130,7 +130,8 @@ def classify(model, predict: Callable, model_name: str, survey: str, batch: Batc
     results, dead = [], list(batch.dead)
     for a, x, p, leaf in zip(alerts, inputs, probs, leaves):
         if not np.all(np.isfinite(p)):
-            dead.append(dead_letter("classify", "model output is not finite", a.origin, a.candid, a.objectId))
+            dead.append(dead_letter("classify", "model output is not finite", a.origin, a.candid, a.objectId,
+                                    a.payload))
             continue
         results.append(Result(
             candid=a.candid, objectId=a.objectId, jd=a.jd, survey=survey,

@@ -35,6 +35,12 @@ def ensure_partitions(directory: Path, count: int) -> None:
         log.info("created %d recovery partitions in %s", count, directory)
 
 
+def run_by_bytewax() -> bool:
+    """This process is `python -m bytewax.run ...` (so it ends when the flow ends)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name == "bytewax.run"
+
+
 def _bytewax_run_kwargs() -> Optional[dict]:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)

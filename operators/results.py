@@ -74,7 +74,8 @@ def _candids_in(path: Path) -> Iterable[int]:
                 yield int(row[0])
 
 
-def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None, grouped: bool = False) -> AppendFileSink:
+def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None, grouped: bool = False,
+                     after_skip=lambda n: None) -> AppendFileSink:
     """Sink for `(key, Result)` items (`(key, [Result, ...])` with `grouped`) into the
     results CSV (deduplicated by candid)."""
     return AppendFileSink(
@@ -85,6 +86,7 @@ def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None, g
         header=",".join(csv_columns(taxonomy)) + "\n",
         after_write=after_write,
         grouped=grouped,
+        after_skip=after_skip,
     )
 
 

@@ -83,7 +83,12 @@ def test_counters_move_and_are_exported_with_their_labels():
     assert f'alertflow_messages_total{{flow="{flow}",survey="ZTF"}} 5.0' in text
     assert f'alertflow_filter_total{{flow="{flow}",result="passed",survey="ZTF"}} 1.0' in text
     assert 'alertflow_end_to_end_latency_seconds_bucket{' in text and 'alertflow_batch_size_bucket{' in text
-    assert metrics.totals("ZTF", flow) == {"in": 5, "passed": 1, "failed": 2, "classified": 2, "dead": 3, "written": 2}
+    metrics.count_skipped("ZTF", 4, flow=flow)
+    assert metrics.totals("ZTF", flow) == {"in": 5, "passed": 1, "failed": 2, "classified": 2, "dead": 3, "written": 2,
+                                           "skipped": 4}
+    line = metrics.run_summary("ZTF", flow)
+    assert "3 dead-lettered (enrich: no aux document 1, inputs: no usable detection 1, parse: undecodable avro 1)" in line
+    assert "4 skipped as already written" in line and line.startswith("ZTF run summary")
 
 
 def test_default_flow_label_is_the_oracle_flow_name():
