@@ -13,10 +13,12 @@ Input: a Kafka message (bytewax `KafkaSourceMessage`). Output: a
 from __future__ import annotations
 
 import io
+import json
 import math
 import threading
 import zlib
 from collections import OrderedDict
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -101,10 +103,20 @@ def parse_record(record: dict, origin: Origin, keep_template: bool = False,
     )
 
 
+class CorruptContainer(ValueError):
+    """The container's bytes are damaged (a checksum or a declared size says so): refused
+    before any decoder reads them."""
+
+
 def _decode_avro_reader(payload: bytes) -> dict:
-    """The single record of an Avro container, with fastavro's own container reader
-    (parses the schema in the header again for every message)."""
-    records = list(fastavro.reader(io.BytesIO(payload)))
+    """The single record of an Avro container that the fast path does not take, with
+    fastavro's pure-Python container reader. Its compiled reader preallocates an array
+    from the count the bytes declare, so one damaged byte can ask for tens of GB (seen:
+    the process killed at 24 GB); the pure-Python one appends item by item and stops at
+    the end of the data. Containers of this shape are rare, so its speed does not matter."""
+    from fastavro import _read_py
+
+    records = list(_read_py.reader(io.BytesIO(payload)))
     if len(records) != 1:
         raise ValueError(f"not one record: the container holds {len(records)}")
     return records[0]
@@ -177,25 +189,88 @@ def _container_header(payload: bytes) -> tuple[bytes, dict, int]:
 SNAPPY_MAX_EXPANSION = 32
 
 
-def _check_block_sizes(payload: bytes) -> None:
-    """Refuse a container whose Snappy blocks declare more bytes than they can hold,
-    before any decoder allocates them."""
+def _min_size(t, named: dict, seen: frozenset = frozenset()) -> int:
+    """Fewest bytes a value of Avro type `t` (parsed JSON) can take (0 or more)."""
+    if isinstance(t, str):
+        if t == "null":
+            return 0
+        if t in named and t not in seen:
+            return _min_size(named[t], named, seen | {t})
+        return 1  # every other primitive, and a name we cannot resolve
+    if isinstance(t, list):
+        return 1  # union: the branch index
+    if not isinstance(t, dict):
+        return 1
+    kind = t.get("type")
+    if isinstance(t.get("name"), str):
+        named.setdefault(t["name"], t)
+    if kind == "record" or kind == "error":
+        fields = t.get("fields")
+        if not isinstance(fields, list):
+            return 0
+        return sum(_min_size(f.get("type"), named, seen) for f in fields if isinstance(f, dict))
+    if kind == "fixed":
+        return t.get("size", 0) if isinstance(t.get("size"), int) else 0
+    if kind in ("array", "map", "enum"):
+        return 1
+    return _min_size(kind, named, seen)
+
+
+def _zero_size_items(t, named: dict) -> bool:
+    """Whether some array or map of `t` holds items that can take no bytes: its declared
+    count, not the data, then decides how many items a reader makes (a damaged byte in
+    the schema, e.g. `"fields"` -> `"Jields"`, made one ask for tens of GB)."""
+    if isinstance(t, list):
+        return any(_zero_size_items(b, named) for b in t)
+    if not isinstance(t, dict):
+        return False
+    _min_size(t, named)  # registers the names it defines
+    kind = t.get("type")
+    if kind == "array":
+        return _min_size(t.get("items"), named) == 0 or _zero_size_items(t.get("items"), named)
+    if kind == "map":
+        return _min_size(t.get("values"), named) == 0 or _zero_size_items(t.get("values"), named)
+    if kind in ("record", "error"):
+        return any(_zero_size_items(f.get("type"), named) for f in t.get("fields") or [] if isinstance(f, dict))
+    return isinstance(kind, (dict, list)) and _zero_size_items(kind, named)
+
+
+@lru_cache(maxsize=32)
+def _schema_problem(schema_json: bytes) -> Optional[str]:
+    try:
+        schema = json.loads(schema_json)
+    except ValueError:
+        return None  # the decoders say why
+    if _zero_size_items(schema, {}):
+        return "corrupt writer schema: an array or map of items that take no bytes"
+    return None
+
+
+def _check_container(payload: bytes) -> None:
+    """Refuse a container whose writer schema lets a count alone allocate memory, whose
+    blocks do not each end with the sync marker up to the last byte (truncated, or junk
+    after it), or whose Snappy blocks declare more bytes than they can hold — before any
+    decoder reads it."""
     try:
         _, meta, pos = _container_header(payload)
     except (ValueError, IndexError):
         return  # not a container header we can read: the decoders say why
-    if meta.get(b"avro.codec") != b"snappy":
-        return
+    problem = _schema_problem(meta.get(b"avro.schema", b""))
+    if problem:
+        raise CorruptContainer(problem)
+    sync, snappy_blocks = payload[pos - 16:pos], meta.get(b"avro.codec") == b"snappy"
     while pos < len(payload):
         try:
             _, pos = _read_long(payload, pos)
             size, pos = _read_long(payload, pos)
-            declared, _ = _read_uvarint(payload, pos)
+            declared = _read_uvarint(payload, pos)[0] if snappy_blocks and size > 0 else 0
         except IndexError:
-            return
-        if size >= 0 and declared > SNAPPY_MAX_EXPANSION * size + 64:
-            raise ValueError(f"corrupt Snappy block: declares {declared} bytes from {size}")
-        pos += max(size, 0) + 16
+            raise CorruptContainer("truncated Avro container: a block header is cut") from None
+        if size < 0 or payload[pos + size:pos + size + 16] != sync:
+            raise CorruptContainer("damaged or truncated Avro container: a block does not end with the sync marker")
+        if declared > SNAPPY_MAX_EXPANSION * size + 64:
+            raise CorruptContainer(f"corrupt Snappy block: declares {declared} bytes from {size}")
+        pos += size + 16
 
 
 def _read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -222,7 +297,11 @@ def _decode_avro_cached(payload: bytes) -> dict:
     if count != 1 or size < 0 or len(data) != size or len(sync) != 16 or payload[pos + size:] != sync:
         raise ValueError("not one block of one record")
     if codec == "snappy":
-        raw = bytes(snappy.decompress_raw(data[:-4]))  # the CRC is not checked, as fastavro does
+        raw = bytes(snappy.decompress_raw(data[:-4]))
+        # Avro follows each Snappy block with the CRC32 of its uncompressed bytes. fastavro does
+        # not check it; here it keeps damaged bytes away from the compiled reader (see above).
+        if len(data) < 4 or zlib.crc32(raw) != int.from_bytes(data[-4:], "big"):
+            raise CorruptContainer("corrupt Snappy block: checksum mismatch")
     elif codec == "null":
         raw = data
     elif codec == "deflate":
@@ -244,9 +323,11 @@ def decode_avro(payload: bytes) -> dict:
     the parse step). The common shape (one block, one record) is decoded with the
     writer schema parsed once per distinct header; anything else goes through
     fastavro's reader, so what is refused and why is exactly as before."""
-    _check_block_sizes(payload)
+    _check_container(payload)
     try:
         return _decode_avro_cached(payload)
+    except CorruptContainer:
+        raise
     except Exception:
         return _decode_avro_reader(payload)
 
