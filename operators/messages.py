@@ -122,16 +122,23 @@ def _decode_avro_reader(payload: bytes) -> dict:
     return records[0]
 
 
-def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
-    """An Avro long (zig-zag varint) at `pos`: (value, next position)."""
+def _read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    """An unsigned little-endian base-128 varint at `pos` (Snappy's uncompressed length,
+    and the bits of an Avro long): (value, next position). Raises IndexError when cut."""
     value = shift = 0
     while True:
         byte = buf[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return (value >> 1) ^ -(value & 1), pos
+        if not byte & 0x80 or shift > 63:
+            return value, pos
         shift += 7
+
+
+def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
+    """An Avro long (zig-zag varint) at `pos`: (value, next position)."""
+    value, pos = _read_uvarint(buf, pos)
+    return (value >> 1) ^ -(value & 1), pos
 
 
 class _WriterSchemas:
@@ -271,18 +278,6 @@ def _check_container(payload: bytes) -> None:
         if declared > SNAPPY_MAX_EXPANSION * size + 64:
             raise CorruptContainer(f"corrupt Snappy block: declares {declared} bytes from {size}")
         pos += size + 16
-
-
-def _read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
-    """An unsigned little-endian base-128 varint (Snappy's uncompressed length)."""
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80 or shift > 63:
-            return value, pos
-        shift += 7
 
 
 def _decode_avro_cached(payload: bytes) -> dict:

@@ -8,6 +8,22 @@ from operators.config import Settings
 from operators.surveys import Survey
 
 
+def run_flow(survey: Survey, settings: Settings, messages: list[bytes], workers: int = 1) -> None:
+    """The survey's real flow over `messages` (as Kafka messages of one partition), `workers` threads."""
+    from bytewax.connectors.kafka import KafkaSourceMessage
+    from bytewax.testing import TestingSource, cluster_main, run_main
+
+    from dataflows.oracle import build_flow
+
+    source = TestingSource([KafkaSourceMessage(key=None, value=v, topic="t", partition=0, offset=i)
+                            for i, v in enumerate(messages)])
+    flow = build_flow(survey, settings, source=source)
+    if workers == 1:
+        run_main(flow)
+    else:
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
+
+
 def settings_for(survey: Survey, tmp_path: Path, **env) -> Settings:
     """Settings as a user would get them, writing under `tmp_path`."""
     base = {"ALERTFLOW_RESULTS_DIR": str(tmp_path / "results"), "ALERTFLOW_LOGS_DIR": str(tmp_path / "logs")}

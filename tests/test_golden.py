@@ -15,15 +15,12 @@ import json
 from pathlib import Path
 
 import pytest
-from bytewax.connectors.kafka import KafkaSourceMessage
-from bytewax.testing import TestingSource, cluster_main, run_main
 
-from dataflows.oracle import build_flow
 from operators.config import DATA_DIR
 from operators.results import read_results
 from operators.sample import build_lsst_sample, build_ztf_sample, read_messages
 from operators.surveys import LSST, ZTF
-from tests.helpers import settings_for
+from tests.helpers import run_flow, settings_for
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 TOLERANCE = 1e-4
@@ -40,14 +37,7 @@ def flow_rows(survey, tmp_path: Path, workers: int):
     sample = tmp_path / "sample"
     BUILDERS[survey.name](DATA_DIR, sample, passes=lambda i, doc: True)
     settings = settings_for(survey, tmp_path, ALERTFLOW_SAMPLE_DIR=sample)
-    messages = read_messages(sample)
-    source = TestingSource([KafkaSourceMessage(key=None, value=v, topic="t", partition=0, offset=i)
-                            for i, v in enumerate(messages)])
-    flow = build_flow(survey, settings, source=source)
-    if workers == 1:
-        run_main(flow)
-    else:
-        cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    run_flow(survey, settings, read_messages(sample), workers)
     return read_results(settings.results_csv).set_index("candid")
 
 

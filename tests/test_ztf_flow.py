@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
-from bytewax.connectors.kafka import KafkaSourceMessage
-from bytewax.testing import TestingSource, cluster_main, run_main
 
-from dataflows.oracle import build_flow
 from models.taxonomy import ZTF_TAXONOMY
 from operators.deadletter import read_dead_letters
 from operators.messages import decode_avro
 from operators.results import read_results
 from operators.sample import encode_result, read_messages
 from operators.surveys import ZTF
-from tests.helpers import SAMPLE_TRUTH, sample_truth, settings_for
+from tests.helpers import SAMPLE_TRUTH, run_flow, sample_truth, settings_for
 
 MESSAGES = read_messages(ZTF.sample_dir)
 
 
 def run(tmp_path, workers=1, messages=MESSAGES, **env):
     settings = settings_for(ZTF, tmp_path, **env)
-    source = TestingSource([KafkaSourceMessage(key=None, value=v, topic="t", partition=0, offset=i)
-                            for i, v in enumerate(messages)])
-    flow = build_flow(ZTF, settings, source=source)
-    if workers == 1:
-        run_main(flow)
-    else:
-        cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    run_flow(ZTF, settings, messages, workers)
     return settings
 
 
