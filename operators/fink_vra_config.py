@@ -8,7 +8,7 @@ the ORACLE flows); `FINK_VRA_MODELS` lists what `--help` shows for it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Mapping, Optional
+from typing import Annotated, Mapping, Optional
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode

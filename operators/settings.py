@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 from urllib.parse import quote, quote_plus, unquote_plus
 
@@ -182,3 +183,83 @@ def redact(text: Any, secrets: Iterable[Optional[str]]) -> str:
 def plain(value: Optional[SecretStr]) -> str:
     """The secret's value, "" when unset."""
     return value.get_secret_value() if value is not None else ""
+
+
+# ---------------------------------------------------------------- documentation, from the models
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Variable(BaseModel):
+    """One environment variable as `--help` and the README show it."""
+
+    name: str
+    default: Optional[str]  # as text; None when unset by default
+    description: str
+    secret: bool = False
+
+
+def shown_default(value: Any) -> Optional[str]:
+    """A default as text: paths relative to the repository, booleans in lower case, lists comma-joined."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if value is None or value == "" or value == {} or value == ():
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, Path):
+        try:
+            return str(value.relative_to(REPO_ROOT))
+        except ValueError:
+            return str(value)
+    return str(value)
+
+
+def variables(models: Iterable[type[BaseModel]]) -> list[Variable]:
+    """Every variable the models read, in field order; a name read by two models is listed once (the first)."""
+    out: dict[str, Variable] = {}
+    for model in models:
+        for f in model.model_fields.values():
+            name = f.validation_alias
+            if not isinstance(name, str) or "{" in name or name in out:
+                continue  # set in code only, or an option this survey's input builder does not take
+            default = f.default_factory() if f.default_factory is not None else f.default
+            out[name] = Variable(name=name, default=shown_default(default), description=f.description or "",
+                                 secret=is_secret(f))
+    return list(out.values())
+
+
+def help_lines(models: Iterable[type[BaseModel]]) -> list[str]:
+    """`NAME  [default]  description` lines, aligned."""
+    found = variables(models)
+    if not found:
+        return []
+    width = max(len(v.name) for v in found)
+    shown = [f"[{v.default}]" if v.default is not None else "[unset]" for v in found]
+    dwidth = min(30, max(len(d) for d in shown))
+    return [f"  {v.name:<{width}}  {d:<{dwidth}}  {v.description}{' (secret)' if v.secret else ''}".rstrip()
+            for v, d in zip(found, shown)]
+
+
+def markdown_table(flows: Mapping[str, Iterable[type[BaseModel]]]) -> str:
+    """The README's configuration table: every variable of every flow, its default
+    (per flow when they differ), the flows reading it, and what it means."""
+    rows: dict[str, dict[str, Variable]] = {}
+    for flow, models in flows.items():
+        for v in variables(models):
+            rows.setdefault(v.name, {})[flow] = v
+    lines = ["| variable | default | flows | meaning |", "|---|---|---|---|"]
+    for name, by_flow in rows.items():
+        defaults = {flow: v.default for flow, v in by_flow.items()}
+        if len(set(defaults.values())) == 1:
+            d = next(iter(defaults.values()))
+            default = f"`{d}`" if d is not None else "unset"
+        else:
+            default = "; ".join(f"{flow}: " + (f"`{d}`" if d is not None else "unset")
+                                for flow, d in sorted(defaults.items()))
+        first = next(iter(by_flow.values()))
+        meaning = first.description + (" (secret)" if first.secret else "")
+        lines.append(f"| `{name}` | {default} | {', '.join(by_flow)} | {meaning.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ never import the sink: the sink imports its settings.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
