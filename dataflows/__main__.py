@@ -209,11 +209,11 @@ def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0)
     try:
         settings = Settings.from_env(survey, env)
     except ConfigError as exc:
-        detail, _, fix = str(exc).partition(" -> ")
-        return [CheckResult("config", False, detail, fix or "fix that variable (python -m dataflows --help)")]
-    except ValueError:
-        # A Fritz or Slack setting is wrong: their own checks below say which; check the rest without them.
-        settings = Settings.from_env(survey, {k: v for k, v in env.items() if k not in SINK_SWITCHES})
+        try:  # a Fritz or Slack setting is wrong: their own checks below say which; check the rest without them
+            settings = Settings.from_env(survey, {k: v for k, v in env.items() if k not in SINK_SWITCHES})
+        except ConfigError:
+            detail, _, fix = str(exc).partition(" -> ")
+            return [CheckResult("config", False, detail, fix or "fix that variable (python -m dataflows --help)")]
     out.append(CheckResult("config", True, f"survey {survey.name}, filter {settings.filter_name}, batch "
                                            f"{settings.batch_size}, {settings.shards} shards"))
     local, model = validate(settings, survey)

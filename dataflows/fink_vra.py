@@ -22,7 +22,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
-from operators.config import KafkaWaitSettings
+from operators.service_settings import KafkaWaitSettings
 from operators.deadletter import DeadLetterSink
 from operators.fink_files import AlertFileSource, file_alert
 from operators.logs import FORMAT

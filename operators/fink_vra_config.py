@@ -13,7 +13,8 @@ from typing import Annotated, Mapping, Optional
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from operators.config import REPO_ROOT, KafkaWaitSettings, MetricsSettings, comma_list
+from operators.config import REPO_ROOT, MetricsSettings
+from operators.service_settings import KafkaWaitSettings, comma_list
 from operators.lasair_sherlock import LASAIR_ZTF_API
 from operators.settings import EnvModel, plain
 
