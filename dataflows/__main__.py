@@ -6,19 +6,18 @@
     python -m dataflows ztf -w 4           the same (the container's entrypoint)
     python -m dataflows replay-dead-letters results/oracle_ztf_deadletters.jsonl
 
-The variables listed are read from the configuration readers' source
-(`Settings.from_env` in operators/config.py, `FritzConfig.from_env` in operators/fritz_config.py, `SlackConfig.from_env`,
-`FinkVraConfig.from_env`) by inspection, so the list cannot drift from what the
-flows read; `DESCRIPTIONS` below only adds a sentence to each. Flows are
-imported lazily: `--help` never loads torch, and a flow whose module is not
-there yet is shown as missing. Secret values are never printed.
+The variables listed are the fields of the flows' settings models
+(operators/config.py, operators/fritz_config.py, operators/slack_config.py,
+operators/fink_vra_config.py), with their defaults and descriptions, so the list
+cannot drift from what the flows read; `--markdown-table` prints the README's
+configuration table from the same models. Flows are imported lazily: `--help`
+never loads torch, and a flow whose module is not there yet is shown as missing.
+Secret values are never printed.
 """
 
 from __future__ import annotations
 
-import ast
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,228 +34,18 @@ class FlowInfo:
     module: str
     summary: str
     survey: Optional[str] = None  # key of operators.surveys.SURVEYS for the ORACLE flows
-    readers: tuple[str, ...] = ()  # source files whose environment reads are listed
-    extra: tuple[str, ...] = ()  # variables read elsewhere (not found by inspection)
-    skip: tuple[str, ...] = ()  # variables its readers read only for another flow
+    fritz: bool = False  # the flow annotates on Fritz (reads FRITZ_*)
 
-
-OPS_VARIABLES = ("ALERTFLOW_METRICS_PORT", "BYTEWAX_DATAFLOW_API_ENABLED", "BYTEWAX_DATAFLOW_API_PORT")
 
 FLOWS: dict[str, FlowInfo] = {
     "ztf": FlowInfo("ztf", "dataflows.ztf", "ZTF alerts that passed a BOOM filter, classified by ORACLE",
-                    survey="ZTF", readers=("operators/config.py", "operators/fritz_config.py", "operators/slack.py"),
-                    extra=("KAFKA_OPT_*", *OPS_VARIABLES), skip=("ORACLE_LSST_FORCED_PHOTOMETRY",)),
+                    survey="ZTF", fritz=True),
     "lsst": FlowInfo("lsst", "dataflows.lsst", "LSST alerts that passed a BOOM filter, classified by ORACLE",
-                     survey="LSST", readers=("operators/config.py", "operators/slack.py"),
-                     extra=("KAFKA_OPT_*", *OPS_VARIABLES)),
-    "fink_vra": FlowInfo("fink_vra", "dataflows.fink_vra", "Fink alerts -> the VRA active-learning feature table",
-                         readers=("operators/fink_vra.py",), extra=("KAFKA_UNREACHABLE_EXIT_S", *OPS_VARIABLES)),
+                     survey="LSST"),
+    "fink_vra": FlowInfo("fink_vra", "dataflows.fink_vra", "Fink alerts -> the VRA active-learning feature table"),
 }
 
-# One sentence per variable; names and defaults come from the readers themselves.
-DESCRIPTIONS = {
-    # ORACLE flows (operators/config.py)
-    "KAFKA_BROKERS": "Kafka bootstrap servers (comma-separated); unset: replay the bundled sample and exit",
-    "KAFKA_TOPIC": "BOOM filter-results topic",
-    "KAFKA_GROUP_ID": "Kafka consumer group id",
-    "KAFKA_STARTING_OFFSET": "where a first start reads from: beginning or end",
-    "KAFKA_OPT_*": "any librdkafka setting: KAFKA_OPT_SECURITY_PROTOCOL=SASL_SSL sets security.protocol",
-    "MONGODB_URI": "BOOM's MongoDB as a full URI (secret); wins over BOOM_DATABASE__*",
-    "BOOM_DATABASE__HOST": "BOOM's MongoDB host; with MONGODB_URI unset and this unset: bundled documents",
-    "BOOM_DATABASE__PORT": "BOOM's MongoDB port",
-    "BOOM_DATABASE__NAME": "BOOM's database name",
-    "BOOM_DATABASE__USERNAME": "MongoDB user",
-    "BOOM_DATABASE__PASSWORD": "MongoDB password (secret)",
-    "BOOM_DATABASE__TLS": "connect to MongoDB with TLS",
-    "MONGODB_TIMEOUT_MS": "MongoDB server-selection / socket timeout",
-    "MONGODB_RETRIES": "attempts per batch before the flow stops on a store outage; 0: wait until MongoDB is back",
-    "ORACLE_FILTER": "BOOM filter whose passing alerts are classified",
-    "ORACLE_{survey.name}_WEIGHTS": "ORACLE checkpoint (.pth)",
-    "ORACLE_{survey.name}_SHADOW_WEIGHTS": "a second checkpoint run on the same batches into oracle_<survey>_shadow_results.csv; never posts",
-    "ORACLE_MODEL_KIND": "btsv2, lsst_lite or omni; unset: detected from the checkpoint",
-    "ORACLE_BATCH_SIZE": "alerts per model batch (at most)",
-    "ORACLE_BATCH_TIMEOUT_S": "seconds a partial batch waits before it is classified",
-    "ORACLE_SHARDS": "batch keys; the batch/model stages spread over this many workers at most (keys are hashed to workers: many keys balance them)",
-    "ALERTFLOW_RESULTS_DIR": "results CSV and dead-letter files",
-    "ALERTFLOW_LOGS_DIR": "log files (one per flow, rotated at 50 MB, 5 kept)",
-    "ALERTFLOW_SAMPLE_DIR": "bundled sample replayed without Kafka",
-    "ALERTFLOW_LOG_LEVEL": "DEBUG, INFO, WARNING",
-    "ORACLE_LSST_FORCED_PHOTOMETRY": "add BOOM's forced photometry (fp_hists) as flag-0 epochs",
-    "KAFKA_UNREACHABLE_EXIT_S": "seconds without a Kafka broker before the flow exits with status 3 (for a supervisor); 0: retry for ever",
-    "SLACK_API_URL": "Slack Web API base URL (a proxy or a test server); unset: slack_sdk's default",
-    "ORACLE_TORCH_THREADS": "torch threads per process (workers are threads already; use processes for more cores)",
-    "ORACLE_PRECISION": "Omni's image network: fp32, or bf16 (opt-in: faster where the CPU has bf16, probabilities move slightly; bench/bench_flow.py prints by how much)",
-    "ORACLE_DEVICE": "where the model runs: cpu, cuda or mps (the model and each batch move there)",
-    "ALERTFLOW_RECOVERY": "bytewax recovery (resume from the last snapshot after a restart); default on with Kafka",
-    "ALERTFLOW_RECOVERY_DIR": "recovery partitions (created on first start; keep on a persistent disk)",
-    "ALERTFLOW_RECOVERY_PARTITIONS": "recovery partitions created on first start",
-    "ALERTFLOW_SNAPSHOT_INTERVAL_S": "seconds between recovery snapshots (a restart replays at most this much)",
-    "ALERTFLOW_BACKUP_INTERVAL_S": "seconds old snapshots are kept (for backups of the recovery directory)",
-    # Fritz (operators/fritz_config.py)
-    "FRITZ_TOKEN": "Fritz API token (secret); set: annotate objects on Fritz, unset: Fritz off",
-    "FRITZ_URL": "Fritz (SkyPortal) base URL; https:// (http:// only to this machine or with FRITZ_ALLOW_INSECURE)",
-    "FRITZ_ALLOW_INSECURE": "true: allow an http:// FRITZ_URL on another host (the token travels unencrypted)",
-    "FRITZ_ORIGIN": "annotation origin",
-    "FRITZ_GROUP_IDS": "groups that see the annotations (comma-separated; default 1959)",
-    "FRITZ_DECIMALS": "decimals of annotated probabilities",
-    "FRITZ_RATE": "requests per second for the token, whole cluster (SkyPortal allows 5)",
-    "FRITZ_BURST": "request burst (SkyPortal allows 10)",
-    "FRITZ_TIMEOUT": "seconds per request",
-    "FRITZ_MAX_RETRIES": "retries on 429 (1, 2, 4 ... s), 5xx and timeouts",
-    "FRITZ_WORKERS": "annotation requests in flight",
-    "FRITZ_MAX_PENDING": "objects waiting to be annotated before the oldest is dropped",
-    "FRITZ_NOT_FOUND_TTL": "seconds to skip objects Fritz does not know (404)",
-    "FRITZ_CONTEXT_TTL": "seconds Fritz classifications are cached per object",
-    "FRITZ_CONTEXT_TIMEOUT": "seconds to wait for Fritz classifications of an object",
-    # Slack
-    "POST_TO_SLACK": "post classifications to Slack (true/false)",
-    "SLACK_BOT_TOKEN": "Slack bot token (secret); needed when POST_TO_SLACK=true",
-    "SLACK_ORACLE_CHANNEL_ID": "Slack channel id for ZTF posts",
-    "SLACK_ORACLE_LSST_CHANNEL_ID": "Slack channel id for LSST posts",
-    "SLACK_MIN_LEAF_PROBABILITY": "post only alerts whose predicted leaf has at least this probability",
-    "BABAMUL_URL": "Babamul base URL (LSST links in Slack posts)",
-    # operations
-    "ALERTFLOW_METRICS_PORT": "serve Prometheus /metrics on this port (for runs without bytewax's API server)",
-    "BYTEWAX_DATAFLOW_API_ENABLED": "true: bytewax serves /metrics (ours and its own) on its API port",
-    "BYTEWAX_DATAFLOW_API_PORT": "bytewax API server port (one per process: give each process on a host its own)",
-    # Fink VRA (operators/fink_vra.py)
-    "FINK_VRA_KAFKA_BROKERS": "Fink's Kafka servers; unset: the bundled Fink alerts",
-    "FINK_VRA_INPUT": "Fink Avro/Parquet files to read instead (a file, a directory or a glob; format from content)",
-    "FINK_VRA_KAFKA_USERNAME": "Fink Kafka user (SASL SCRAM-SHA-512)",
-    "FINK_VRA_KAFKA_PASSWORD": "Fink Kafka password (secret)",
-    "FINK_VRA_KAFKA_GROUP_ID": "Kafka consumer group id",
-    "FINK_VRA_KAFKA_STARTING_OFFSET": "beginning or end",
-    "FINK_VRA_KAFKA_TAIL": "keep waiting for new alerts (true) or stop at the end (false)",
-    "FINK_VRA_TOPIC": "Fink topic",
-    "FINK_VRA_STREAM_FILTER": "apply Fink's VRA cut (default: on with Kafka, off for the bundled alerts)",
-    "FINK_VRA_SCHEMA_PATH": "Avro schema for schemaless messages",
-    "FINK_VRA_EMBEDDED_DIR": "bundled Fink alerts",
-    "FINK_VRA_EMBEDDED_GLOB": "bundled files to read",
-    "FINK_VRA_SHERLOCK_TIMEOUT": "seconds per Lasair Sherlock request",
-    "FINK_VRA_SHERLOCK_RETRIES": "retries per Sherlock request",
-    "FINK_VRA_SFD_DIR": "SFD dust maps directory",
-    "FINK_VRA_OUT_DIR": "Parquet feature dataset",
-    "FINK_VRA_DEADLETTERS": "dead-letter file",
-    "FINK_VRA_OUT_PARTITIONS": "Parquet output partitions",
-    "LASAIR_TOKEN": "Lasair token (secret); unset: no Sherlock lookups, sep_arcsec NaN",
-    "LASAIR_API_URL": "Lasair API base URL",
-}
-
-OPS_DEFAULTS = {
-    "BYTEWAX_DATAFLOW_API_ENABLED": "false",
-    "BYTEWAX_DATAFLOW_API_PORT": "3030",
-    "KAFKA_UNREACHABLE_EXIT_S": "0.0",
-}
-
-# ------------------------------------------------------------------ variables, by inspection of the readers
-
-_READER_FUNCS = {"env_str", "env_int", "env_float", "env_bool",
-                 "getenv"}
-_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]*(\{[a-z_.]+\}[A-Z0-9_]*)*$")
-
-
-@dataclass(frozen=True)
-class Variable:
-    name: str
-    default: Optional[str]  # as text, None when unset by default
-    source: str  # the reader's file
-
-
-def _is_reader(call: ast.Call) -> bool:
-    f = call.func
-    if isinstance(f, ast.Name):
-        return f.id in _READER_FUNCS
-    return isinstance(f, ast.Attribute) and f.attr in {"get", "getenv"} and not call.keywords
-
-
-def _name_arg(call: ast.Call) -> Optional[tuple[int, str]]:
-    """Index and template of the variable-name argument (`ORACLE_{survey.name}_WEIGHTS`)."""
-    for i, arg in enumerate(call.args[:2]):
-        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-            text = arg.value
-        elif isinstance(arg, ast.JoinedStr):
-            text = "".join(v.value if isinstance(v, ast.Constant) else "{" + ast.unparse(v.value) + "}"
-                           for v in arg.values)
-        else:
-            continue
-        if _NAME_RE.match(text):
-            return i, text
-        return None
-    return None
-
-
-def scan_readers(path: Path) -> list[tuple[str, Optional[ast.expr]]]:
-    """`(name template, default expression)` for every environment read in a source file."""
-    tree = ast.parse(path.read_text(), str(path))
-    or_defaults: dict[int, ast.expr] = {}
-    for node in ast.walk(tree):  # `_env(env, "X") or "default"`
-        if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or) and len(node.values) >= 2:
-            for inner in ast.walk(node.values[0]):
-                if isinstance(inner, ast.Call):
-                    or_defaults.setdefault(id(inner), node.values[-1])
-    found: dict[str, Optional[ast.expr]] = {}
-    for node in sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call)), key=lambda n: (n.lineno, n.col_offset)):
-        if not (isinstance(node, ast.Call) and _is_reader(node)):
-            continue
-        hit = _name_arg(node)
-        if hit is None:
-            continue
-        i, name = hit
-        default = node.args[i + 1] if len(node.args) > i + 1 else None
-        if default is None or (isinstance(default, ast.Constant) and default.value in (None, "")):
-            default = or_defaults.get(id(node), default)
-        if name not in found or found[name] is None:
-            found[name] = default
-    return list(found.items())
-
-
-def _module_globals(path: Path) -> dict:
-    rel = path.resolve().relative_to(REPO_ROOT).with_suffix("")
-    import importlib
-
-    return vars(importlib.import_module(".".join(rel.parts)))
-
-
-def _show(value: Any) -> Optional[str]:
-    if value is None or value == "":
-        return None
-    if isinstance(value, Path) or (isinstance(value, str) and value.startswith(str(REPO_ROOT))):
-        p = Path(value)
-        try:
-            return str(p.relative_to(REPO_ROOT))
-        except ValueError:
-            return str(p)
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (tuple, list)):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-def _evaluate(expr: Optional[ast.expr], path: Path, names: dict) -> Optional[str]:
-    if expr is None:
-        return None
-    try:
-        return _show(ast.literal_eval(expr))
-    except (ValueError, TypeError, SyntaxError):
-        pass
-    code = compile(ast.Expression(expr), str(path), "eval")
-    for namespace in (lambda: names, lambda: {**_module_globals(path), **names}):
-        try:
-            return _show(eval(code, {"__builtins__": {"str": str, "int": int, "float": float}}, namespace()))
-        except Exception:  # noqa: BLE001 - fall back to the source text
-            continue
-    return "varies"
-
-
-def _render(template: str, names: dict) -> str:
-    def sub(m: re.Match) -> str:
-        try:
-            return str(eval(m.group(1), {"__builtins__": {}}, names))
-        except Exception:  # noqa: BLE001
-            return m.group(0)
-
-    return re.sub(r"\{([a-z_.]+)\}", sub, template)
+# ------------------------------------------------------------------ variables, from the settings models
 
 
 def _survey(key: Optional[str]):
@@ -267,40 +56,33 @@ def _survey(key: Optional[str]):
     return SURVEYS.get(key)
 
 
-def flow_variables(info: FlowInfo) -> list[Variable]:
-    """Every environment variable the flow reads, with its default, in reading order."""
-    names = _names(info)
-    out: dict[str, Variable] = {}
-    for rel in info.readers:
-        path = REPO_ROOT / rel
-        if not path.exists():
-            continue
-        for template, default in scan_readers(path):
-            name = _render(template, names)
-            if name in info.skip:
-                continue
-            out.setdefault(name, Variable(name, _evaluate(default, path, names), rel))
-    for template in info.extra:
-        name = _render(template, names)
-        out.setdefault(name, Variable(name, OPS_DEFAULTS.get(name), "dataflows/__main__.py"))
-    return list(out.values())
+def settings_models(info: FlowInfo) -> list:
+    """The settings models the flow reads, in the order `--help` lists them."""
+    if info.survey is not None:
+        from operators.config import oracle_models
+
+        return oracle_models(_survey(info.survey), fritz=info.fritz)
+    from operators.fink_vra_config import FINK_VRA_MODELS
+
+    return list(FINK_VRA_MODELS)
 
 
-def _names(info: FlowInfo) -> dict:
-    """What `{...}` in a variable-name template may refer to."""
-    survey = _survey(info.survey)
-    names = {"survey": survey, "name": survey.name.lower() if survey else ""}
-    if survey is not None:
-        names["slack_channel_env"] = survey.slack_channel_env
-    return names
+def flow_variables(info: FlowInfo):
+    """Every environment variable the flow reads (`operators.settings.Variable`), in listing order."""
+    from operators.settings import variables
+
+    return variables(settings_models(info))
 
 
 def describe(name: str, info: FlowInfo) -> str:
-    names = _names(info)
-    for template, text in DESCRIPTIONS.items():
-        if template == name or ("{" in template and _render(template, names) == name):
-            return text
-    return ""
+    return next((v.description for v in flow_variables(info) if v.name == name), "")
+
+
+def markdown_table() -> str:
+    """The README's configuration table, from the models of every available flow."""
+    from operators.settings import markdown_table as table
+
+    return table({info.name: settings_models(info) for info in FLOWS.values() if flow_available(info)[0]})
 
 
 def flow_available(info: FlowInfo) -> tuple[bool, str]:
@@ -320,7 +102,7 @@ def flow_available(info: FlowInfo) -> tuple[bool, str]:
 # ------------------------------------------------------------------ help
 
 USAGE = """\
-usage: python -m dataflows [--help] {check,run,backfill,compare} FLOW [ARGS...]
+usage: python -m dataflows [--help | --markdown-table] {check,run,backfill,compare} FLOW [ARGS...]
        python -m dataflows replay-dead-letters FILE
        python -m dataflows FLOW [ARGS...]          (= run FLOW)
 
@@ -343,13 +125,10 @@ def help_text() -> str:
     for info in FLOWS.values():
         if not flow_available(info)[0]:
             continue
+        from operators.settings import help_lines
+
         lines.append(f"\nconfiguration of {info.name} (environment variables, default in brackets):")
-        variables = flow_variables(info)
-        width = max(len(v.name) for v in variables)
-        shown = [f"[{v.default}]" if v.default is not None else "[unset]" for v in variables]
-        dwidth = min(30, max(len(d) for d in shown))
-        for v, default in zip(variables, shown):
-            lines.append(f"  {v.name:<{width}}  {default:<{dwidth}}  {describe(v.name, info)}".rstrip())
+        lines.extend(help_lines(settings_models(info)))
     return "\n".join(lines) + "\n"
 
 
@@ -430,11 +209,11 @@ def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0)
     try:
         settings = Settings.from_env(survey, env)
     except ConfigError as exc:
-        detail, _, fix = str(exc).partition(" -> ")
-        return [CheckResult("config", False, detail, fix or "fix that variable (python -m dataflows --help)")]
-    except ValueError:
-        # A Fritz or Slack setting is wrong: their own checks below say which; check the rest without them.
-        settings = Settings.from_env(survey, {k: v for k, v in env.items() if k not in SINK_SWITCHES})
+        try:  # a Fritz or Slack setting is wrong: their own checks below say which; check the rest without them
+            settings = Settings.from_env(survey, {k: v for k, v in env.items() if k not in SINK_SWITCHES})
+        except ConfigError:
+            detail, _, fix = str(exc).partition(" -> ")
+            return [CheckResult("config", False, detail, fix or "fix that variable (python -m dataflows --help)")]
     out.append(CheckResult("config", True, f"survey {survey.name}, filter {settings.filter_name}, batch "
                                            f"{settings.batch_size}, {settings.shards} shards"))
     local, model = validate(settings, survey)
@@ -480,8 +259,6 @@ def check_fritz(env: Mapping[str, str], timeout_s: float = 5.0) -> CheckResult:
     (otherwise Fritz accepts the annotations but never shows them to us again: after a
     restart every update fails)."""
     try:
-        from dataclasses import replace
-
         from operators.fritz_client import FritzAuthError, FritzClient, FritzError
         from operators.fritz_config import FritzConfig
 
@@ -492,7 +269,7 @@ def check_fritz(env: Mapping[str, str], timeout_s: float = 5.0) -> CheckResult:
         return CheckResult("fritz", False, str(exc), "fix the FRITZ_* variable named")
     if not cfg.enabled:
         return CheckResult("fritz", True, "off (FRITZ_TOKEN unset)")
-    client = FritzClient(replace(cfg, timeout=timeout_s, max_retries=1, backoff_429=0.5))
+    client = FritzClient(cfg.model_copy(update={"timeout": timeout_s, "max_retries": 1, "backoff_429": 0.5}))
     try:
         account = client.verify_account()
     except FritzAuthError:
@@ -545,13 +322,7 @@ def check_fink_vra(env: Mapping[str, str], timeout_s: float = 5.0) -> list[Check
         return [CheckResult("config", False, f"cannot import the Fink VRA flow: {_short(exc)}", "install the package")]
     except ValueError as exc:
         return [CheckResult("config", False, str(exc), "fix that variable (python -m dataflows --help)")]
-    secrets = [v for k, v in cfg.kafka_config.items() if "password" in k] + ([cfg.lasair_token] if cfg.lasair_token else [])
-
-    def redact(text: str) -> str:
-        for s in secrets:
-            text = text.replace(s, "***")
-        return text
-
+    redact = cfg.redact
     from operators.preflight import validate_fink_vra
 
     out = [CheckResult("config", True, f"topic {cfg.topic}, output {cfg.out_dir}")]
@@ -611,6 +382,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         sys.stdout.write(help_text())
         return 0 if argv else 2
+    if argv[0] == "--markdown-table":
+        sys.stdout.write(markdown_table())
+        return 0
     command, rest = argv[0], argv[1:]
     if command == "check":
         if len(rest) != 1 or rest[0].startswith("-"):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 from functools import partial
 from typing import Optional
 
@@ -23,7 +22,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
-from operators.config import kafka_unreachable_exit_s
+from operators.service_settings import KafkaWaitSettings
 from operators.deadletter import DeadLetterSink
 from operators.fink_files import AlertFileSource, file_alert
 from operators.logs import FORMAT
@@ -57,17 +56,6 @@ from operators.sfd_ebv import open_sfd
 log = logging.getLogger(__name__)
 
 
-def _redact(cfg: FinkVraConfig):
-    secrets = [v for k, v in cfg.kafka_config.items() if "password" in k] + [t for t in (cfg.lasair_token,) if t]
-
-    def redact(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    return redact
-
-
 def count(tally: Tally, name: str, step_id: str, item) -> None:
     tally.add(name)
     if name == "messages":
@@ -94,7 +82,7 @@ def build_flow(cfg: FinkVraConfig, source: Optional[Source] = None, unreachable_
 
         from operators.kafka_input import consumer_config, kafka_input
 
-        where, redact = ",".join(cfg.kafka_brokers), _redact(cfg)
+        where, redact = ",".join(cfg.kafka_brokers), cfg.redact
         kin = kafka_input(
             "kafka_in", flow,
             brokers=list(cfg.kafka_brokers),
@@ -128,7 +116,7 @@ def build_flow(cfg: FinkVraConfig, source: Optional[Source] = None, unreachable_
 
     if cfg.lasair_token:
         client = SherlockClient(
-            cfg.lasair_token, cfg.lasair_endpoint, timeout=cfg.sherlock_timeout, retries=cfg.sherlock_retries
+            cfg.lasair_token.get_secret_value(), cfg.lasair_endpoint, timeout=cfg.sherlock_timeout, retries=cfg.sherlock_retries
         )
         by_object = op.key_on("by_object", alerts, object_key)
         looked_up = op.key_rm("unkey", op.stateful_map("sherlock", by_object, partial(lookup_sherlock, client)))
@@ -165,7 +153,7 @@ def configured_flow() -> Dataflow:
     """The flow as `python -m bytewax.run dataflows.fink_vra` starts it: a configuration
     problem is one line on stderr and exit status 2 (the checks of `python -m dataflows check fink_vra`)."""
     cfg = read_or_exit(FinkVraConfig.from_env)
-    exit_after = read_or_exit(lambda: kafka_unreachable_exit_s(os.environ))
+    exit_after = read_or_exit(KafkaWaitSettings.read).unreachable_exit_s
     exit_on_failures(validate_fink_vra(cfg))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format=FORMAT)
@@ -174,7 +162,7 @@ def configured_flow() -> Dataflow:
 
         where = ",".join(cfg.kafka_brokers)
         wait_for_kafka({"bootstrap.servers": where, **cfg.kafka_config}, cfg.topic, where=where,
-                       topic_var="FINK_VRA_TOPIC", exit_after_s=exit_after, redact=_redact(cfg))
+                       topic_var="FINK_VRA_TOPIC", exit_after_s=exit_after, redact=cfg.redact)
     tally = Tally("fink_vra summary", TALLY)
     built = build_flow(cfg, unreachable_exit_s=exit_after, tally=tally)
     if run_by_bytewax():  # the process is this run

@@ -1,161 +1,223 @@
-"""All configuration, read from the environment in one place.
+"""The ORACLE flows' settings: one model per concern, composed into `Settings`.
 
-`Settings.from_env(survey)` is the only reader of `os.environ` for the ORACLE
-flows; every other module receives the pieces it needs. Secrets (passwords,
-tokens, SASL credentials) are kept out of `repr()` so that logging a settings
-object never leaks them; `redact()` scrubs a string that might contain them.
+`Settings.from_env(survey)` is the only reader of the environment for the
+ORACLE flows; every other module receives the pieces it needs. Each concern is
+an `EnvModel` (operators/settings.py): ORACLE, outputs and logging, recovery,
+metrics here; Kafka and MongoDB in operators/service_settings.py; Fritz in
+operators/fritz_config.py; Slack in operators/slack_config.py. Survey-dependent names and defaults
+(`ORACLE_ZTF_WEIGHTS`, the topic, the group id, ...) come from `for_survey`,
+which derives a survey's own model from the generic one.
 
-The README's configuration table lists every variable read here.
+`python -m dataflows --help` and the README's configuration table list these
+models' fields (`oracle_models`).
 """
 
 from __future__ import annotations
 
-import os
-import re
-from dataclasses import dataclass, field
+import copy
+import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Optional
-from urllib.parse import quote_plus
+from typing import Any, Mapping, Optional
 
-if TYPE_CHECKING:  # the readers of these live beside their sinks
-    from operators.fritz import FritzConfig
-    from operators.slack import SlackConfig
+from pydantic import Field, create_model, field_validator
+
+from operators.fritz_config import FritzConfig
+from operators.service_settings import (  # noqa: F401 - re-exported: the flows' one place for settings
+    KAFKA_CONSUMER_DEFAULTS,
+    KafkaSettings,
+    KafkaWaitSettings,
+    MongoSettings,
+)
+from operators.settings import ConfigError, EnvModel, redact, secret_values
+from operators.slack_config import SlackConfig
+
+__all__ = ["ConfigError", "DATA_DIR", "REPO_ROOT", "KafkaSettings", "MongoSettings", "Settings", "oracle_models"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
+log = logging.getLogger(__name__)
 
 
-def env_str(env: Mapping[str, str], name: str, default: Optional[str] = None) -> Optional[str]:
-    value = env.get(name)
-    if value is None or value.strip() == "":
-        return default
-    return value.strip()
+class OracleSettings(EnvModel):
+    """The model and its batches."""
+
+    filter_name: str = Field("", validation_alias="ORACLE_FILTER",
+                             description="BOOM filter whose passing alerts are classified")
+    weights: Path = Field(DATA_DIR, validation_alias="ORACLE_{survey}_WEIGHTS", description="ORACLE checkpoint (.pth)")
+    shadow_weights: Optional[Path] = Field(
+        None, validation_alias="ORACLE_{survey}_SHADOW_WEIGHTS",
+        description="a second checkpoint run on the same batches into oracle_<survey>_shadow_results.csv; never posts")
+    model_kind: Optional[str] = Field(None, validation_alias="ORACLE_MODEL_KIND",
+                                      description="btsv2, lsst_lite or omni; unset: detected from the checkpoint")
+    batch_size: int = Field(256, validation_alias="ORACLE_BATCH_SIZE", description="alerts per model batch (at most)")
+    batch_timeout_s: float = Field(1.0, validation_alias="ORACLE_BATCH_TIMEOUT_S",
+                                   description="seconds a partial batch waits before it is classified")
+    shards: int = Field(32, validation_alias="ORACLE_SHARDS",
+                        description="batch keys; the batch/model stages spread over this many workers at most "
+                                    "(keys are hashed to workers: many keys balance them)")
+    torch_threads: int = Field(1, validation_alias="ORACLE_TORCH_THREADS",
+                               description="torch threads per process (workers are threads already; use processes "
+                                           "for more cores)")
+    precision: str = Field("fp32", validation_alias="ORACLE_PRECISION",
+                           description="Omni's image network: fp32, or bf16 (opt-in: faster where the CPU has bf16, "
+                                       "probabilities move slightly; `bench/bench_flow.py` prints by how much)")
+    device: str = Field("cpu", validation_alias="ORACLE_DEVICE",
+                        description="where the model runs: cpu, cuda or mps (the model and each batch move there)")
+    forced_photometry: bool = Field(False, validation_alias="ORACLE_{survey}_FORCED_PHOTOMETRY",
+                                    description="add BOOM's forced photometry (fp_hists) as flag-0 epochs")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"ORACLE_BATCH_SIZE={v} -> set ORACLE_BATCH_SIZE to at least 1")
+        return v
+
+    @field_validator("shards")
+    @classmethod
+    def _shards(cls, v: int) -> int:
+        return max(1, v)
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        if v.lower() not in {"fp32", "bf16"}:
+            raise ValueError(f"ORACLE_PRECISION={v.lower()!r}: use fp32 (default) or bf16")
+        return v.lower()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v.lower() not in {"cpu", "cuda", "mps"}:
+            raise ValueError(f"ORACLE_DEVICE={v.lower()!r}: use cpu (default), cuda or mps")
+        return v.lower()
 
 
-def env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env_str(env, name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer -> set {name} to a whole number, or unset it") from None
+class OutputSettings(EnvModel):
+    """Where results, dead letters and logs go, and the bundled sample."""
+
+    results_dir: Path = Field(Path("results"), validation_alias="ALERTFLOW_RESULTS_DIR",
+                              description="results CSV and dead-letter files")
+    logs_dir: Path = Field(Path("logs"), validation_alias="ALERTFLOW_LOGS_DIR",
+                           description="log files (one per flow, rotated at 50 MB, 5 kept)")
+    sample_dir: Path = Field(DATA_DIR, validation_alias="ALERTFLOW_SAMPLE_DIR",
+                             description="bundled sample replayed without Kafka")
+    log_level: str = Field("INFO", validation_alias="ALERTFLOW_LOG_LEVEL", description="DEBUG, INFO, WARNING")
+
+    _upper = field_validator("log_level")(lambda v: v.upper())
 
 
-def env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env_str(env, name)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number -> set {name} to a number, or unset it") from None
+class RecoverySettings(EnvModel):
+    """bytewax recovery: resume from the last snapshot after a restart."""
+
+    enabled: Optional[bool] = Field(
+        None, validation_alias="ALERTFLOW_RECOVERY",
+        description="bytewax recovery (resume from the last snapshot after a restart); unset: on with Kafka")
+    directory: Path = Field(Path("recovery"), validation_alias="ALERTFLOW_RECOVERY_DIR",
+                            description="recovery partitions (created on first start; keep on a persistent disk)")
+    partitions: int = Field(4, validation_alias="ALERTFLOW_RECOVERY_PARTITIONS",
+                            description="recovery partitions created on first start")
+    snapshot_interval_s: float = Field(5.0, validation_alias="ALERTFLOW_SNAPSHOT_INTERVAL_S",
+                                       description="seconds between recovery snapshots (a restart replays at most "
+                                                   "this much)")
+    backup_interval_s: float = Field(0.0, validation_alias="ALERTFLOW_BACKUP_INTERVAL_S",
+                                     description="seconds old snapshots are kept (for backups of the recovery "
+                                                 "directory)")
 
 
-def env_bool(env: Mapping[str, str], name: str, default: Optional[bool]) -> Optional[bool]:
-    raw = env_str(env, name)
-    if raw is None:
-        return default
-    if raw.lower() in {"1", "true", "yes", "on"}:
-        return True
-    if raw.lower() in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name}={raw!r} is not true or false -> set {name} to true or false, or unset it")
+class MetricsSettings(EnvModel):
+    """Prometheus /metrics. A malformed port is logged and ignored: metrics must not
+    stop a flow (`python -m dataflows check` reports it as a failure)."""
+
+    port: Optional[int] = Field(None, validation_alias="ALERTFLOW_METRICS_PORT",
+                                description="serve Prometheus /metrics on this port (for runs without bytewax's "
+                                            "API server)")
+    api_enabled: str = Field("false", validation_alias="BYTEWAX_DATAFLOW_API_ENABLED",
+                             description="true: bytewax serves /metrics (ours and its own) on its API port "
+                                         "(read by bytewax)")
+    api_port: str = Field("3030", validation_alias="BYTEWAX_DATAFLOW_API_PORT",
+                          description="bytewax API server port (one per process: give each process on a host "
+                                      "its own; read by bytewax)")
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port(cls, v: Any) -> Optional[int]:
+        if v is None or isinstance(v, int):
+            return v
+        if str(v).isdigit() and 0 <= int(v) < 65536:
+            return int(v)
+        log.warning("ALERTFLOW_METRICS_PORT=%r is not a port number; no metrics exporter started", v)
+        return None
 
 
-def kafka_unreachable_exit_s(env: Mapping[str, str]) -> Optional[float]:
-    """`KAFKA_UNREACHABLE_EXIT_S` (every flow reading Kafka): seconds without a broker
-    before the flow exits non-zero; unset or 0: keep retrying."""
-    seconds = env_float(env, "KAFKA_UNREACHABLE_EXIT_S", 0.0)
-    if seconds < 0:
-        raise ConfigError(f"KAFKA_UNREACHABLE_EXIT_S={seconds:g} -> give a number of seconds ≥ 0 (0: never exit)")
-    return seconds or None
+# ---------------------------------------------------------------- per survey
 
 
-def _path_or_none(value: Optional[str]) -> Optional[Path]:
-    return Path(value) if value else None
+def for_survey(model: type[EnvModel], survey, defaults: Mapping[str, Any]) -> type[EnvModel]:
+    """`model` for `survey`: `{survey}` in variable names becomes the survey's name
+    (ORACLE_{survey}_WEIGHTS -> ORACLE_ZTF_WEIGHTS), and `defaults` replace the
+    generic defaults. An input-builder option the survey's builder does not take
+    (not in `survey.input_options`) keeps its template name, which no variable has:
+    it is not read, and `--help` does not list it."""
+    fields: dict[str, Any] = {}
+    for name, f in model.model_fields.items():
+        alias = f.validation_alias if isinstance(f.validation_alias, str) else None
+        templated = alias is not None and "{survey}" in alias
+        if templated and name in INPUT_OPTIONS and name not in survey.input_options:
+            continue
+        if not (templated or name in defaults):
+            continue
+        new = copy.copy(f)
+        if templated:
+            new.validation_alias = alias.format(survey=survey.name)
+        if name in defaults:
+            new.default = defaults[name]
+        fields[name] = (f.annotation, new)
+    return create_model(f"{model.__name__}{survey.name}", __base__=model, **fields)
 
 
-@dataclass(frozen=True)
-class KafkaSettings:
-    """Where the filter-results topic lives. Extra librdkafka settings pass through
-    from `KAFKA_OPT_*` variables (`KAFKA_OPT_SECURITY_PROTOCOL=SASL_SSL` becomes
-    `security.protocol`)."""
-
-    brokers: tuple[str, ...]
-    topic: str
-    group_id: str
-    starting_offset: str  # "beginning" or "end"
-    client_config: Mapping[str, str] = field(default_factory=dict, repr=False)
-    unreachable_exit_s: Optional[float] = None  # exit non-zero after this long without a broker; None: wait
-
-    @property
-    def consumer_config(self) -> dict[str, str]:
-        """The flow's consumer settings: bounded prefetch unless KAFKA_OPT_* says otherwise."""
-        return {**KAFKA_CONSUMER_DEFAULTS, **self.client_config}
-
-    @property
-    def secrets(self) -> list[str]:
-        return [v for k, v in self.client_config.items() if "password" in k or "secret" in k]
+INPUT_OPTIONS = ("forced_photometry",)  # OracleSettings fields that are input-builder options
+_SURVEY_MODELS: dict[tuple, dict[str, type[EnvModel]]] = {}
 
 
-# librdkafka prefetches up to 64 MB per partition and 100,000 messages by default: with
-# BOOM's cutout-carrying messages that alone made a Kafka run peak near 850 MB. The flow
-# consumes in batches of ~1,000, so a few MB ahead per partition keep it fed.
-# KAFKA_OPT_QUEUED_MAX_MESSAGES_KBYTES etc. override these.
-KAFKA_CONSUMER_DEFAULTS = {
-    "queued.max.messages.kbytes": "16384",
-    "queued.min.messages": "5000",
-    "fetch.max.bytes": "16777216",
-}
+def survey_models(survey) -> dict[str, type[EnvModel]]:
+    """The ORACLE flow's models for `survey`, by concern (made once per survey)."""
+    key = (survey.name, survey.topic, survey.filter_name, str(survey.weights), str(survey.sample_dir),
+           tuple(survey.input_options))
+    if key not in _SURVEY_MODELS:
+        _SURVEY_MODELS[key] = _make_survey_models(survey)
+    return _SURVEY_MODELS[key]
 
 
-# The user-info part of a URI, up to the last "@" before the host (robust to unescaped "/" or "@").
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^?]*)@")
+def _make_survey_models(survey) -> dict[str, type[EnvModel]]:
+    name = survey.name.lower()
+    oracle = for_survey(OracleSettings, survey, {"filter_name": survey.filter_name, "weights": survey.weights})
+    return {
+        "kafka": for_survey(KafkaSettings, survey, {"topic": survey.topic, "group_id": f"alertflow-oracle-{name}"}),
+        "mongo": MongoSettings,
+        "oracle": oracle,
+        "outputs": for_survey(OutputSettings, survey, {"sample_dir": survey.sample_dir}),
+        "recovery": for_survey(RecoverySettings, survey, {"directory": Path(f"recovery/{name}")}),
+        "fritz": FritzConfig,
+        "slack": SlackConfig,
+        "metrics": MetricsSettings,
+    }
 
 
-@dataclass(frozen=True)
-class MongoSettings:
-    """BOOM's MongoDB. A full `MONGODB_URI` wins over host/port/credentials."""
+def oracle_models(survey, fritz: bool = True) -> list[type[EnvModel]]:
+    """The models whose variables the survey's flow reads, in the order `--help` lists them."""
+    return [m for concern, m in survey_models(survey).items() if fritz or concern != "fritz"]
 
-    database: str
-    host: str = "localhost"
-    port: int = 27017
-    username: Optional[str] = field(default=None, repr=False)
-    password: Optional[str] = field(default=None, repr=False)
-    uri: Optional[str] = field(default=None, repr=False)
-    tls: bool = False
-    timeout_ms: int = 5000
-    retries: int = 0  # attempts per batch before giving up; 0: wait for the store as long as it takes
 
-    def client_uri(self) -> str:
-        if self.uri:
-            return self.uri
-        auth = ""
-        if self.username:
-            auth = f"{quote_plus(self.username)}:{quote_plus(self.password or '')}@"
-        return f"mongodb://{auth}{self.host}:{self.port}/"
-
-    @property
-    def secrets(self) -> list[str]:
-        out = [s for s in (self.password, self.uri) if s]
-        if self.uri and "@" in self.uri:
-            out.append(self.uri.split("?", 1)[0].rsplit("@", 1)[0])
-        return out
-
-    def describe(self) -> str:
-        """Where we connect, safe for logs."""
-        if self.uri:
-            return _USERINFO.sub(r"\1***@", self.uri)
-        return f"mongodb://{self.host}:{self.port}/{self.database}"
+# ---------------------------------------------------------------- the composed settings
 
 
 @dataclass(frozen=True)
 class Settings:
+    """Everything an ORACLE flow reads, composed from the models above."""
+
     survey: str
     filter_name: str
     weights: Path
@@ -179,8 +241,8 @@ class Settings:
     torch_threads: int = 1
     precision: str = "fp32"  # Omni's image network: fp32, or bf16 (opt-in, faster, probabilities move slightly)
     device: str = "cpu"  # where the model runs: cpu, cuda, mps
-    fritz: Optional["FritzConfig"] = None
-    slack: Optional["SlackConfig"] = None
+    fritz: Optional[FritzConfig] = None
+    slack: Optional[SlackConfig] = None
     metrics_port: Optional[int] = None
     shadow_weights: Optional[Path] = None  # a second model on the same batches; never posts
 
@@ -202,100 +264,45 @@ class Settings:
 
     @property
     def secrets(self) -> list[str]:
-        out: list[str] = []
-        for part in (self.kafka, self.mongo):
-            if part is not None:
-                out.extend(part.secrets)
-        for token in (getattr(self.fritz, "token", None), getattr(self.slack, "token", None)):
-            if token:
-                out.append(token)
-        return out
+        return secret_values(self.kafka, self.mongo, self.fritz, self.slack)
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact(text, self.secrets)
 
     @classmethod
-    def from_env(cls, survey, env: Mapping[str, str] = os.environ) -> "Settings":
-        """Read every ORACLE-flow setting; `survey` is an `operators.surveys.Survey`.
-        The Fritz, Slack and metrics settings are read by their own modules'
-        readers, called from here."""
-        from operators.fritz import FritzConfig
-        from operators.metrics import metrics_port
-        from operators.slack import SlackConfig
-
-        name = survey.name.lower()
-        kafka = None
-        brokers = env_str(env, "KAFKA_BROKERS")
-        if brokers:
-            offset = (env_str(env, "KAFKA_STARTING_OFFSET", "beginning") or "").lower()
-            if offset not in {"beginning", "end"}:
-                raise ConfigError(f"KAFKA_STARTING_OFFSET={offset!r} -> use beginning or end")
-            extra = {
-                key[len("KAFKA_OPT_"):].lower().replace("_", "."): value
-                for key, value in env.items()
-                if key.startswith("KAFKA_OPT_") and value
-            }
-            kafka = KafkaSettings(
-                brokers=tuple(b.strip() for b in brokers.split(",") if b.strip()),
-                topic=env_str(env, "KAFKA_TOPIC", survey.topic),
-                group_id=env_str(env, "KAFKA_GROUP_ID", f"alertflow-oracle-{name}"),
-                starting_offset=offset,
-                client_config=extra,
-                unreachable_exit_s=kafka_unreachable_exit_s(env),
-            )
-        mongo = None
-        uri = env_str(env, "MONGODB_URI")
-        host = env_str(env, "BOOM_DATABASE__HOST")
-        if uri or host:
-            mongo = MongoSettings(
-                database=env_str(env, "BOOM_DATABASE__NAME", "boom"),
-                host=host or "localhost",
-                port=env_int(env, "BOOM_DATABASE__PORT", 27017),
-                username=env_str(env, "BOOM_DATABASE__USERNAME"),
-                password=env_str(env, "BOOM_DATABASE__PASSWORD"),
-                uri=uri,
-                tls=env_bool(env, "BOOM_DATABASE__TLS", False),
-                timeout_ms=env_int(env, "MONGODB_TIMEOUT_MS", 5000),
-                retries=env_int(env, "MONGODB_RETRIES", 0),
-            )
-        precision = (env_str(env, "ORACLE_PRECISION", "fp32") or "fp32").lower()
-        if precision not in {"fp32", "bf16"}:
-            raise ConfigError(f"ORACLE_PRECISION={precision!r}: use fp32 (default) or bf16")
-        device = (env_str(env, "ORACLE_DEVICE", "cpu") or "cpu").lower()
-        if device not in {"cpu", "cuda", "mps"}:
-            raise ConfigError(f"ORACLE_DEVICE={device!r}: use cpu (default), cuda or mps")
-        batch_size = env_int(env, "ORACLE_BATCH_SIZE", 256)
-        if batch_size < 1:
-            raise ConfigError(f"ORACLE_BATCH_SIZE={batch_size} -> set ORACLE_BATCH_SIZE to at least 1")
+    def from_env(cls, survey, env: Optional[Mapping[str, str]] = None) -> "Settings":
+        """Read every ORACLE-flow setting; `survey` is an `operators.surveys.Survey`."""
+        models = survey_models(survey)
+        kafka = models["kafka"].read(env)
+        mongo = models["mongo"].read(env)
+        oracle = models["oracle"].read(env)
+        outputs = models["outputs"].read(env)
+        recovery = models["recovery"].read(env)
         return cls(
             survey=survey.name,
-            filter_name=env_str(env, "ORACLE_FILTER", survey.filter_name),
-            weights=Path(env_str(env, f"ORACLE_{survey.name}_WEIGHTS", str(survey.weights))),
-            model_kind=env_str(env, "ORACLE_MODEL_KIND"),
-            batch_size=batch_size,
-            batch_timeout_s=env_float(env, "ORACLE_BATCH_TIMEOUT_S", 1.0),
-            shards=max(1, env_int(env, "ORACLE_SHARDS", 32)),
-            results_dir=Path(env_str(env, "ALERTFLOW_RESULTS_DIR", "results")),
-            logs_dir=Path(env_str(env, "ALERTFLOW_LOGS_DIR", "logs")),
-            sample_dir=Path(env_str(env, "ALERTFLOW_SAMPLE_DIR", str(survey.sample_dir))),
-            kafka=kafka,
-            mongo=mongo,
-            log_level=(env_str(env, "ALERTFLOW_LOG_LEVEL", "INFO") or "INFO").upper(),
-            # Only the LSST builder takes forced photometry: ZTF has no such variable.
-            forced_photometry=(env_bool(env, "ORACLE_LSST_FORCED_PHOTOMETRY", False)
-                               if "forced_photometry" in survey.input_options else False),
-            recovery=env_bool(env, "ALERTFLOW_RECOVERY", kafka is not None),
-            recovery_dir=Path(env_str(env, "ALERTFLOW_RECOVERY_DIR", f"recovery/{name}")),
-            recovery_partitions=env_int(env, "ALERTFLOW_RECOVERY_PARTITIONS", 4),
-            snapshot_interval_s=env_float(env, "ALERTFLOW_SNAPSHOT_INTERVAL_S", 5.0),
-            backup_interval_s=env_float(env, "ALERTFLOW_BACKUP_INTERVAL_S", 0.0),
-            torch_threads=env_int(env, "ORACLE_TORCH_THREADS", 1),
-            precision=precision,
-            device=device,
-            fritz=FritzConfig.from_env(env),
-            slack=SlackConfig.from_env(env),
-            metrics_port=metrics_port(env),
-            shadow_weights=_path_or_none(env_str(env, f"ORACLE_{survey.name}_SHADOW_WEIGHTS")),
+            filter_name=oracle.filter_name,
+            weights=Path(oracle.weights),
+            model_kind=oracle.model_kind,
+            batch_size=oracle.batch_size,
+            batch_timeout_s=oracle.batch_timeout_s,
+            shards=oracle.shards,
+            results_dir=outputs.results_dir,
+            logs_dir=outputs.logs_dir,
+            sample_dir=outputs.sample_dir,
+            kafka=kafka if kafka.brokers else None,
+            mongo=mongo if mongo.configured else None,
+            log_level=outputs.log_level,
+            forced_photometry=oracle.forced_photometry,
+            recovery=bool(kafka.brokers) if recovery.enabled is None else recovery.enabled,
+            recovery_dir=recovery.directory,
+            recovery_partitions=recovery.partitions,
+            snapshot_interval_s=recovery.snapshot_interval_s,
+            backup_interval_s=recovery.backup_interval_s,
+            torch_threads=oracle.torch_threads,
+            precision=oracle.precision,
+            device=oracle.device,
+            fritz=models["fritz"].read(env),
+            slack=models["slack"].read(env),
+            metrics_port=models["metrics"].read(env).port,
+            shadow_weights=oracle.shadow_weights,
         )

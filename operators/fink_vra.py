@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -34,112 +34,15 @@ import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from operators.config import REPO_ROOT, env_bool, env_float, env_int, env_str
 from operators.deadletter import DeadLetter, Origin, dead_letter
-from operators.lasair_sherlock import LASAIR_ZTF_API, SherlockClient, SherlockError, SherlockMatch
+from operators.fink_vra_config import FinkVraConfig  # noqa: F401 - the flow's settings, re-exported
+from operators.lasair_sherlock import SherlockClient, SherlockError, SherlockMatch
 from operators.sfd_ebv import ebv_or_nan
 from operators.vra_features import FEATURE_COLUMNS, alert_features, rows_to_frame
 
 log = logging.getLogger(__name__)
 
 AVRO_MAGIC = b"Obj\x01"
-
-
-# ---------------------------------------------------------------- configuration
-
-
-def _in_repo(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else REPO_ROOT / p
-
-
-@dataclass(frozen=True)
-class FinkVraConfig:
-    """Everything the Fink VRA flow reads from the environment (see `from_env`)."""
-
-    kafka_brokers: tuple[str, ...] = ()
-    topic: str = "fink_vra_ztf"
-    kafka_starting_offset: str = "beginning"  # or "end"
-    kafka_tail: bool = True
-    kafka_config: Mapping[str, str] = field(default_factory=dict, repr=False)
-    schema_path: Optional[Path] = None
-    input_path: Optional[str] = None  # FINK_VRA_INPUT: files, a directory or a glob
-    embedded_dir: Path = REPO_ROOT / "data" / "fink"
-    embedded_glob: str = "fink_ztf*.avro"
-    stream_filter: bool = False
-    lasair_token: Optional[str] = field(default=None, repr=False)
-    lasair_endpoint: str = LASAIR_ZTF_API
-    sherlock_timeout: float = 10.0
-    sherlock_retries: int = 3
-    sfd_dir: Optional[Path] = None
-    out_dir: Path = REPO_ROOT / "results" / "fink_vra"
-    deadletter_path: Path = REPO_ROOT / "results" / "fink_vra_deadletters.jsonl"
-    out_partitions: int = 4
-
-    @property
-    def uses_kafka(self) -> bool:
-        return bool(self.kafka_brokers)
-
-    @property
-    def uses_files(self) -> bool:
-        return bool(self.input_path) and not self.uses_kafka
-
-    @classmethod
-    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "FinkVraConfig":
-        """Read the `FINK_VRA_*`, `LASAIR_*` variables (README: "Fink VRA features").
-
-        The stream filter defaults to on for Kafka (Fink's topic definition)
-        and off for the embedded sample, so that a first run shows rows.
-        """
-        env = os.environ if env is None else env
-        brokers = tuple(b.strip() for b in (env_str(env, "FINK_VRA_KAFKA_BROKERS") or "").split(",") if b.strip())
-        kafka_config: dict[str, str] = {}
-        user, password = env_str(env, "FINK_VRA_KAFKA_USERNAME"), env_str(env, "FINK_VRA_KAFKA_PASSWORD")
-        if user and password:
-            # What fink-client sets for Fink's brokers.
-            kafka_config.update({
-                "security.protocol": "sasl_plaintext",
-                "sasl.mechanism": "SCRAM-SHA-512",
-                "sasl.username": user,
-                "sasl.password": password,
-            })
-        group = env_str(env, "FINK_VRA_KAFKA_GROUP_ID")
-        if group:
-            kafka_config["group.id"] = group
-        offset = (env_str(env, "FINK_VRA_KAFKA_STARTING_OFFSET") or "beginning").lower()
-        if offset not in {"beginning", "end"}:
-            raise ValueError(f"FINK_VRA_KAFKA_STARTING_OFFSET={offset!r}: use beginning or end")
-        input_path = env_str(env, "FINK_VRA_INPUT")
-        if input_path and brokers:
-            raise ValueError("FINK_VRA_INPUT and FINK_VRA_KAFKA_BROKERS are both set: unset one "
-                             "(files or Kafka, not both)")
-        stream_filter = env_bool(env, "FINK_VRA_STREAM_FILTER", None)
-        tail = env_bool(env, "FINK_VRA_KAFKA_TAIL", None)
-        schema = env_str(env, "FINK_VRA_SCHEMA_PATH")
-        sfd = env_str(env, "FINK_VRA_SFD_DIR")
-        partitions = env_int(env, "FINK_VRA_OUT_PARTITIONS", 4)
-        if partitions < 1:
-            raise ValueError("FINK_VRA_OUT_PARTITIONS must be >= 1")
-        return cls(
-            kafka_brokers=brokers,
-            topic=env_str(env, "FINK_VRA_TOPIC") or "fink_vra_ztf",
-            kafka_starting_offset=offset,
-            kafka_tail=True if tail is None else tail,
-            kafka_config=kafka_config,
-            schema_path=_in_repo(schema) if schema else None,
-            input_path=input_path,
-            embedded_dir=_in_repo(env_str(env, "FINK_VRA_EMBEDDED_DIR") or "data/fink"),
-            embedded_glob=env_str(env, "FINK_VRA_EMBEDDED_GLOB") or "fink_ztf*.avro",
-            stream_filter=bool(brokers) if stream_filter is None else stream_filter,
-            lasair_token=env_str(env, "LASAIR_TOKEN"),
-            lasair_endpoint=env_str(env, "LASAIR_API_URL") or LASAIR_ZTF_API,
-            sherlock_timeout=env_float(env, "FINK_VRA_SHERLOCK_TIMEOUT", 10.0),
-            sherlock_retries=env_int(env, "FINK_VRA_SHERLOCK_RETRIES", 3),
-            sfd_dir=_in_repo(sfd) if sfd else None,
-            out_dir=_in_repo(env_str(env, "FINK_VRA_OUT_DIR") or "results/fink_vra"),
-            deadletter_path=_in_repo(env_str(env, "FINK_VRA_DEADLETTERS") or "results/fink_vra_deadletters.jsonl"),
-            out_partitions=partitions,
-        )
 
 
 # ---------------------------------------------------------------- items

@@ -51,6 +51,7 @@ from operators.fritz_config import (
     split_classifications,
 )
 from operators.ratelimit import TokenBucket, backoff_delay
+from operators.settings import redact
 
 log = logging.getLogger("operators.fritz")
 
@@ -68,10 +69,7 @@ _TOKEN_WORD = re.compile(r"(?i)\b(token|bearer)(\s+)[A-Za-z0-9._~+/=-]{16,}")
 def scrub(text: Any, secrets: Iterable[str] = ()) -> str:
     """`text` without the given secrets and without any `Authorization` value or
     `token <long value>` (a server may echo the caller's token in an error)."""
-    out = str(text)
-    for s in secrets:
-        if s:
-            out = out.replace(s, "***")
+    out = redact(text, secrets)
     out = _AUTH_VALUE.sub(lambda m: m.group(1) + (m.group(2) or "") + "***", out)
     return _TOKEN_WORD.sub(lambda m: m.group(1) + m.group(2) + "***", out)
 
@@ -161,7 +159,7 @@ class FritzClient:
         adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=pool, pool_block=True)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
-        self._session.headers["Authorization"] = f"token {config.token}"
+        self._session.headers["Authorization"] = f"token {config.token.get_secret_value()}"
         self._session.headers["User-Agent"] = "alertflow-oracle"
         self._lock = threading.Lock()
         self._annotation_ids: LRUCache = LRUCache(maxsize=50_000)  # a shortcut, not a truth
@@ -175,7 +173,7 @@ class FritzClient:
     # -- plumbing ---------------------------------------------------------
 
     def scrub(self, text: Any) -> str:
-        return scrub(text, (self.config.token,))
+        return scrub(text, self.config.secrets)
 
     def _url(self, *parts: str) -> str:
         return self.config.url + "/api/" + "/".join(quote(str(p), safe="") for p in parts)

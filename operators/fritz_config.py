@@ -1,21 +1,23 @@
-"""Fritz (SkyPortal) settings and the pure parts: annotation data, classification text, links.
+"""Fritz (SkyPortal) settings (`FritzConfig`, a settings model) and the pure parts: annotation data, classification text, links.
 
 No I/O here: `operators/fritz_client.py` talks to Fritz, `operators/fritz.py`
 is the flow's side (annotation sender and sink). Imports point that way:
-fritz -> fritz_client -> fritz_config, ratelimit.
+fritz -> fritz_client -> fritz_config, ratelimit; operators/config.py -> fritz_config.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
-import os
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
+
 from models.taxonomy import Taxonomy
-from operators.config import env_bool, env_float, env_int
+from operators.settings import BLANK_IS_VALUE, EnvModel, plain
 
 DEFAULT_URL = "https://fritz.science"
 DEFAULT_ORIGIN = "oracle_omni"
@@ -46,36 +48,58 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class FritzConfig:
+class FritzConfig(EnvModel):
     """Fritz sink and client settings. Enabled when `token` is set."""
 
-    token: str = field(default="", repr=False)
-    url: str = DEFAULT_URL
-    origin: str = DEFAULT_ORIGIN
-    group_ids: tuple[int, ...] = DEFAULT_GROUP_IDS
-    decimals: int = 4
-    rate: float = 5.0  # requests per second, every request of this token
-    burst: int = 10
-    timeout: float = 10.0  # seconds, connect and read
-    max_retries: int = 4  # per request, for 429 / 5xx / connection errors / timeouts
+    token: SecretStr = Field(SecretStr(""), validation_alias="FRITZ_TOKEN",
+                             description="Fritz API token; set: annotate objects on Fritz, unset: Fritz off")
+    url: str = Field(DEFAULT_URL, validation_alias="FRITZ_URL",
+                     description="Fritz (SkyPortal) base URL; https:// (http:// only to this machine or with "
+                                 "FRITZ_ALLOW_INSECURE)")
+    allow_insecure: bool = Field(False, validation_alias="FRITZ_ALLOW_INSECURE",
+                                 description="true: allow an http:// FRITZ_URL on another host (the token travels "
+                                             "unencrypted)")
+    origin: str = Field(DEFAULT_ORIGIN, validation_alias="FRITZ_ORIGIN", description="annotation origin")
+    group_ids: Annotated[tuple[int, ...], NoDecode] = Field(
+        DEFAULT_GROUP_IDS, validation_alias="FRITZ_GROUP_IDS", json_schema_extra=BLANK_IS_VALUE,
+        description="groups that see the annotations (comma-separated)")
+    decimals: int = Field(4, validation_alias="FRITZ_DECIMALS", description="decimals of annotated probabilities")
+    rate: float = Field(5.0, validation_alias="FRITZ_RATE",
+                        description="requests per second for the token, whole cluster (SkyPortal allows 5)")
+    burst: int = Field(10, validation_alias="FRITZ_BURST", description="request burst (SkyPortal allows 10)")
+    timeout: float = Field(10.0, validation_alias="FRITZ_TIMEOUT", description="seconds per request")
+    max_retries: int = Field(4, validation_alias="FRITZ_MAX_RETRIES",
+                             description="retries on 429 (1, 2, 4 ... s), 5xx and timeouts")
+    workers: int = Field(2, validation_alias="FRITZ_WORKERS", description="annotation requests in flight")
+    max_pending: int = Field(10_000, validation_alias="FRITZ_MAX_PENDING",
+                             description="objects waiting to be annotated before the oldest is dropped")
+    not_found_ttl: float = Field(600.0, validation_alias="FRITZ_NOT_FOUND_TTL",
+                                 description="seconds to skip objects Fritz does not know (404)")
+    context_ttl: float = Field(3600.0, validation_alias="FRITZ_CONTEXT_TTL",
+                               description="seconds Fritz classifications are cached per object")
+    context_timeout: float = Field(1.0, validation_alias="FRITZ_CONTEXT_TIMEOUT",
+                                   description="seconds to wait for Fritz classifications of an object")
+    # Not read from the environment: tuned in code (tests, `check`).
     backoff_factor: float = 0.5  # seconds, 5xx and timeouts: 0, 1, 2, 4 ... x factor/0.5, plus jitter
     backoff_jitter: float = 0.5  # seconds, uniform, added to each backoff
     backoff_max: float = 30.0
     backoff_429: float = 1.0  # seconds, first wait after a 429 without Retry-After; doubles per 429
     max_retry_after: float = 60.0  # a longer Retry-After is cut to this
-    allow_insecure: bool = False  # http:// to a host that is not this machine
-    workers: int = 2  # annotation requests in flight
-    max_pending: int = 10_000  # objects waiting to be annotated; the oldest is dropped beyond
-    not_found_ttl: float = 600.0  # skip objects Fritz does not know, for this long (0: never)
-    context_ttl: float = 3600.0  # cache of classifications and links per object
-    context_timeout: float = 1.0  # how long `context()` waits for a read by default
     context_workers: int = 2
     report_interval: float = 60.0  # seconds between backlog / summary log lines
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "url", (self.url or DEFAULT_URL).rstrip("/"))
-        object.__setattr__(self, "group_ids", tuple(int(g) for g in self.group_ids))
+    @field_validator("group_ids", mode="before")
+    @classmethod
+    def _groups(cls, v: Any) -> Any:
+        return parse_group_ids(v) if isinstance(v, str) else v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return (v or DEFAULT_URL).rstrip("/")
+
+    @model_validator(mode="after")
+    def _check(self) -> "FritzConfig":
         if self.enabled:
             if not self.group_ids:
                 raise ValueError(
@@ -93,32 +117,15 @@ class FritzConfig:
                     f"FRITZ_ALLOW_INSECURE=true if this network is trusted")
         if self.rate <= 0 or self.burst < 1:
             raise ValueError("FRITZ_RATE must be > 0 and FRITZ_BURST >= 1")
+        return self
 
     @property
     def enabled(self) -> bool:
-        return bool(self.token)
+        return bool(plain(self.token))
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "FritzConfig":
-        env = os.environ if environ is None else environ
-        groups_raw = env.get("FRITZ_GROUP_IDS")
-        return cls(
-            token=env.get("FRITZ_TOKEN", "").strip(),
-            url=env.get("FRITZ_URL", "").strip() or DEFAULT_URL,
-            allow_insecure=bool(env_bool(env, "FRITZ_ALLOW_INSECURE", False)),
-            origin=env.get("FRITZ_ORIGIN", "").strip() or DEFAULT_ORIGIN,
-            group_ids=DEFAULT_GROUP_IDS if groups_raw is None else parse_group_ids(groups_raw),
-            decimals=env_int(env, "FRITZ_DECIMALS", 4),
-            rate=env_float(env, "FRITZ_RATE", 5.0),
-            burst=env_int(env, "FRITZ_BURST", 10),
-            timeout=env_float(env, "FRITZ_TIMEOUT", 10.0),
-            max_retries=env_int(env, "FRITZ_MAX_RETRIES", 4),
-            workers=env_int(env, "FRITZ_WORKERS", 2),
-            max_pending=env_int(env, "FRITZ_MAX_PENDING", 10_000),
-            not_found_ttl=env_float(env, "FRITZ_NOT_FOUND_TTL", 600.0),
-            context_ttl=env_float(env, "FRITZ_CONTEXT_TTL", 3600.0),
-            context_timeout=env_float(env, "FRITZ_CONTEXT_TIMEOUT", 1.0),
-        )
+        return cls.read(environ)
 
 
 # ---------------------------------------------------------------------------

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 import threading
 import time
@@ -378,22 +377,15 @@ _exporter_lock = threading.Lock()
 _exporter_port: Optional[int] = None
 
 
-def metrics_port(env: Mapping[str, str] = os.environ) -> Optional[int]:
+def metrics_port(env: Optional[Mapping[str, str]] = None) -> Optional[int]:
     """`ALERTFLOW_METRICS_PORT` as an int, or None when unset (0 picks a free port).
 
     A malformed value is logged and ignored (metrics must not stop a flow);
-    `python -m dataflows check` reports it as a failure."""
-    raw = (env.get(PORT_VARIABLE) or "").strip()
-    if not raw:
-        return None
-    try:
-        port = int(raw)
-        if not 0 <= port < 65536:
-            raise ValueError
-        return port
-    except ValueError:
-        log.warning("%s=%r is not a port number; no metrics exporter started", PORT_VARIABLE, raw)
-        return None
+    `python -m dataflows check` reports it as a failure. Read by
+    `operators.config.MetricsSettings`."""
+    from operators.config import MetricsSettings
+
+    return MetricsSettings.read(env).port
 
 
 def start_exporter(port: Optional[int], addr: str = "0.0.0.0") -> Optional[int]:

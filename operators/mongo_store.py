@@ -38,7 +38,6 @@ import re
 import threading
 import time
 from typing import Any, Callable, Iterable, Optional
-from urllib.parse import quote, quote_plus, unquote_plus
 
 from pymongo import MongoClient
 from pymongo.errors import (
@@ -50,7 +49,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from operators.config import _USERINFO, ConfigError, MongoSettings
+from operators.config import ConfigError, MongoSettings
 from operators.logs import interruptible_sleep
 from operators.store import Collections, Documents
 
@@ -82,29 +81,9 @@ class StoreUnavailable(RuntimeError):
 
 
 
-def _secrets(settings: MongoSettings) -> list[str]:
-    """Every form in which a credential could appear in a message, longest first."""
-    found = [s for s in settings.secrets if s]
-    if settings.uri:
-        # userinfo up to the last "@" before the query: right even when a password
-        # holds an unescaped "@" or "/" (an invalid URI, reported in errors)
-        m = _USERINFO.match(settings.uri)
-        if m:
-            found.append(m.group(2))
-            if ":" in m.group(2):
-                found.append(m.group(2).split(":", 1)[1])
-    variants: set[str] = set()
-    for secret in found:
-        for form in (secret, unquote_plus(secret)):
-            variants.update({form, quote_plus(form), quote(form, safe="")})
-    return sorted((v for v in variants if v), key=len, reverse=True)
-
-
 def redact(text: str, settings: MongoSettings) -> str:
     """`text` without the password, the URI or its user-info part (also URL-encoded)."""
-    for secret in _secrets(settings):
-        text = text.replace(secret, "***")
-    return text
+    return settings.redact(text)
 
 
 def where(settings: MongoSettings) -> str:

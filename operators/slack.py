@@ -36,11 +36,10 @@ Outputs: Slack file posts.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional, Union
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -49,9 +48,7 @@ from slack_sdk.errors import SlackRequestError
 
 from models.taxonomy import Taxonomy
 from operators import metrics
-from operators.config import env_bool
 from operators.fritz_client import scrub
-from operators.fritz_config import DEFAULT_URL as FRITZ_DEFAULT_URL
 from operators.ratelimit import backoff_delay
 from operators.slack_post import (  # noqa: F401 - the plain parts, re-exported for callers
     FATAL,
@@ -66,66 +63,9 @@ from operators.slack_post import (  # noqa: F401 - the plain parts, re-exported 
     sdk_log,
     top_classes,
 )
+from operators.slack_config import BABAMUL_URL, SlackConfig  # noqa: F401 - the sink's settings, re-exported
 
 log = logging.getLogger(__name__)
-
-BABAMUL_URL = "https://babamul.caltech.edu"
-
-
-@dataclass(frozen=True)
-class SlackConfig:
-    """Slack sink settings. Posts only when `enabled` (POST_TO_SLACK)."""
-
-    enabled: bool = False
-    token: str = field(default="", repr=False)
-    ztf_channel: str = ""
-    lsst_channel: str = ""
-    min_leaf_probability: float = 0.0
-    top_k: int = 3
-    fritz_url: str = FRITZ_DEFAULT_URL
-    babamul_url: str = BABAMUL_URL
-    base_url: Optional[str] = None  # Slack API base (tests, proxies); slack_sdk's default when None
-    rate_limit_retries: int = 3
-    timeout: int = 30  # seconds per Slack request
-    max_pending: int = 500  # alerts waiting to be posted; the oldest is dropped beyond
-    max_remembered: int = 20_000  # posted candids kept in the recovery state
-    retry_base: float = 1.0  # seconds before the first retry of a transient failure; doubles
-    retry_max: float = 60.0  # seconds, the longest wait between retries
-    close_timeout: float = 60.0  # at the end of a run, wait this long for the queue
-    dpi: float = 110.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.min_leaf_probability <= 1.0:
-            raise ValueError("SLACK_MIN_LEAF_PROBABILITY must be within [0, 1]")
-        if self.enabled:
-            if not self.token:
-                raise ValueError("POST_TO_SLACK is true but SLACK_BOT_TOKEN is not set")
-            if not (self.ztf_channel or self.lsst_channel):
-                raise ValueError("POST_TO_SLACK is true but neither SLACK_ORACLE_CHANNEL_ID nor "
-                                 "SLACK_ORACLE_LSST_CHANNEL_ID is set")
-
-    def channel_for(self, survey: str) -> str:
-        return {"ZTF": self.ztf_channel, "LSST": self.lsst_channel}.get(str(survey).upper(), "")
-
-    @classmethod
-    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "SlackConfig":
-        env = os.environ if environ is None else environ
-        raw_min = env.get("SLACK_MIN_LEAF_PROBABILITY", "").strip()
-        try:
-            min_p = float(raw_min) if raw_min else 0.0
-        except ValueError:
-            raise ValueError(f"SLACK_MIN_LEAF_PROBABILITY must be a number, got {raw_min!r}") from None
-        return cls(
-            enabled=env_bool(env, "POST_TO_SLACK", False),
-            token=env.get("SLACK_BOT_TOKEN", "").strip(),
-            ztf_channel=env.get("SLACK_ORACLE_CHANNEL_ID", "").strip(),
-            lsst_channel=env.get("SLACK_ORACLE_LSST_CHANNEL_ID", "").strip(),
-            min_leaf_probability=min_p,
-            fritz_url=(env.get("FRITZ_URL", "").strip() or FRITZ_DEFAULT_URL).rstrip("/"),
-            babamul_url=(env.get("BABAMUL_URL", "").strip() or BABAMUL_URL).rstrip("/"),
-            base_url=env.get("SLACK_API_URL", "").strip() or None,
-        )
-
 
 # ---------------------------------------------------------------------------
 # Bytewax sink
@@ -178,7 +118,7 @@ class _SlackPartition(StatefulSinkPartition):
         self._thread: Optional[threading.Thread] = None
         if self._cfg.enabled:
             self._client = sink.client or make_client(
-                self._cfg.token, base_url=self._cfg.base_url,
+                self._cfg.token.get_secret_value(), base_url=self._cfg.base_url,
                 rate_limit_retries=self._cfg.rate_limit_retries, timeout=self._cfg.timeout)
             self._thread = threading.Thread(target=self._run, name="slack-poster", daemon=True)
             self._thread.start()
@@ -292,7 +232,7 @@ class _SlackPartition(StatefulSinkPartition):
                        fritz_ml_classifications=alert.fritz_ml_classifications)
         except Exception as e:  # noqa: BLE001 - never let Slack break anything
             kind, name = failure_kind(e)
-            text = scrub(f"{type(e).__name__}: {e}", (cfg.token,)).splitlines()[0][:300]
+            text = scrub(f"{type(e).__name__}: {e}", cfg.secrets).splitlines()[0][:300]
             metrics.slack_post("failure", survey=alert.survey)
             self.stats[f"error_{name}"] += 1
             if kind == "fatal":

@@ -271,12 +271,12 @@ def test_help_lists_the_flows_and_their_variables():
 
 
 def test_every_variable_a_flow_reads_has_a_description():
-    """Drift guard: a new variable in a reader (config.py, fritz.py, ...) needs one line in DESCRIPTIONS."""
+    """Drift guard: a new field in a settings model (config.py, fritz_config.py, ...) needs a description."""
     from dataflows.__main__ import FLOWS, describe, flow_available, flow_variables
 
     missing = [(info.name, v.name) for info in FLOWS.values() if flow_available(info)[0]
                for v in flow_variables(info) if not describe(v.name, info)]
-    assert not missing, f"add these to DESCRIPTIONS in dataflows/__main__.py: {missing}"
+    assert not missing, f"give these settings fields a description: {missing}"
 
 
 def test_check_fails_clearly_when_the_weights_are_missing(tmp_path):
