@@ -295,7 +295,7 @@ class Settings:
             precision=precision,
             device=device,
             fritz=FritzConfig.from_env(env),
-            slack=SlackConfig.from_env(env),
+            slack=SlackConfig.from_env(env, channel_variables=(survey.slack_channel_env,)),
             metrics_port=metrics_port(env),
             shadow_weights=_path_or_none(env_str(env, f"ORACLE_{survey.name}_SHADOW_WEIGHTS")),
         )
