@@ -46,6 +46,7 @@ from operators.surveys import Survey, configured
 
 log = logging.getLogger("alertflow.oracle")
 
+
 def make_store(settings: Settings, survey: Survey):
     if settings.mongo is not None:
         from operators.mongo_store import MongoStore
