@@ -224,7 +224,7 @@ def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0)
     out.append(check_mongo(settings, survey, model) if settings.mongo is not None else
                CheckResult("store", True, f"bundled documents in {settings.sample_dir} "
                                           f"(set MONGODB_URI or BOOM_DATABASE__HOST for BOOM's MongoDB)"))
-    if survey.name == "ZTF":
+    if survey.fritz:
         out.append(check_fritz(env, timeout_s))
     out.append(check_slack(env, survey.slack_channel_env))
     out.append(check_metrics(env))

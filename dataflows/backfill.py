@@ -124,7 +124,7 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     """The backfill dataflow and its results CSV; `scanner`/`store` override the configured ones (tests)."""
     import torch
 
-    from dataflows.oracle import FRITZ_SURVEYS, classify_steps, load_survey_model, make_store, write_outputs
+    from dataflows.oracle import classify_steps, load_survey_model, make_store, write_outputs
     from models.oracle import model_label, weights_sha12
     from operators.fritz import FritzClient
     from operators.logs import setup_logging
@@ -141,7 +141,7 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     name = model_label(model, settings.weights)
     results_csv, deadletters = outputs(settings, job, weights_sha12(settings.weights))
     fritz = None
-    if job.annotate and settings.fritz.enabled and survey.name in FRITZ_SURVEYS:
+    if job.annotate and settings.fritz.enabled and survey.fritz:
         fritz = FritzClient(settings.fritz)
     lazy_store = steps.Lazy((lambda: store) if store is not None else partial(make_store, settings, survey))
     collection = survey.collections.alerts

@@ -27,7 +27,7 @@ from bytewax.dataflow import Dataflow
 
 import torch
 
-from models.oracle import ModelLoadError, configure_inference, load_oracle, model_label, predict_proba
+from models.oracle import ModelLoadError, TaxonomyMismatch, configure_inference, load_oracle, model_label, predict_proba
 from operators import metrics
 from operators import oracle_steps as steps
 from operators.batching import batch, group_by_key
@@ -45,8 +45,6 @@ from operators.store import EmbeddedStore
 from operators.surveys import Survey, configured
 
 log = logging.getLogger("alertflow.oracle")
-
-FRITZ_SURVEYS = ("ZTF",)  # Fritz holds ZTF sources; LSST objects link to Babamul instead
 
 
 def make_store(settings: Settings, survey: Survey):
@@ -119,7 +117,7 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     name = model_label(model, settings.weights)
     shadow = None
     if settings.shadow_weights is not None:  # validated above
-        shadow_model = load_oracle(settings.shadow_weights)
+        shadow_model = load_oracle(settings.shadow_weights, taxonomy=survey.taxonomy)
         shadow = (shadow_model, model_label(shadow_model, settings.shadow_weights))
     for m in [model] + ([shadow[0]] if shadow else []):
         try:
@@ -128,7 +126,7 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
             raise ConfigError(f"ORACLE_DEVICE={settings.device}: {exc}; use ORACLE_DEVICE=cpu") from None
     lazy_store = steps.Lazy((lambda: store) if store is not None else partial(make_store, settings, survey))
     metrics.start_exporter(settings.metrics_port)
-    fritz = FritzClient(settings.fritz) if settings.fritz.enabled and survey.name in FRITZ_SURVEYS else None
+    fritz = FritzClient(settings.fritz) if settings.fritz.enabled and survey.fritz else None
     log.info("%s flow: filter %r, model %s%s, input %s, store %s", survey.name, settings.filter_name, name,
              f" (shadow {shadow[1]} -> {settings.shadow_results_csv})" if shadow else "",
              "kafka " + ",".join(settings.kafka.brokers) + f" topic {settings.kafka.topic}" if settings.kafka else "bundled sample",
@@ -183,13 +181,10 @@ def load_survey_model(survey: Survey, weights: Path, kind: Optional[str], variab
     exist or is not a model of the survey's taxonomy."""
     if not Path(weights).is_file():
         raise ModelLoadError(f"{weights} does not exist: set {variable} to an ORACLE {survey.name} checkpoint (.pth)")
-    model = load_oracle(weights, kind)
-    if model.taxonomy.nodes != survey.taxonomy.nodes:
-        raise ModelLoadError(
-            f"{weights} is a {model.taxonomy.name} model ({len(model.taxonomy)} classes), but the "
-            f"{survey.name} flow needs {survey.taxonomy.name} ({len(survey.taxonomy)} classes): point "
-            f"{variable} at a {survey.name} checkpoint")
-    return model
+    try:
+        return load_oracle(weights, kind, taxonomy=survey.taxonomy)
+    except TaxonomyMismatch as exc:
+        raise TaxonomyMismatch(f"{exc}: point {variable} at a {survey.name} checkpoint") from None
 
 
 def classify_steps(work, survey: Survey, model, name: str, lazy_store, shadow=None):
@@ -225,7 +220,7 @@ def write_outputs(work, survey: Survey, results_csv: Path, deadletters: Path, *,
     if fritz is not None:
         op.output("fritz", results, FritzAnnotationSink(settings.fritz, survey.taxonomy, client=fritz))
     if slack:
-        op.output("slack", op.map("key_slack", results, keyed), SlackSink(settings.slack, survey.taxonomy))
+        op.output("slack", op.map("key_slack", results, keyed), SlackSink(settings.slack, survey))
     dead = op.merge("dead", *extra_dead, op.flat_map("batch_dead", work, steps.dead_of))
     dead = op.inspect("count_dead", dead, partial(count_dead_letter, survey.name))
     op.output("dead_letters", op.map("key_dead", dead, keyed), dead_letter_sink(deadletters))

@@ -49,24 +49,38 @@ from models.oracle_image import (  # noqa: F401 - describe_image_head is part of
 from models.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY, Taxonomy
 
 KINDS = ("btsv2", "lsst_lite", "omni")
-_TAXONOMIES = {len(ZTF_TAXONOMY): ZTF_TAXONOMY, len(LSST_TAXONOMY): LSST_TAXONOMY}
 # Light-curve length groups of one forward pass (<=4, <=8, ..., <=64, longer): see _pooled_sequence.
 LENGTH_BUCKETS = (4, 8, 16, 32, 64)
 _BUCKET_EDGES = torch.tensor(LENGTH_BUCKETS)
-_DEFAULT_NODES = {"btsv2": len(ZTF_TAXONOMY), "lsst_lite": len(LSST_TAXONOMY), "omni": len(ZTF_TAXONOMY)}
+# The taxonomy each network was published with: what a caller without a survey gets.
+# A flow passes its survey's taxonomy instead (`operators/surveys.py`).
+DEFAULT_TAXONOMIES = {"btsv2": ZTF_TAXONOMY, "lsst_lite": LSST_TAXONOMY, "omni": ZTF_TAXONOMY}
 
 
 class ModelLoadError(Exception):
     """A checkpoint could not be read or does not match the ORACLE network it should fill."""
 
 
-def taxonomy_for(n_nodes: int) -> Taxonomy:
-    """The taxonomy whose node count matches a network's output width."""
-    try:
-        return _TAXONOMIES[n_nodes]
-    except KeyError:
-        known = ", ".join(f"{n} ({t.name})" for n, t in _TAXONOMIES.items())
-        raise ValueError(f"no taxonomy has {n_nodes} nodes; known: {known}") from None
+class TaxonomyMismatch(ModelLoadError):
+    """A checkpoint's output width is not the node count of the taxonomy it is loaded with."""
+
+
+def taxonomy_for(kind: str, n_nodes: int | None = None, taxonomy: Taxonomy | None = None) -> Taxonomy:
+    """The taxonomy of a `kind` network with `n_nodes` outputs: `taxonomy` when given (its
+    node count must be `n_nodes`). Without one (a caller with no survey at hand), the
+    kind's published taxonomy (`DEFAULT_TAXONOMIES`), else the published one of that width."""
+    if taxonomy is not None:
+        if n_nodes is not None and n_nodes != len(taxonomy):
+            raise ValueError(f"the network has {n_nodes} outputs, but the {taxonomy.name} taxonomy has "
+                             f"{len(taxonomy)} nodes")
+        return taxonomy
+    published = [DEFAULT_TAXONOMIES[kind], *DEFAULT_TAXONOMIES.values()]
+    for candidate in published:
+        if n_nodes is None or n_nodes == len(candidate):
+            return candidate
+    known = ", ".join(sorted({f"{len(t)} ({t.name})" for t in published}))
+    raise ValueError(f"the network has {n_nodes} outputs and no taxonomy was given; the published ones "
+                     f"have {known} nodes: pass the checkpoint's taxonomy (a survey's `taxonomy`)")
 
 
 class OracleModel(nn.Module):
@@ -104,10 +118,11 @@ class LightCurveOracle(OracleModel):
     for checkpoints that have one.
     """
 
-    def __init__(self, n_nodes: int, n_static: int = 30, ts_dim: int = 5, gru_hidden: int = 128,
+    def __init__(self, taxonomy: Taxonomy, n_static: int = 30, ts_dim: int = 5, gru_hidden: int = 128,
                  gru_layers: int = 2, residual: bool | None = None, kind: str | None = None):
         super().__init__()
-        self.taxonomy = taxonomy_for(n_nodes)
+        self.taxonomy = taxonomy
+        n_nodes = len(taxonomy)
         self.kind = kind or ("btsv2" if n_static else "lsst_lite")
         self.n_static = n_static
         self.ts_dim = ts_dim
@@ -193,15 +208,16 @@ class LightCurveOracle(OracleModel):
 class OmniOracle(OracleModel):
     """Upstream `GRU_MD_MM_Improved`: BTSv2 latent (16) + stamp latent (16) -> Linear -> GELU -> Linear."""
 
-    def __init__(self, n_nodes: int = 10, n_static: int = 30, ts_dim: int = 5, gru_hidden: int = 128,
-                 gru_layers: int = 2, residual: bool = True, image_head=NEW_ARCH_IMAGE_HEAD):
+    def __init__(self, taxonomy: Taxonomy = ZTF_TAXONOMY, n_static: int = 30, ts_dim: int = 5,
+                 gru_hidden: int = 128, gru_layers: int = 2, residual: bool = True, image_head=NEW_ARCH_IMAGE_HEAD):
         super().__init__()
-        self.taxonomy = taxonomy_for(n_nodes)
+        self.taxonomy = taxonomy
+        n_nodes = len(taxonomy)
         self.kind = "omni"
         self.n_static = n_static
         self.ts_dim = ts_dim
         self.needs_stamp = True
-        self.lc_md_spine = LightCurveOracle(n_nodes, n_static, ts_dim, gru_hidden, gru_layers, residual=residual,
+        self.lc_md_spine = LightCurveOracle(taxonomy, n_static, ts_dim, gru_hidden, gru_layers, residual=residual,
                                             kind="btsv2")
         self.image_spine = StampNetwork(n_nodes, image_head)
         self.mlp_head = nn.Sequential(nn.Linear(2 * LATENT_DIM, LATENT_DIM))
@@ -246,10 +262,12 @@ def _check_inputs(model: OracleModel, ts, lengths, static, stamps):
 
 def build_oracle(kind: str, n_nodes: int | None = None, n_static: int = 30, ts_dim: int = 5,
                  gru_hidden: int = 128, gru_layers: int = 2, residual: bool | None = None,
-                 image_head=NEW_ARCH_IMAGE_HEAD) -> OracleModel:
+                 image_head=NEW_ARCH_IMAGE_HEAD, taxonomy: Taxonomy | None = None) -> OracleModel:
     """A randomly initialised ORACLE network of `kind`, in eval mode.
 
-    `n_nodes` defaults to the kind's taxonomy (10 ZTF, 26 LSST). For "lsst_lite",
+    `taxonomy` (one output per node) defaults to the kind's published one
+    (`DEFAULT_TAXONOMIES`: 10 nodes ZTF, 26 LSST); `n_nodes`, when given, must
+    match it. For "lsst_lite",
     `n_static` is ignored (no static input). `residual` says whether the
     light-curve network has a learnt `residual_proj`; it defaults to what the
     shipped checkpoints have (btsv2 and Omni yes, lsst_lite no). `image_head`
@@ -258,15 +276,15 @@ def build_oracle(kind: str, n_nodes: int | None = None, n_static: int = 30, ts_d
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    n_nodes = n_nodes or _DEFAULT_NODES[kind]
+    taxonomy = taxonomy_for(kind, n_nodes, taxonomy)
     if residual is None:
         residual = kind != "lsst_lite"
     if kind == "omni":
-        model = OmniOracle(n_nodes, n_static, ts_dim, gru_hidden, gru_layers, residual, image_head)
+        model = OmniOracle(taxonomy, n_static, ts_dim, gru_hidden, gru_layers, residual, image_head)
     elif kind == "btsv2":
-        model = LightCurveOracle(n_nodes, n_static, ts_dim, gru_hidden, gru_layers, residual=residual, kind=kind)
+        model = LightCurveOracle(taxonomy, n_static, ts_dim, gru_hidden, gru_layers, residual=residual, kind=kind)
     else:
-        model = LightCurveOracle(n_nodes, 0, ts_dim, gru_hidden, gru_layers, residual=residual, kind=kind)
+        model = LightCurveOracle(taxonomy, 0, ts_dim, gru_hidden, gru_layers, residual=residual, kind=kind)
     return model.eval()
 
 
@@ -283,7 +301,7 @@ def detect_kind(state: dict) -> str:
 
 
 def _architecture_from_state(state: dict, kind: str) -> dict:
-    """Sizes read from the checkpoint itself, so e.g. a 10-output LSST-style lite loads too."""
+    """Sizes read from the checkpoint itself, so e.g. a lite network of another taxonomy loads too."""
     prefix = "lc_md_spine." if kind == "omni" else ""
     out_key = "final_out.1.weight" if kind == "omni" else "fc_out.weight"
     args = {}
@@ -342,12 +360,15 @@ def model_label(model: OracleModel, path: str | os.PathLike) -> str:
     return f"ORACLE-{model.kind}:{Path(path).name}@{weights_sha12(path)}"
 
 
-def load_oracle(path: str | os.PathLike, kind: str | None = None) -> OracleModel:
+def load_oracle(path: str | os.PathLike, kind: str | None = None, taxonomy: Taxonomy | None = None) -> OracleModel:
     """Load an ORACLE checkpoint strictly, on CPU, in eval mode.
 
     `kind` ("btsv2", "lsst_lite", "omni") defaults to detection from the key
-    names. Raises ModelLoadError naming the path and any missing, unexpected or
-    wrongly shaped keys.
+    names. `taxonomy` names the checkpoint's outputs: a flow passes its survey's;
+    without one the kind's published taxonomy is assumed (`DEFAULT_TAXONOMIES`),
+    and a checkpoint whose width is not that taxonomy's is refused. Raises
+    ModelLoadError naming the path and any missing, unexpected or wrongly shaped
+    keys, or the mismatch of outputs and taxonomy.
     """
     path = Path(path)
     state = _read_state_dict(path)
@@ -359,11 +380,19 @@ def load_oracle(path: str | os.PathLike, kind: str | None = None) -> OracleModel
     elif kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     try:
+        architecture = _architecture_from_state(state, kind)
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from exc
+    try:
+        taxonomy = taxonomy_for(kind, architecture.get("n_nodes"), taxonomy)
+    except ValueError as exc:
+        raise TaxonomyMismatch(f"{path}: {exc}") from None
+    try:
         # Built on the meta device: no time spent on a random init that the
         # checkpoint overwrites anyway (8.5M parameters for Omni's ConvNeXt).
         with torch.device("meta"):
-            model = build_oracle(kind, **_architecture_from_state(state, kind))
-    except ValueError as exc:  # e.g. an output width no taxonomy has
+            model = build_oracle(kind, taxonomy=taxonomy, **architecture)
+    except ValueError as exc:  # e.g. an image head that cannot be built
         raise ModelLoadError(f"{path}: {exc}") from exc
 
     expected = model.state_dict()

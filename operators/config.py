@@ -302,7 +302,7 @@ class Settings:
             precision=oracle.precision,
             device=oracle.device,
             fritz=models["fritz"].read(env),
-            slack=models["slack"].read(env),
+            slack=SlackConfig.from_env(env, channel_variables=(survey.slack_channel_env,)),
             metrics_port=models["metrics"].read(env).port,
             shadow_weights=oracle.shadow_weights,
         )

@@ -284,8 +284,9 @@ class _FritzPartition(StatelessSinkPartition):
 class FritzAnnotationSink(DynamicSink):
     """Post one ORACLE annotation per classified alert to Fritz (upsert, paced).
 
-    Items: result records, or `(key, record)` pairs. Records whose survey is not
-    in `surveys` are ignored. All workers of a process share one client (and its
+    Items: result records, or `(key, record)` pairs. With `surveys` (names), records
+    of other surveys are ignored; the flow builds the sink only for a survey whose
+    objects Fritz holds (`Survey.fritz`). All workers of a process share one client (and its
     token bucket); the flow feeds this sink from the one Fritz worker of the
     cluster, so the pace holds for the token. The sink closes the client when
     its last partition closes. Disabled (a no-op) without a token.
@@ -296,13 +297,13 @@ class FritzAnnotationSink(DynamicSink):
         config: FritzConfig,
         taxonomy: Taxonomy,
         *,
-        surveys: Sequence[str] = ("ZTF",),
+        surveys: Optional[Sequence[str]] = None,
         client: Optional[FritzClient] = None,
         close_timeout: float = 30.0,
     ):
         self.config = config
         self.taxonomy = taxonomy
-        self.surveys = {s.upper() for s in surveys}
+        self.surveys = None if surveys is None else set(surveys)
         self.close_timeout = close_timeout
         self._client = client
         self._annotator: Optional[FritzAnnotator] = None
@@ -331,8 +332,7 @@ class FritzAnnotationSink(DynamicSink):
         if annotator is None:
             return
         try:
-            survey = str(getattr(record, "survey", "ZTF") or "ZTF").upper()
-            if survey not in self.surveys:
+            if self.surveys is not None and getattr(record, "survey", None) not in self.surveys:
                 annotator.count("skipped_survey")
                 return
             data = annotation_data(record.probabilities, self.taxonomy, self.config.decimals)

@@ -89,7 +89,7 @@ def check_directories(name: str, dirs: Iterable[tuple[str, Path]]) -> CheckResul
 def check_weights(settings, survey, shadow: bool = False):
     """(result, model): the checkpoint (the shadow one with `shadow`) loads and its
     classes are the survey's."""
-    from models.oracle import load_oracle
+    from models.oracle import TaxonomyMismatch, load_oracle
 
     name = "shadow" if shadow else "weights"
     var = f"ORACLE_{survey.name}_SHADOW_WEIGHTS" if shadow else f"ORACLE_{survey.name}_WEIGHTS"
@@ -98,7 +98,11 @@ def check_weights(settings, survey, shadow: bool = False):
         return CheckResult(name, False, f"{var}={path}: no such file",
                            f"set {var} to an ORACLE checkpoint (.pth)"), None
     try:
-        model = load_oracle(path, None if shadow else settings.model_kind)
+        model = load_oracle(path, None if shadow else settings.model_kind, taxonomy=survey.taxonomy)
+    except TaxonomyMismatch as exc:
+        return CheckResult(name, False, f"{var}={path} is not a model of the {survey.name} classes "
+                                        f"({str(exc).split(': ', 1)[-1]})",
+                           f"point {var} at a {survey.name} checkpoint", exc), None
     except ValueError as exc:  # ORACLE_MODEL_KIND is not a kind
         return CheckResult(name, False, f"ORACLE_MODEL_KIND={settings.model_kind}: {exc}",
                            "unset ORACLE_MODEL_KIND (detected from the checkpoint) or give one of the kinds",
@@ -108,11 +112,6 @@ def check_weights(settings, survey, shadow: bool = False):
         text = text if len(text) <= 240 else text[:237] + "..."
         return CheckResult(name, False, f"{var}={path}: not a usable ORACLE checkpoint ({text})",
                            f"point {var} at an ORACLE {survey.name} checkpoint, or set ORACLE_MODEL_KIND", exc), None
-    if model.taxonomy.nodes != survey.taxonomy.nodes:
-        return CheckResult(name, False,
-                           f"{var}={path} is a model of the {model.taxonomy.name} classes ({len(model.taxonomy)} nodes), but "
-                           f"the {survey.name} flow needs {survey.taxonomy.name} ({len(survey.taxonomy)} nodes)",
-                           f"point {var} at a {survey.name} checkpoint"), None
     also = f"; rows to oracle_{survey.name.lower()}_shadow_results.csv, never posted" if shadow else ""
     return CheckResult(name, True, f"{path}: ORACLE {model.kind}, {len(model.taxonomy.nodes)} taxonomy nodes "
                                    f"({survey.taxonomy.name}){also}"), model

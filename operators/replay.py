@@ -88,21 +88,27 @@ def publish(letters: list[Letter], kafka) -> int:
 
 
 def survey_of(path: Path, given: Optional[str]) -> str:
+    """The survey given, else the one whose dead-letter file this is (oracle_<survey>_...), else ZTF."""
+    from operators.surveys import SURVEYS, ZTF
+
     if given:
         return given
-    return "lsst" if "lsst" in path.name.lower() else "ztf"
+    name = path.name.lower()
+    named = ([n for n in SURVEYS if name.startswith(f"oracle_{n.lower()}_")]
+             or [n for n in SURVEYS if n.lower() in name and n != ZTF.name])
+    return named[0] if named else ZTF.name
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from operators.config import Settings
     from operators.preflight import read_or_exit
-    from operators.surveys import survey_named
+    from operators.surveys import SURVEYS, survey_named
 
     ap = argparse.ArgumentParser(prog="python -m dataflows replay-dead-letters",
                                  description="Replay the payloads of a dead-letter file: to Kafka when KAFKA_BROKERS "
                                              "is set, else through the flow here.")
     ap.add_argument("file", type=Path, help="a dead-letter file (results/oracle_<survey>_deadletters.jsonl)")
-    ap.add_argument("--survey", choices=["ztf", "lsst"],
+    ap.add_argument("--survey", choices=[n.lower() for n in SURVEYS],
                     help="the flow the letters came from (default: from the file name, else ztf)")
     args = ap.parse_args(argv)
     if not args.file.is_file():

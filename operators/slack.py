@@ -1,11 +1,11 @@
 """Slack posts of ORACLE classifications: text for people and the probability tree.
 
-Each post goes to the survey's channel (`SLACK_ORACLE_CHANNEL_ID` for ZTF,
-`SLACK_ORACLE_LSST_CHANNEL_ID` for LSST) as one file upload
+Each post goes to the survey's channel (the variable its `Survey.slack_channel_env`
+names: `SLACK_ORACLE_CHANNEL_ID` for ZTF, `SLACK_ORACLE_LSST_CHANNEL_ID` for LSST) as one file upload
 (`WebClient.files_upload_v2`: `files.getUploadURLExternal`, the upload, then
 `files.completeUploadExternal`) whose initial comment holds the object id, the
-top classes with their probabilities, a link (the Fritz source page or alert
-page for ZTF, Babamul for LSST) and, when known, the classifications people
+top classes with their probabilities, a link (the Fritz source page found by
+the flow, else the survey's `object_link`: Fritz for ZTF, Babamul for LSST) and, when known, the classifications people
 gave on Fritz; the file is a PNG of the probability tree (`operators.tree_plot`).
 
 Only alerts worth a look are posted (predicted leaf probability at least
@@ -29,7 +29,7 @@ Rate limits are first retried by slack_sdk's `RateLimitErrorRetryHandler`
 
 Inputs: result records (candid, objectId, jd, survey, probabilities,
 predicted, model, processed_at, and for ZTF the Fritz context the flow's
-`fritz_context` step put on them), a `Taxonomy` (or one per survey).
+`fritz_context` step put on them), the `Survey` (or one per survey name).
 Outputs: Slack file posts.
 """
 
@@ -40,13 +40,12 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackRequestError
 
-from models.taxonomy import Taxonomy
 from operators import metrics
 from operators.fritz_client import scrub
 from operators.ratelimit import backoff_delay
@@ -64,6 +63,9 @@ from operators.slack_post import (  # noqa: F401 - the plain parts, re-exported 
     top_classes,
 )
 from operators.slack_config import BABAMUL_URL, SlackConfig  # noqa: F401 - the sink's settings, re-exported
+
+if TYPE_CHECKING:  # the flow hands the sink its survey; nothing here imports the surveys
+    from operators.surveys import Survey
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ class _Alert:
     @classmethod
     def of(cls, r: Any) -> "_Alert":
         jd = _p({"jd": getattr(r, "jd", None)}, "jd")
-        return cls(int(r.candid), str(r.objectId), jd, str(getattr(r, "survey", "ZTF") or "ZTF").upper(),
+        return cls(int(r.candid), str(r.objectId), jd, str(getattr(r, "survey", "") or ""),
                    dict(r.probabilities or {}), getattr(r, "predicted", None), getattr(r, "model", None),
                    str(getattr(r, "fritz_classifications", "") or ""),
                    str(getattr(r, "fritz_ml_classifications", "") or ""), str(getattr(r, "fritz_link", "") or ""))
@@ -143,17 +145,17 @@ class _SlackPartition(StatefulSinkPartition):
             self.stats["not_posted_stopped"] += 1
             return
         alert = _Alert.of(record)
-        taxonomy = self._sink.taxonomy_for(alert.survey)
-        if taxonomy is None:
+        survey = self._sink.survey_for(alert.survey)
+        if survey is None:
             self._once(f"tax-{alert.survey}", logging.WARNING,
-                       "Slack sink: no taxonomy for survey %s; its alerts are not posted", alert.survey)
+                       "Slack sink: unknown survey %s; its alerts are not posted", alert.survey)
             return
-        if not self._cfg.channel_for(alert.survey):
+        if not self._cfg.channel_for(survey):
             self._once(f"chan-{alert.survey}", logging.WARNING,
-                       "Slack sink: no channel for %s alerts (set %s); they are not posted", alert.survey,
-                       "SLACK_ORACLE_LSST_CHANNEL_ID" if alert.survey == "LSST" else "SLACK_ORACLE_CHANNEL_ID")
+                       "Slack sink: no channel for %s alerts (set %s); they are not posted", survey.name,
+                       survey.slack_channel_env)
             return
-        if leaf_probability(alert, taxonomy) < self._cfg.min_leaf_probability:
+        if leaf_probability(alert, survey.taxonomy) < self._cfg.min_leaf_probability:
             self.stats["below_threshold"] += 1
             return
         with self._lock:
@@ -225,9 +227,9 @@ class _SlackPartition(StatefulSinkPartition):
         """Post one alert: "posted", "retry" (transient: keep it at the head), "dropped" or "stopped"."""
         cfg = self._cfg
         try:
-            taxonomy = self._sink.taxonomy_for(alert.survey)
-            link = object_link(alert, cfg, alert.fritz_link or None)
-            post_alert(self._client, cfg.channel_for(alert.survey), alert, taxonomy, link=link,
+            survey = self._sink.survey_for(alert.survey)
+            link = object_link(survey, alert.objectId, cfg, alert.fritz_link or None)
+            post_alert(self._client, cfg.channel_for(survey), alert, survey.taxonomy, link=link, site=survey.link_site,
                        fritz_classifications=alert.fritz_classifications, top_k=cfg.top_k, dpi=cfg.dpi,
                        fritz_ml_classifications=alert.fritz_ml_classifications)
         except Exception as e:  # noqa: BLE001 - never let Slack break anything
@@ -236,7 +238,7 @@ class _SlackPartition(StatefulSinkPartition):
             metrics.slack_post("failure", survey=alert.survey)
             self.stats[f"error_{name}"] += 1
             if kind == "fatal":
-                channel = cfg.channel_for(alert.survey)
+                channel = cfg.channel_for(survey)
                 with self._lock:
                     self.stopped = name
                     self._lock.notify_all()
@@ -281,26 +283,27 @@ class SlackSink(FixedPartitionedSink):
 
     Items: `(key, record)` pairs (the key is ignored; one partition). The
     recovery state is `{"posted": [candid, ...], "pending": [alert, ...]}`.
-    `taxonomy` is one Taxonomy for every survey, or a mapping survey -> Taxonomy.
+    `surveys` is the flow's `Survey` (every record is of it), or a mapping of
+    survey name (the records' `survey`) -> `Survey`: its taxonomy, channel and links.
     """
 
     def __init__(
         self,
         config: SlackConfig,
-        taxonomy: Union[Taxonomy, Mapping[str, Taxonomy]],
+        surveys: Union["Survey", Mapping[str, "Survey"]],
         *,
         client: Optional[WebClient] = None,
     ):
         self.config = config
-        self.taxonomy = taxonomy
+        self.surveys = surveys
         self.client = client
         self._said: set[str] = set()
         self.partition: Optional[_SlackPartition] = None  # the last one built (tests, tools)
 
-    def taxonomy_for(self, survey: str) -> Optional[Taxonomy]:
-        if isinstance(self.taxonomy, Taxonomy):
-            return self.taxonomy
-        return self.taxonomy.get(str(survey).upper())
+    def survey_for(self, name: str) -> Optional["Survey"]:
+        if isinstance(self.surveys, Mapping):
+            return self.surveys.get(name)
+        return self.surveys
 
     def list_parts(self) -> list[str]:
         return ["slack"]

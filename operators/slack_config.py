@@ -6,6 +6,7 @@ never import the sink: the sink imports its settings.
 
 from __future__ import annotations
 
+import os
 from typing import Mapping, Optional
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -25,6 +26,8 @@ class SlackConfig(EnvModel):
     ztf_channel: str = Field("", validation_alias="SLACK_ORACLE_CHANNEL_ID", description="Slack channel id for ZTF posts")
     lsst_channel: str = Field("", validation_alias="SLACK_ORACLE_LSST_CHANNEL_ID",
                               description="Slack channel id for LSST posts")
+    # Further surveys' channels: their `slack_channel_env` variable -> channel id (read by `from_env`).
+    channels: Mapping[str, str] = Field(default_factory=dict, exclude=True)
     min_leaf_probability: float = Field(
         0.0, validation_alias="SLACK_MIN_LEAF_PROBABILITY",
         description="post only alerts whose predicted leaf has at least this probability")
@@ -58,17 +61,24 @@ class SlackConfig(EnvModel):
         if self.enabled:
             if not plain(self.token):
                 raise ValueError("POST_TO_SLACK is true but SLACK_BOT_TOKEN is not set")
-            if not (self.ztf_channel or self.lsst_channel):
+            if not (self.ztf_channel or self.lsst_channel or any(self.channels.values())):
                 raise ValueError("POST_TO_SLACK is true but neither SLACK_ORACLE_CHANNEL_ID nor "
                                  "SLACK_ORACLE_LSST_CHANNEL_ID is set")
         return self
 
-    def channel_for(self, survey: str) -> str:
-        return {"ZTF": self.ztf_channel, "LSST": self.lsst_channel}.get(str(survey).upper(), "")
+    def channel_for(self, survey) -> str:
+        """The channel id set in the survey's `slack_channel_env` variable ("" when unset)."""
+        known = {"SLACK_ORACLE_CHANNEL_ID": self.ztf_channel, "SLACK_ORACLE_LSST_CHANNEL_ID": self.lsst_channel}
+        return {**known, **self.channels}.get(survey.slack_channel_env, "")
 
     @classmethod
-    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "SlackConfig":
-        return cls.read(environ)
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None,
+                 channel_variables: tuple[str, ...] = ()) -> "SlackConfig":
+        """`channel_variables`: further channel variables to read (a survey's `slack_channel_env`)."""
+        config = cls.read(environ)
+        env = os.environ if environ is None else environ
+        extra = {v: env.get(v, "").strip() for v in channel_variables}
+        return config.model_copy(update={"channels": extra}) if any(extra.values()) else config
 
 
 __all__ = ["BABAMUL_URL", "SlackConfig"]

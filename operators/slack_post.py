@@ -22,7 +22,6 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from models.taxonomy import Taxonomy
-from operators.fritz_config import alert_link
 from operators.tree_plot import format_probability, render_result_png
 
 # slack_sdk logs every failed attempt at ERROR; the sink says each kind of failure
@@ -80,12 +79,11 @@ def leaf_probability(record: Any, taxonomy: Taxonomy) -> float:
     return p
 
 
-def object_link(record: Any, config: Any, fritz_link: Optional[str] = None) -> str:
-    """Babamul for LSST; for ZTF the Fritz link found (source page) or the alert page."""
-    survey = str(getattr(record, "survey", "ZTF")).upper()
-    if survey == "LSST":
-        return f"{config.babamul_url}/objects/LSST/{record.objectId}"
-    return fritz_link or alert_link(config.fritz_url, str(record.objectId))
+def object_link(survey: Any, object_id: str, config: Any, fritz_link: Optional[str] = None) -> str:
+    """The Fritz link the flow found (a source page), else the survey's object page
+    (`Survey.object_url`) with the configured FRITZ_URL / BABAMUL_URL."""
+    return fritz_link or survey.object_url(str(object_id), fritz_url=config.fritz_url,
+                                           babamul_url=config.babamul_url)
 
 
 def _esc(text: str) -> str:
@@ -93,11 +91,11 @@ def _esc(text: str) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def format_message(record: Any, taxonomy: Taxonomy, *, link: str, fritz_classifications: str = "",
-                   top_k: int = 3, fritz_ml_classifications: str = "") -> str:
-    """The initial comment of a post (Slack mrkdwn)."""
-    survey = str(getattr(record, "survey", "")).upper()
-    where = "Babamul" if survey == "LSST" else "Fritz"
+def format_message(record: Any, taxonomy: Taxonomy, *, link: str, site: str = "Link",
+                   fritz_classifications: str = "", top_k: int = 3, fritz_ml_classifications: str = "") -> str:
+    """The initial comment of a post (Slack mrkdwn); `site` names where `link` goes
+    (the survey's `link_site`)."""
+    survey = str(getattr(record, "survey", ""))
     probs = record.probabilities or {}
     predicted = getattr(record, "predicted", None)
     head = f"*{_esc(record.objectId)}*"
@@ -107,7 +105,7 @@ def format_message(record: Any, taxonomy: Taxonomy, *, link: str, fritz_classifi
     tops = top_classes(probs, taxonomy, top_k)
     if tops:
         lines.append("Top classes: " + " · ".join(f"{_esc(n)} {format_probability(p)}" for n, p in tops))
-    lines.append(f"{where}: <{link}|{_esc(record.objectId)}>  {link}")
+    lines.append(f"{_esc(site)}: <{link}|{_esc(record.objectId)}>  {link}")
     if fritz_classifications:
         lines.append(f"Fritz classifications: {_esc(fritz_classifications)}")
     if fritz_ml_classifications:
@@ -123,7 +121,7 @@ def format_message(record: Any, taxonomy: Taxonomy, *, link: str, fritz_classifi
 
 
 def post_alert(client: WebClient, channel: str, record: Any, taxonomy: Taxonomy, *, link: str,
-               fritz_classifications: str = "", top_k: int = 3, dpi: float = 110.0,
+               site: str = "Link", fritz_classifications: str = "", top_k: int = 3, dpi: float = 110.0,
                fritz_ml_classifications: str = ""):
     """Upload the probability tree of `record` with its message to `channel`; raises slack_sdk errors."""
     png = render_result_png(record, taxonomy, dpi=dpi)
@@ -132,7 +130,8 @@ def post_alert(client: WebClient, channel: str, record: Any, taxonomy: Taxonomy,
         file=png,
         filename=f"{record.objectId}_{record.candid}.png",
         title=f"ORACLE {record.objectId} ({record.candid})",
-        initial_comment=format_message(record, taxonomy, link=link, fritz_classifications=fritz_classifications,
+        initial_comment=format_message(record, taxonomy, link=link, site=site,
+                                       fritz_classifications=fritz_classifications,
                                        top_k=top_k, fritz_ml_classifications=fritz_ml_classifications),
     )
 

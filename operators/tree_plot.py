@@ -35,11 +35,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
-from models.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY, Taxonomy
+from models.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
 
-TAXONOMIES: dict[str, Taxonomy] = {"ZTF": ZTF_TAXONOMY, "LSST": LSST_TAXONOMY}
+
+def survey_taxonomies() -> dict[str, Taxonomy]:
+    """Survey name -> taxonomy, for the CLI (imported here: a sink needs no surveys)."""
+    from operators.surveys import SURVEYS
+
+    return {name: s.taxonomy for name, s in SURVEYS.items()}
 
 # Colours: bar of an ordinary node, bar of a node on the predicted path,
 # box background, outline, edges.
@@ -341,14 +346,16 @@ class _Row:
         self.probabilities = {name: row.get(name) for name in taxonomy.nodes}
 
 
-def detect_taxonomy(columns: Iterable[str]) -> Taxonomy:
-    """The taxonomy whose non-root node names are all columns (the largest that fits)."""
+def detect_taxonomy(columns: Iterable[str], taxonomies: Optional[Mapping[str, Taxonomy]] = None) -> Taxonomy:
+    """The taxonomy whose non-root node names are all columns (the largest that fits), among
+    `taxonomies` (label -> taxonomy; default: the surveys')."""
+    taxonomies = survey_taxonomies() if taxonomies is None else taxonomies
     cols = set(columns)
-    fits = [t for t in TAXONOMIES.values() if set(t.nodes[1:]) <= cols]
+    fits = [t for t in taxonomies.values() if set(t.nodes[1:]) <= cols]
     if not fits:
         raise ValueError(
             "no known taxonomy matches the CSV columns (need one column per node of "
-            + " or ".join(f"{k} ({t.name})" for k, t in TAXONOMIES.items()) + ")"
+            + " or ".join(f"{k} ({t.name})" for k, t in taxonomies.items()) + ")"
         )
     return max(fits, key=len)
 
@@ -389,7 +396,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     ap.add_argument("csv", help="results CSV (candid, objectId, jd, one column per node, predicted, ...)")
     ap.add_argument("--out", default="results/plots", help="output folder (default results/plots)")
-    ap.add_argument("--taxonomy", choices=sorted(TAXONOMIES), default=None,
+    taxonomies = survey_taxonomies()
+    ap.add_argument("--taxonomy", choices=sorted(taxonomies), default=None,
                     help="taxonomy of the CSV (default: detected from the columns)")
     ap.add_argument("--limit", type=int, default=None, help="at most this many rows")
     ap.add_argument("--dpi", type=float, default=100.0)
@@ -397,7 +405,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         paths = plot_csv(args.csv, args.out,
-                         taxonomy=TAXONOMIES[args.taxonomy] if args.taxonomy else None,
+                         taxonomy=taxonomies[args.taxonomy] if args.taxonomy else None,
                          limit=args.limit, dpi=args.dpi)
     except (OSError, ValueError) as e:
         print(f"tree_plot: {e}", file=sys.stderr)

@@ -341,7 +341,7 @@ def test_sink_in_a_dataflow(fake, caplog):
             make_result(ZTF_TAXONOMY, "ZTF24aaaaaaa", 2, seed=2, jd=2.0),
             make_result(ZTF_TAXONOMY, "ZTF24zzzzzzz", 3, seed=3),  # not saved on Fritz
             make_result(LSST_TAXONOMY, "170000000001", 4, seed=4, survey="LSST")]
-    sink = FritzAnnotationSink(cfg(fake), ZTF_TAXONOMY)
+    sink = FritzAnnotationSink(cfg(fake), ZTF_TAXONOMY, surveys=("ZTF",))  # records of other surveys skipped
     flow = Dataflow("fritz_test")
     s = op.input("in", flow, TestingSource(recs))
     op.output("fritz", s, sink)

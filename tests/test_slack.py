@@ -27,11 +27,11 @@ from operators.slack import (
     sdk_log,
     top_classes,
 )
+from operators.surveys import LSST, SURVEYS, ZTF
 from tests.fakes import FakeSlack, make_result
 
 TOKEN = "xoxb-very-secret-slack-token"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TAXONOMIES = {"ZTF": ZTF_TAXONOMY, "LSST": LSST_TAXONOMY}
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_config_from_env():
     assert not c.enabled and c.min_leaf_probability == 0.0
     c = SlackConfig.from_env({"POST_TO_SLACK": "true", "SLACK_BOT_TOKEN": TOKEN,
                               "SLACK_ORACLE_CHANNEL_ID": "C1", "SLACK_MIN_LEAF_PROBABILITY": "0.6"})
-    assert c.enabled and c.channel_for("ZTF") == "C1" and c.channel_for("LSST") == ""
+    assert c.enabled and c.channel_for(ZTF) == "C1" and c.channel_for(LSST) == ""
     assert c.min_leaf_probability == 0.6 and TOKEN not in repr(c)
     with pytest.raises(ValueError, match="SLACK_BOT_TOKEN"):
         SlackConfig.from_env({"POST_TO_SLACK": "1", "SLACK_ORACLE_CHANNEL_ID": "C1"})
@@ -85,14 +85,18 @@ def test_config_from_env():
 
 def test_message_has_object_top_classes_link_and_fritz_text():
     r = make_result(ZTF_TAXONOMY, "ZTF24aaaaaaa", 42, favour="SN-Ia")
-    link = object_link(r, SlackConfig(fritz_url="https://fritz.example"))
+    link = object_link(ZTF, r.objectId, SlackConfig(fritz_url="https://fritz.example"))
     assert link == "https://fritz.example/alerts/ztf/ZTF24aaaaaaa"
-    text = format_message(r, ZTF_TAXONOMY, link=link, fritz_classifications="SN Ia(0.9); AGN(None)")
+    text = format_message(r, ZTF_TAXONOMY, link=link, site=ZTF.link_site,
+                          fritz_classifications="SN Ia(0.9); AGN(None)")
     assert "ZTF24aaaaaaa" in text and link in text and "SN Ia(0.9); AGN(None)" in text
+    assert f"Fritz: <{link}|ZTF24aaaaaaa>" in text
     (best, p), *_ = top_classes(r.probabilities, ZTF_TAXONOMY, 3)
     assert best == "SN-Ia" and f"SN-Ia {p:.2f}" in text
     lsst = make_result(LSST_TAXONOMY, "170000000001", 7, survey="LSST")
-    assert object_link(lsst, SlackConfig()) == "https://babamul.caltech.edu/objects/LSST/170000000001"
+    assert object_link(LSST, lsst.objectId, SlackConfig()) == "https://babamul.caltech.edu/objects/LSST/170000000001"
+    assert object_link(LSST, lsst.objectId, SlackConfig(babamul_url="https://b.example")) == \
+        "https://b.example/objects/LSST/170000000001"
 
 
 def test_post_alert_uploads_a_png_to_the_channel(slack):
@@ -130,7 +134,7 @@ def test_sink_posts_each_survey_to_its_channel_once_and_filters(slack):
         make_result(ZTF_TAXONOMY, "ZTF24bbbbbbb", 3, seed=5),  # unsure: below threshold
     ]
     assert max(p for _, p in top_classes(recs[3].probabilities, ZTF_TAXONOMY, 1)) < 0.9
-    sink = SlackSink(cfg(slack, min_leaf_probability=0.9), TAXONOMIES)
+    sink = SlackSink(cfg(slack, min_leaf_probability=0.9), SURVEYS)
     run_sink(sink, recs)
     assert [(p["channel"], p["filename"]) for p in slack.posts] == [
         ("CZTF", "ZTF24aaaaaaa_1.png"), ("CLSST", "170000000001_2.png")]
@@ -143,7 +147,7 @@ def test_sink_posts_each_survey_to_its_channel_once_and_filters(slack):
 
 
 def test_recovered_state_prevents_reposting_and_resumes_pending(slack):
-    sink = SlackSink(cfg(slack), TAXONOMIES)
+    sink = SlackSink(cfg(slack), SURVEYS)
     part = sink.build_part("slack", "slack", None)
     a = make_result(ZTF_TAXONOMY, "ZTF24aaaaaaa", 11)
     part.write_batch([a])
@@ -165,7 +169,7 @@ def test_recovered_state_prevents_reposting_and_resumes_pending(slack):
 
 def test_errors_that_cannot_heal_stop_posting_with_one_line(slack, caplog):
     recs = [make_result(ZTF_TAXONOMY, f"ZTF24obj{i:04d}", i) for i in range(3)]
-    sink = SlackSink(cfg(slack, token="xoxb-wrong"), ZTF_TAXONOMY)
+    sink = SlackSink(cfg(slack, token="xoxb-wrong"), ZTF)
     run_sink(sink, recs)  # does not raise
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "invalid_auth" in errors[0] and "SLACK_BOT_TOKEN is wrong" in errors[0]
@@ -175,7 +179,7 @@ def test_errors_that_cannot_heal_stop_posting_with_one_line(slack, caplog):
     assert sum(r["path"].endswith("files.getUploadURLExternal") for r in slack.requests) == 1
     # Unknown channel: the same, with what to do.
     caplog.clear()
-    sink = SlackSink(cfg(slack, ztf_channel="CNOPE"), ZTF_TAXONOMY)
+    sink = SlackSink(cfg(slack, ztf_channel="CNOPE"), ZTF)
     run_sink(sink, recs)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "channel_not_found" in errors[0] and "CNOPE" in errors[0]
@@ -183,7 +187,7 @@ def test_errors_that_cannot_heal_stop_posting_with_one_line(slack, caplog):
 
 def test_not_in_channel_stops_posting_after_one_message(caplog):
     with FakeSlack(token=TOKEN, channels=("CLSST",), not_member=("CZTF",)) as slack:
-        sink = SlackSink(cfg(slack), ZTF_TAXONOMY)
+        sink = SlackSink(cfg(slack), ZTF)
         part = sink.build_part("slack", "slack", None)
         part.write_batch([make_result(ZTF_TAXONOMY, f"ZTF24obj{i:04d}", i) for i in range(5)])
         t0 = time.monotonic()
@@ -201,7 +205,7 @@ def test_not_in_channel_stops_posting_after_one_message(caplog):
 
 def test_failed_byte_upload_is_retried_later(slack):
     slack.fail_uploads(2)  # slack_sdk does not retry the upload step itself
-    sink = SlackSink(cfg(slack, retry_base=0.1), ZTF_TAXONOMY)
+    sink = SlackSink(cfg(slack, retry_base=0.1), ZTF)
     part = sink.build_part("slack", "slack", None)
     part.write_batch([make_result(ZTF_TAXONOMY, "ZTF24aaaaaaa", 1), make_result(ZTF_TAXONOMY, "ZTF24bbbbbbb", 2)])
     assert part.wait_idle(20)
@@ -212,7 +216,7 @@ def test_failed_byte_upload_is_retried_later(slack):
 
 @pytest.mark.slow
 def test_a_60_s_slack_outage_loses_no_post(slack, caplog):
-    sink = SlackSink(cfg(slack, retry_max=8.0), ZTF_TAXONOMY)
+    sink = SlackSink(cfg(slack, retry_max=8.0), ZTF)
     part = sink.build_part("slack", "slack", None)
     slack.outage(60.0)
     t0 = time.monotonic()
@@ -234,7 +238,7 @@ def test_a_60_s_slack_outage_loses_no_post(slack, caplog):
 def test_unreachable_slack_does_not_block_the_flow(caplog):
     dead = "http://127.0.0.1:9/api/"
     sink = SlackSink(SlackConfig(enabled=True, token=TOKEN, ztf_channel="C", base_url=dead, timeout=1,
-                                 close_timeout=0.5), ZTF_TAXONOMY,
+                                 close_timeout=0.5), ZTF,
                      client=WebClient(token=TOKEN, base_url=dead, retry_handlers=[], logger=sdk_log))
     part = sink.build_part("slack", "slack", None)
     t0 = time.monotonic()
@@ -262,7 +266,7 @@ def test_post_carries_fritz_link_and_classifications(slack):
     # The flow's fritz_context step puts Fritz's context on the record; Slack makes no Fritz request.
     saved = replace(make_result(ZTF_TAXONOMY, "ZTF24aaaaaaa", 5), fritz_classifications="SN Ia(0.9)",
                     fritz_ml_classifications="AGN(0.7)", fritz_link="https://fritz.example/source/ZTF24aaaaaaa")
-    sink = SlackSink(cfg(slack), TAXONOMIES)
+    sink = SlackSink(cfg(slack), SURVEYS)
     run_sink(sink, [saved, make_result(ZTF_TAXONOMY, "ZTF24zzzzzzz", 6)])
     saved_post, unsaved_post = slack.posts
     assert "https://fritz.example/source/ZTF24aaaaaaa" in saved_post["initial_comment"]
@@ -274,6 +278,6 @@ def test_post_carries_fritz_link_and_classifications(slack):
 
 def test_disabled_sink_posts_nothing(slack):
     sink = SlackSink(SlackConfig(enabled=False, token=TOKEN, ztf_channel="CZTF", base_url=slack.base_url),
-                     ZTF_TAXONOMY)
+                     ZTF)
     run_sink(sink, [make_result(ZTF_TAXONOMY, "ZTF24aaaaaaa", 1)])
     assert slack.posts == [] and slack.requests == []
