@@ -12,7 +12,7 @@ from typing import Mapping, Optional
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from operators.fritz_config import DEFAULT_URL as FRITZ_DEFAULT_URL
-from operators.settings import EnvModel, plain
+from operators.settings import ConfigError, EnvModel, plain
 
 BABAMUL_URL = "https://babamul.caltech.edu"
 
@@ -61,9 +61,6 @@ class SlackConfig(EnvModel):
         if self.enabled:
             if not plain(self.token):
                 raise ValueError("POST_TO_SLACK is true but SLACK_BOT_TOKEN is not set")
-            if not (self.ztf_channel or self.lsst_channel or any(self.channels.values())):
-                raise ValueError("POST_TO_SLACK is true but neither SLACK_ORACLE_CHANNEL_ID nor "
-                                 "SLACK_ORACLE_LSST_CHANNEL_ID is set")
         return self
 
     def channel_for(self, survey) -> str:
@@ -78,7 +75,13 @@ class SlackConfig(EnvModel):
         config = cls.read(environ)
         env = os.environ if environ is None else environ
         extra = {v: env.get(v, "").strip() for v in channel_variables}
-        return config.model_copy(update={"channels": extra}) if any(extra.values()) else config
+        config = config.model_copy(update={"channels": extra}) if any(extra.values()) else config
+        if config.enabled and not (config.ztf_channel or config.lsst_channel or any(extra.values())):
+            wanted = " or ".join(dict.fromkeys((*channel_variables, "SLACK_ORACLE_CHANNEL_ID",
+                                                "SLACK_ORACLE_LSST_CHANNEL_ID")))
+            raise ConfigError(f"POST_TO_SLACK is true but no Slack channel is set -> set {wanted}, "
+                              "or POST_TO_SLACK=false")
+        return config
 
 
 __all__ = ["BABAMUL_URL", "SlackConfig"]
