@@ -359,10 +359,6 @@ def flow_metrics(stats: Stats) -> None:
         stats.last_out = csv_path.stat().st_mtime
 
 
-class SynthPartition:
-    """Defined in `_source_classes` (bytewax imports are deferred to the flow process)."""
-
-
 def _source_classes():
     from bytewax.connectors.kafka import KafkaSourceMessage
     from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition

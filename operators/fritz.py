@@ -310,10 +310,6 @@ class FritzAnnotationSink(DynamicSink):
         self._lock = threading.Lock()
         self._warned: set[str] = set()
 
-    @property
-    def annotator(self) -> Optional[FritzAnnotator]:
-        return self._annotator
-
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _FritzPartition:
         with self._lock:
             self._users += 1

@@ -167,15 +167,6 @@ def release_client(settings: MongoSettings) -> None:
             entry[0].close()
 
 
-def close_all_clients() -> None:
-    """Close every shared client (end of process, tests)."""
-    with _clients_lock:
-        entries = list(_clients.values())
-        _clients.clear()
-    for client, _ in entries:
-        client.close()
-
-
 # ---------------------------------------------------------------- documents
 
 
@@ -249,10 +240,6 @@ class MongoStore:
     @property
     def settings(self) -> MongoSettings:
         return self._settings
-
-    def ping(self) -> None:
-        """Check that the server answers (same retry policy as `fetch`)."""
-        self._with_retries("ping", lambda: self._db.command("ping"))
 
     def fetch(self, candids: list[int], object_ids: list[str], with_cutouts: bool) -> Documents:
         c = self._c

@@ -40,10 +40,6 @@ class Result:
     fritz_link: str = field(default="", compare=False)  # Fritz page to show people (not in the CSV)
     received_ms: Optional[int] = field(default=None, compare=False)  # Kafka append time
 
-    def top_classes(self, taxonomy: Taxonomy, n: int = 3) -> list[tuple[str, float]]:
-        leaves = [taxonomy.nodes[i] for i in taxonomy.leaves]
-        return sorted(((k, self.probabilities[k]) for k in leaves), key=lambda kv: -kv[1])[:n]
-
 
 def csv_columns(taxonomy: Taxonomy) -> list[str]:
     return ["candid", "objectId", "jd", *taxonomy.nodes, "predicted", "model", "processed_at", "fritz_classifications",
