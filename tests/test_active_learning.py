@@ -206,7 +206,7 @@ def test_metrics_on_a_known_split_of_the_real_alerts(real_pool):
     assert scores["accuracy"] == pytest.approx(skm.accuracy_score(y[test], pred))
     assert scores["f1_macro"] == pytest.approx(skm.f1_score(y[test], pred, average="macro", zero_division=0))
     assert (cm == skm.confusion_matrix(y[test], pred, labels=[0, 1])).all()
-    # The fast scorer inside the importance gives scikit-learn's numbers.
+    # The importance table is scikit-learn's permutation importance.
     ours = permutation_importance_table(model, pool.loc[test, features], y[test], n_repeats=2, seed=3)
     theirs = permutation_importance(model, pool.loc[test, features], y[test].astype(int), n_repeats=2,
                                     random_state=3, scoring="f1_macro")
