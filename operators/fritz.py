@@ -43,7 +43,7 @@ from cachetools import LRUCache, TTLCache
 
 from models.taxonomy import Taxonomy
 from operators import metrics
-from operators.coalescing import CoalescingQueue
+from operators.background import BackgroundSender
 from operators.fritz_client import (
     AUTH_MESSAGE,
     FritzAuthError,
@@ -66,6 +66,7 @@ from operators.fritz_config import (
     split_classifications,
 )
 from operators.ratelimit import TokenBucket
+from operators.results import Result
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ _HINTS = {
 
 
 class FritzAnnotator:
-    """Sends annotations from a coalescing queue with `config.workers` threads.
+    """Sends annotations through a `BackgroundSender` with `config.workers` threads.
 
     `submit` never blocks and never raises; `stats` counts outcomes; `flush`
     waits for the queue to drain; `close` flushes (bounded) and stops.
@@ -116,7 +117,6 @@ class FritzAnnotator:
     def __init__(self, client: FritzClient):
         self.client = client
         self.config = client.config
-        self.queue = CoalescingQueue(self.config.max_pending)
         self.stats: Counter[str] = Counter()
         self.not_found: deque[str] = deque(maxlen=1000)  # recent objects Fritz does not know
         # Objects not to send again: unknown to Fritz (for a while), or whose annotation
@@ -130,12 +130,8 @@ class FritzAnnotator:
         self._failure_kinds: set[str] = set()
         self._last_report = time.monotonic()
         self._reported = (0, 0)
-        self._threads = [
-            threading.Thread(target=self._run, name=f"fritz-annotate-{k}", daemon=True)
-            for k in range(max(1, self.config.workers))
-        ]
-        for t in self._threads:
-            t.start()
+        self.sender = BackgroundSender("fritz-annotate", self._send_and_report, max_pending=self.config.max_pending,
+                                       workers=self.config.workers)
 
     def count(self, what: str, n: int = 1) -> None:
         with self._lock:
@@ -150,24 +146,19 @@ class FritzAnnotator:
                 if skip:
                     self.stats[skip] += 1
                     return
-            self.queue.put(object_id, dict(data), jd)
+            self.sender.submit(object_id, dict(data), jd)
             with self._lock:
                 self.stats["submitted"] += 1
             self._maybe_report()
         except Exception:  # noqa: BLE001
             log.exception("Fritz: could not queue the annotation of %s", object_id)
 
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            object_id, data = item
-            try:
-                self._send(object_id, data)
-            finally:
-                self.queue.done(object_id)
-                self._maybe_report()
+    def _send_and_report(self, object_id: str, data: dict) -> None:
+        """One annotation, whatever happens (the client retries what can heal): never a retry here."""
+        try:
+            self._send(object_id, data)
+        finally:
+            self._maybe_report()
 
     def _send(self, object_id: str, data: dict) -> None:
         try:
@@ -232,11 +223,11 @@ class FritzAnnotator:
             if now - self._last_report < self.config.report_interval:
                 return
             self._last_report = now
-            coalesced, dropped = self.queue.coalesced, self.queue.dropped
+            coalesced, dropped = self.sender.queue.coalesced, self.sender.queue.dropped
             new_c, new_d = coalesced - self._reported[0], dropped - self._reported[1]
             self._reported = (coalesced, dropped)
             stats = dict(self.stats)
-        backlog = len(self.queue)
+        backlog = len(self.sender.queue)
         if backlog or new_c or new_d:
             log.warning(
                 "Fritz backlog: %d objects waiting (pace %.3g req/s); %d older classifications "
@@ -246,36 +237,25 @@ class FritzAnnotator:
             log.info("Fritz annotations: %s", stats)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
-        return self.queue.join(timeout)
+        return self.sender.flush(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
-        drained = self.flush(timeout)
-        self.queue.close()
-        for t in self._threads:
-            t.join(timeout=max(0.1, timeout / 10))
-        left = len(self.queue)
+        left = self.sender.close(timeout)
         log.info("Fritz annotations this run: %s%s", dict(self.stats),
-                 "" if drained else f"; {left} objects not sent (flow closing)")
+                 f"; {left} objects not sent (flow closing)" if left else "")
 
 
 # ---------------------------------------------------------------------------
 # Bytewax sink
 
 
-def _unwrap(item: Any) -> Any:
-    """Accept a result record or a `(key, record)` pair."""
-    if isinstance(item, tuple) and len(item) == 2 and not hasattr(item, "objectId"):
-        return item[1]
-    return item
-
-
 class _FritzPartition(StatelessSinkPartition):
     def __init__(self, sink: "FritzAnnotationSink"):
         self._sink = sink
 
-    def write_batch(self, items: list) -> None:
-        for item in items:
-            self._sink._write(_unwrap(item))
+    def write_batch(self, results: list[Result]) -> None:
+        for result in results:
+            self._sink._write(result)
 
     def close(self) -> None:
         self._sink._release()
@@ -284,7 +264,7 @@ class _FritzPartition(StatelessSinkPartition):
 class FritzAnnotationSink(DynamicSink):
     """Post one ORACLE annotation per classified alert to Fritz (upsert, paced).
 
-    Items: result records, or `(key, record)` pairs. Records whose survey is not
+    Items: `Result`s (a dynamic sink: no keys). Results whose survey is not
     in `surveys` are ignored. All workers of a process share one client (and its
     token bucket); the flow feeds this sink from the one Fritz worker of the
     cluster, so the pace holds for the token. The sink closes the client when
@@ -322,7 +302,7 @@ class FritzAnnotationSink(DynamicSink):
                 log.info("Fritz annotations disabled (FRITZ_TOKEN not set)")
         return _FritzPartition(self)
 
-    def _write(self, record: Any) -> None:
+    def _write(self, record: Result) -> None:
         annotator = self._annotator
         if annotator is None:
             return
@@ -376,7 +356,6 @@ __all__ = [
     "scrub",
     "split_classifications",
     "fritz_key",
-    "CoalescingQueue",
     "FritzAnnotationSink",
     "FritzAnnotator",
     "FritzAuthError",
