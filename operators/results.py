@@ -70,10 +70,11 @@ def _candids_in(path: Path) -> Iterable[int]:
                 yield int(row[0])
 
 
-def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None, grouped: bool = False,
+def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None,
                      after_skip=lambda n: None) -> AppendFileSink:
-    """Sink for `(key, Result)` items (`(key, [Result, ...])` with `grouped`) into the
-    results CSV (deduplicated by candid)."""
+    """Sink for `(key, [Result, ...])` items, one list per model batch (moving one list
+    to the single writer costs less than one item per result), into the results CSV
+    (deduplicated by candid)."""
     return AppendFileSink(
         path,
         encode=_encoder(taxonomy),
@@ -81,7 +82,7 @@ def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None, g
         existing_keys=_candids_in,
         header=",".join(csv_columns(taxonomy)) + "\n",
         after_write=after_write,
-        grouped=grouped,
+        grouped=True,
         after_skip=after_skip,
     )
 
