@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import replace
 from typing import Any, Mapping, Optional, Sequence
 
@@ -118,7 +118,6 @@ class FritzAnnotator:
         self.client = client
         self.config = client.config
         self.stats: Counter[str] = Counter()
-        self.not_found: deque[str] = deque(maxlen=1000)  # recent objects Fritz does not know
         # Objects not to send again: unknown to Fritz (for a while), or whose annotation
         # this token cannot update (for the run; said once each).
         self._not_found: Optional[TTLCache] = (
@@ -178,7 +177,6 @@ class FritzAnnotator:
             metrics.fritz_request("not_found")
             with self._lock:
                 self.stats["not_found"] += 1
-                self.not_found.append(object_id)
                 if self._not_found is not None:
                     self._not_found[object_id] = True
             log.debug("Fritz has no object %s (404); annotation skipped", object_id)
