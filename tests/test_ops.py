@@ -138,10 +138,20 @@ def test_metrics_port_reader():
 
 
 def test_standalone_exporter_serves_the_registry_once_per_process():
-    port = metrics.start_exporter(0)
-    assert port and metrics.start_exporter(0) == port and metrics.start_exporter(None) == port
-    metrics.count_messages("ZTF", 1, flow="oracle_test_exporter")
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    # In a process of its own, which the test stops: the exporter lives as long as its process.
+    script = ("import time\nfrom operators import metrics\n"
+              "port = metrics.start_exporter(0)\n"
+              "assert port and metrics.start_exporter(0) == port and metrics.start_exporter(None) == port\n"
+              "metrics.count_messages('ZTF', 1, flow='oracle_test_exporter')\n"
+              "print(port, flush=True)\ntime.sleep(300)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=clean_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline() or 0)
+        assert port, proc.stderr.read() if proc.poll() is not None else "no port printed"
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        _stop_process(proc)
     assert 'alertflow_messages_total{flow="oracle_test_exporter",survey="ZTF"} 1.0' in text
 
 
@@ -202,16 +212,20 @@ def test_progress_bar_with_eta_on_a_terminal():
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
     os.close(slave)
     out = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(master)
-    assert proc.wait(30) == 0
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        code = proc.wait(30)
+    finally:
+        os.close(master)
+        _stop_process(proc)
+    assert code == 0
     text = out.decode(errors="replace")
     assert "\r" in text and "replay:" in text and "#" in text  # one line redrawn in place
     assert "<00:0" in text and "/s" in text  # tqdm's ETA and rate

@@ -10,7 +10,6 @@ from bytewax.testing import run_main
 from prometheus_client import REGISTRY
 
 from dataflows.oracle import build_flow
-from models.oracle import ModelLoadError
 from models.taxonomy import ZTF_TAXONOMY
 from operators.results import read_results
 from operators.surveys import LSST, ZTF
@@ -76,11 +75,13 @@ def test_the_shadow_never_posts(tmp_path):
             assert note["data"]["Varstar"] == round(row["Varstar"], 4)
 
 
-def test_wrong_shadow_weights_stop_the_flow_with_the_variable_named(tmp_path):
-    with pytest.raises(ModelLoadError, match="ORACLE_ZTF_SHADOW_WEIGHTS"):
-        run(tmp_path / "missing", ORACLE_ZTF_SHADOW_WEIGHTS=tmp_path / "nope.pth")
-    with pytest.raises(ModelLoadError, match="ORACLE_ZTF_SHADOW_WEIGHTS"):
-        run(tmp_path / "lsst", ORACLE_ZTF_SHADOW_WEIGHTS=LSST.weights)
+def test_wrong_shadow_weights_stop_the_flow_with_the_variable_named(tmp_path, capsys):
+    # A configuration error: one line naming the variable before the flow starts, exit status 2.
+    for name, weights in (("missing", tmp_path / "nope.pth"), ("lsst", LSST.weights)):
+        with pytest.raises(SystemExit) as stopped:
+            run(tmp_path / name, ORACLE_ZTF_SHADOW_WEIGHTS=weights)
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert stopped.value.code == 2 and line.startswith("configuration error: ORACLE_ZTF_SHADOW_WEIGHTS="), line
 
 
 def test_check_reports_the_shadow_weights(tmp_path):
