@@ -33,6 +33,7 @@ class _PlainLines(tqdm):
     def display(self, msg: Optional[str] = None, pos: Optional[int] = None) -> bool:
         if self.n == 0 and not getattr(self, "_closing", False):
             return True  # nothing done yet: nothing worth a line
+        self.bar_format = _LINE if self.total else _LINE_NO_TOTAL  # the total may have grown
         _write_line(self.fp, msg if msg is not None else self.__str__())
         return True
 
@@ -91,6 +92,12 @@ class Progress:
     @property
     def done(self) -> int:
         return int(self._bar.n)
+
+    def add_total(self, n: int) -> None:
+        """More work than announced (e.g. slices found one by one)."""
+        with self._lock:
+            if not self._bar.disable:
+                self._bar.total = (self._bar.total or 0) + max(0, int(n))
 
     def advance(self, n: int = 1) -> None:
         with self._lock:
