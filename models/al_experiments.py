@@ -23,10 +23,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, TextIO
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -130,50 +129,6 @@ def synthetic_pool(n: int, seed: int = 0, mix: Optional[dict[str, float]] = None
 
 
 # --------------------------------------------------------------------------
-# Progress
-# --------------------------------------------------------------------------
-
-
-class Progress:
-    """Progress of `total` steps on `stream`.
-
-    On a terminal: one line rewritten in place with count, percent, rate and
-    ETA. Otherwise (logs, CI): a plain line at each tenth of the way, so log
-    files stay short.
-    """
-
-    def __init__(self, total: int, label: str = "runs", stream: TextIO = sys.stderr):
-        self.total, self.label, self.stream = max(total, 1), label, stream
-        self.done = 0
-        self.start = time.monotonic()
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self._next_tenth = 1
-
-    def _line(self, note: str) -> str:
-        elapsed = time.monotonic() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        eta_text = f"{int(eta // 60)}:{int(eta % 60):02d}" if np.isfinite(eta) else "--:--"
-        return (f"{self.done}/{self.total} {self.label} ({100 * self.done / self.total:.0f}%) "
-                f"{rate:.2f}/s ETA {eta_text}" + (f"  {note}" if note else ""))
-
-    def step(self, note: str = "") -> None:
-        self.done += 1
-        if self.tty:
-            self.stream.write("\r\033[K" + self._line(note))
-            self.stream.flush()
-        elif self.done * 10 >= self._next_tenth * self.total or self.done == self.total:
-            self._next_tenth = self.done * 10 // self.total + 1
-            print(self._line(""), file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-        elapsed = time.monotonic() - self.start
-        print(f"{self.done} {self.label} in {elapsed:.1f} s", file=self.stream, flush=True)
-
-
-# --------------------------------------------------------------------------
 # The grid
 # --------------------------------------------------------------------------
 
@@ -210,7 +165,7 @@ def run_experiments(pool: pd.DataFrame, grid: ExperimentGrid, base, progress=Non
 
     Adds `first_batch`, `batch_size`, `learning_rate`, `class_weight` columns
     to `simulate`'s output. `base` is a `LoopConfig` for everything else;
-    `progress` has `step(note)` (a `Progress` or a tqdm bar).
+    `progress` has `step(note)` (`models.al_study.progress_bar`).
     """
     from models.active_learning import simulate  # noqa: PLC0415
 

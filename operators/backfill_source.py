@@ -290,7 +290,7 @@ class SharedProgress:
     def add_total(self, total: int, done: int) -> None:
         with self._lock:
             self._open += 1
-            self._p.total += total
+        self._p.add_total(total)
         self._p.advance(done)
 
     def advance(self, n: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Any, Callable, Hashable, Optional
 
 
 class CoalescingQueue:
@@ -19,38 +19,44 @@ class CoalescingQueue:
 
     def __init__(self, maxlen: int):
         self.maxlen = max(1, maxlen)
-        self._items: OrderedDict[str, tuple[Optional[float], Any]] = OrderedDict()
-        self._busy: set[str] = set()
+        # Waiting values in first-come order (OrderedDict: a replaced value keeps its
+        # place, the oldest is dropped first; cachetools has no such queue).
+        self._items: OrderedDict[Hashable, tuple[Optional[float], Any]] = OrderedDict()
+        self._busy: dict[Hashable, Any] = {}  # handed out, not yet done
         self._cond = threading.Condition()
         self._closed = False
         self.coalesced = 0
         self.dropped = 0
 
-    def put(self, key: str, value: Any, order: Optional[float] = None) -> None:
+    def put(self, key: Hashable, value: Any, order: Optional[float] = None) -> list[tuple[Hashable, Any]]:
         """Queue `value` for `key`; an older waiting value of the key is replaced
-        (a value with a larger `order`, e.g. jd, is kept instead)."""
+        (a value with a larger `order`, e.g. jd, is kept instead). Returns the
+        `(key, value)`s dropped to stay within `maxlen`, oldest first."""
+        dropped = []
         with self._cond:
             old = self._items.get(key)
             if old is not None:
                 self.coalesced += 1
                 if old[0] is not None and order is not None and old[0] > order:
-                    return
+                    return dropped
                 self._items[key] = (order, value)  # keeps its place in the line
             else:
                 self._items[key] = (order, value)
                 while len(self._items) > self.maxlen:
-                    self._items.popitem(last=False)
+                    gone, (_, gone_value) = self._items.popitem(last=False)
+                    dropped.append((gone, gone_value))
                     self.dropped += 1
             self._cond.notify()
+        return dropped
 
-    def get(self, timeout: Optional[float] = None) -> Optional[tuple[str, Any]]:
+    def get(self, timeout: Optional[float] = None) -> Optional[tuple[Hashable, Any]]:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
                 for key in self._items:
                     if key not in self._busy:
                         _, value = self._items.pop(key)
-                        self._busy.add(key)
+                        self._busy[key] = value
                         return key, value
                 if self._closed:
                     return None
@@ -59,15 +65,21 @@ class CoalescingQueue:
                     return None
                 self._cond.wait(left)
 
-    def done(self, key: str) -> None:
+    def done(self, key: Hashable) -> None:
         with self._cond:
-            self._busy.discard(key)
+            self._busy.pop(key, None)
             self._cond.notify_all()
 
-    def join(self, timeout: Optional[float] = None) -> bool:
+    def wake(self) -> None:
+        """Let `join` look at its `until` condition again."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def join(self, timeout: Optional[float] = None, until: Callable[[], bool] = lambda: False) -> bool:
+        """Wait until nothing waits or is busy (or `until()` is true); False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._items or self._busy:
+            while (self._items or self._busy) and not until():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -80,5 +92,19 @@ class CoalescingQueue:
             self._cond.notify_all()
 
     def __len__(self) -> int:
+        """Values waiting (not those being worked on)."""
         with self._cond:
             return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._cond:
+            return key in self._items or key in self._busy
+
+    def pending_count(self) -> int:
+        with self._cond:
+            return len(self._items) + len(self._busy)
+
+    def pending(self) -> list[Any]:
+        """Values being worked on, then those waiting, in order."""
+        with self._cond:
+            return [*self._busy.values(), *(value for _, value in self._items.values())]

@@ -55,11 +55,6 @@ class DeadLetter:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
-    @property
-    def reason_kind(self) -> str:
-        """The reason up to its first colon: a small set, for counting."""
-        return self.reason.split(":", 1)[0]
-
 
 def dead_letter(
     stage: str,
@@ -123,5 +118,3 @@ def dead_letter_sink(path: os.PathLike | str) -> AppendFileSink:
         after_write=_log_letters,
     )
 
-
-DeadLetterSink = dead_letter_sink  # the name other modules were first given

@@ -19,40 +19,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, Optional
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from cachetools import FIFOCache
 
 log = logging.getLogger(__name__)
-
-
-class RecentKeys:
-    """A set that remembers only the last `size` keys added."""
-
-    def __init__(self, size: int):
-        self._size = size
-        self._order: deque = deque()
-        self._set: set = set()
-
-    def __contains__(self, key) -> bool:
-        return key in self._set
-
-    def __len__(self) -> int:
-        return len(self._set)
-
-    def add(self, key) -> None:
-        if key in self._set:
-            return
-        self._set.add(key)
-        self._order.append(key)
-        if len(self._order) > self._size:
-            self._set.discard(self._order.popleft())
-
-    def extend(self, keys: Iterable[Hashable]) -> None:
-        for key in keys:
-            self.add(key)
 
 
 def _starts_with(path: Path, header: str) -> bool:
@@ -71,7 +44,7 @@ class _AppendPartition(StatefulSinkPartition):
             log.info("%s: resuming, truncating %d bytes written after the last snapshot",
                      path, path.stat().st_size - resume_offset)
             os.truncate(path, resume_offset)
-        self._seen = RecentKeys(sink.window)
+        self._seen: FIFOCache = FIFOCache(maxsize=max(1, sink.window))  # the last `window` keys written
         if sink.header and path.exists() and not _starts_with(path, sink.header):
             # Columns changed (an upgrade added one): appending would put rows under a header
             # that does not describe them. Keep the old file whole beside the new one.
@@ -79,9 +52,9 @@ class _AppendPartition(StatefulSinkPartition):
             path.rename(old)
             log.warning("%s: its header is not this version's (columns changed); moved it to %s and "
                         "starting a new file (records already in the old one are still skipped)", path, old.name)
-            self._seen.extend(sink.existing_keys(old))
+            self._remember(sink.existing_keys(old))
         if path.exists():
-            self._seen.extend(sink.existing_keys(path))
+            self._remember(sink.existing_keys(path))
             if len(self._seen):
                 log.info("%s: %d records already present; repeats of them are skipped", path, len(self._seen))
         self._f = path.open("a", encoding="utf-8", newline="")
@@ -96,7 +69,7 @@ class _AppendPartition(StatefulSinkPartition):
         for item in items:
             key = self._sink.key(item)
             if key not in self._seen:
-                self._seen.add(key)
+                self._seen[key] = None
                 fresh.append(item)
         skipped = len(items) - len(fresh)
         self._skipped += skipped
@@ -107,6 +80,10 @@ class _AppendPartition(StatefulSinkPartition):
             self._f.write(self._sink.encode(items))
             self._f.flush()
         self._sink.after_write(items)
+
+    def _remember(self, keys: Iterable[Hashable]) -> None:
+        for key in keys:
+            self._seen[key] = None
 
     def snapshot(self) -> int:
         self._f.flush()

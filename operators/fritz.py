@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import replace
 from typing import Any, Mapping, Optional, Sequence
 
@@ -43,7 +43,7 @@ from cachetools import LRUCache, TTLCache
 
 from models.taxonomy import Taxonomy
 from operators import metrics
-from operators.coalescing import CoalescingQueue
+from operators.background import BackgroundSender
 from operators.fritz_client import (
     AUTH_MESSAGE,
     FritzAuthError,
@@ -66,6 +66,7 @@ from operators.fritz_config import (
     split_classifications,
 )
 from operators.ratelimit import TokenBucket
+from operators.results import Result
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ _HINTS = {
 
 
 class FritzAnnotator:
-    """Sends annotations from a coalescing queue with `config.workers` threads.
+    """Sends annotations through a `BackgroundSender` with `config.workers` threads.
 
     `submit` never blocks and never raises; `stats` counts outcomes; `flush`
     waits for the queue to drain; `close` flushes (bounded) and stops.
@@ -116,9 +117,7 @@ class FritzAnnotator:
     def __init__(self, client: FritzClient):
         self.client = client
         self.config = client.config
-        self.queue = CoalescingQueue(self.config.max_pending)
         self.stats: Counter[str] = Counter()
-        self.not_found: deque[str] = deque(maxlen=1000)  # recent objects Fritz does not know
         # Objects not to send again: unknown to Fritz (for a while), or whose annotation
         # this token cannot update (for the run; said once each).
         self._not_found: Optional[TTLCache] = (
@@ -130,12 +129,8 @@ class FritzAnnotator:
         self._failure_kinds: set[str] = set()
         self._last_report = time.monotonic()
         self._reported = (0, 0)
-        self._threads = [
-            threading.Thread(target=self._run, name=f"fritz-annotate-{k}", daemon=True)
-            for k in range(max(1, self.config.workers))
-        ]
-        for t in self._threads:
-            t.start()
+        self.sender = BackgroundSender("fritz-annotate", self._send_and_report, max_pending=self.config.max_pending,
+                                       workers=self.config.workers)
 
     def count(self, what: str, n: int = 1) -> None:
         with self._lock:
@@ -150,24 +145,19 @@ class FritzAnnotator:
                 if skip:
                     self.stats[skip] += 1
                     return
-            self.queue.put(object_id, dict(data), jd)
+            self.sender.submit(object_id, dict(data), jd)
             with self._lock:
                 self.stats["submitted"] += 1
             self._maybe_report()
         except Exception:  # noqa: BLE001
             log.exception("Fritz: could not queue the annotation of %s", object_id)
 
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            object_id, data = item
-            try:
-                self._send(object_id, data)
-            finally:
-                self.queue.done(object_id)
-                self._maybe_report()
+    def _send_and_report(self, object_id: str, data: dict) -> None:
+        """One annotation, whatever happens (the client retries what can heal): never a retry here."""
+        try:
+            self._send(object_id, data)
+        finally:
+            self._maybe_report()
 
     def _send(self, object_id: str, data: dict) -> None:
         try:
@@ -187,7 +177,6 @@ class FritzAnnotator:
             metrics.fritz_request("not_found")
             with self._lock:
                 self.stats["not_found"] += 1
-                self.not_found.append(object_id)
                 if self._not_found is not None:
                     self._not_found[object_id] = True
             log.debug("Fritz has no object %s (404); annotation skipped", object_id)
@@ -232,11 +221,11 @@ class FritzAnnotator:
             if now - self._last_report < self.config.report_interval:
                 return
             self._last_report = now
-            coalesced, dropped = self.queue.coalesced, self.queue.dropped
+            coalesced, dropped = self.sender.queue.coalesced, self.sender.queue.dropped
             new_c, new_d = coalesced - self._reported[0], dropped - self._reported[1]
             self._reported = (coalesced, dropped)
             stats = dict(self.stats)
-        backlog = len(self.queue)
+        backlog = len(self.sender.queue)
         if backlog or new_c or new_d:
             log.warning(
                 "Fritz backlog: %d objects waiting (pace %.3g req/s); %d older classifications "
@@ -246,36 +235,25 @@ class FritzAnnotator:
             log.info("Fritz annotations: %s", stats)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
-        return self.queue.join(timeout)
+        return self.sender.flush(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
-        drained = self.flush(timeout)
-        self.queue.close()
-        for t in self._threads:
-            t.join(timeout=max(0.1, timeout / 10))
-        left = len(self.queue)
+        left = self.sender.close(timeout)
         log.info("Fritz annotations this run: %s%s", dict(self.stats),
-                 "" if drained else f"; {left} objects not sent (flow closing)")
+                 f"; {left} objects not sent (flow closing)" if left else "")
 
 
 # ---------------------------------------------------------------------------
 # Bytewax sink
 
 
-def _unwrap(item: Any) -> Any:
-    """Accept a result record or a `(key, record)` pair."""
-    if isinstance(item, tuple) and len(item) == 2 and not hasattr(item, "objectId"):
-        return item[1]
-    return item
-
-
 class _FritzPartition(StatelessSinkPartition):
     def __init__(self, sink: "FritzAnnotationSink"):
         self._sink = sink
 
-    def write_batch(self, items: list) -> None:
-        for item in items:
-            self._sink._write(_unwrap(item))
+    def write_batch(self, results: list[Result]) -> None:
+        for result in results:
+            self._sink._write(result)
 
     def close(self) -> None:
         self._sink._release()
@@ -284,8 +262,8 @@ class _FritzPartition(StatelessSinkPartition):
 class FritzAnnotationSink(DynamicSink):
     """Post one ORACLE annotation per classified alert to Fritz (upsert, paced).
 
-    Items: result records, or `(key, record)` pairs. With `surveys` (names), records
-    of other surveys are ignored; the flow builds the sink only for a survey whose
+    Items: `Result`s (a dynamic sink: no keys). With `surveys` (names), results of
+    other surveys are ignored; the flow builds the sink only for a survey whose
     objects Fritz holds (`Survey.fritz`). All workers of a process share one client (and its
     token bucket); the flow feeds this sink from the one Fritz worker of the
     cluster, so the pace holds for the token. The sink closes the client when
@@ -311,10 +289,6 @@ class FritzAnnotationSink(DynamicSink):
         self._lock = threading.Lock()
         self._warned: set[str] = set()
 
-    @property
-    def annotator(self) -> Optional[FritzAnnotator]:
-        return self._annotator
-
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _FritzPartition:
         with self._lock:
             self._users += 1
@@ -327,7 +301,7 @@ class FritzAnnotationSink(DynamicSink):
                 log.info("Fritz annotations disabled (FRITZ_TOKEN not set)")
         return _FritzPartition(self)
 
-    def _write(self, record: Any) -> None:
+    def _write(self, record: Result) -> None:
         annotator = self._annotator
         if annotator is None:
             return
@@ -380,7 +354,6 @@ __all__ = [
     "scrub",
     "split_classifications",
     "fritz_key",
-    "CoalescingQueue",
     "FritzAnnotationSink",
     "FritzAnnotator",
     "FritzAuthError",

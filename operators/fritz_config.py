@@ -8,7 +8,6 @@ fritz -> fritz_client -> fritz_config, ratelimit; operators/config.py -> fritz_c
 from __future__ import annotations
 
 import ipaddress
-import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
@@ -133,20 +132,15 @@ class FritzConfig(EnvModel):
 
 
 def annotation_data(probabilities: Mapping[str, Any], taxonomy: Taxonomy, decimals: int = 4) -> dict:
-    """Class probabilities in pre-order without the root, rounded; NaN or missing -> None.
+    """Class probabilities in pre-order without the root, rounded; a class missing -> None.
 
     For ZTF: Persistent, AGN, CV, Varstar, Transient, SN-Ia, SN-II, SN-Ib/c, SLSN.
     """
     out: dict[str, Optional[float]] = {}
     for i in taxonomy.preorder:
         name = taxonomy.nodes[i]
-        value = probabilities.get(name)
-        try:
-            p = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            out[name] = None
-            continue
-        out[name] = round(p, decimals) if math.isfinite(p) else None
+        p = probabilities.get(name)  # finite: `classify` dead-letters a non-finite output
+        out[name] = None if p is None else round(float(p), decimals)
     return out
 
 

@@ -17,12 +17,12 @@ import json
 import math
 import threading
 import zlib
-from collections import OrderedDict
 from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import fastavro
+from cachetools import LRUCache
 from cramjam import snappy
 
 from operators.deadletter import DeadLetter, Origin, dead_letter
@@ -146,22 +146,18 @@ class _WriterSchemas:
     (least recently used dropped beyond `size`: junk headers cannot pin the cache)."""
 
     def __init__(self, size: int = 32):
-        self._size = size
-        self._cache: OrderedDict[bytes, tuple] = OrderedDict()
+        self._cache: LRUCache = LRUCache(maxsize=size)
         self._lock = threading.Lock()
 
     def get(self, meta: bytes, payload: bytes) -> tuple:
         with self._lock:
             hit = self._cache.get(meta)
             if hit is not None:
-                self._cache.move_to_end(meta)
                 return hit
         reader = fastavro.reader(io.BytesIO(payload))  # raises on a bad header: the fallback says why
         hit = (fastavro.parse_schema(reader.writer_schema), reader.codec)
         with self._lock:
             self._cache[meta] = hit
-            if len(self._cache) > self._size:
-                self._cache.popitem(last=False)
         return hit
 
 

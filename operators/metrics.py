@@ -153,13 +153,6 @@ def begin(survey: Any, flow: Optional[str] = None) -> None:
         _totals.setdefault(key, _Totals())
 
 
-def totals(survey: Any, flow: Optional[str] = None) -> dict:
-    """Counts since the process started (for the summary line and tests)."""
-    with _totals_lock:
-        t = _totals.get(_labels(survey, flow))
-        return dict(t.counts) if t else dict(_Totals().counts)
-
-
 # ---------------------------------------------------------------- what the flows call
 
 

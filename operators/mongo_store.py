@@ -31,7 +31,6 @@ Server quirks handled here, harmless on a real MongoDB:
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import re
@@ -48,6 +47,7 @@ from pymongo.errors import (
     PyMongoError,
     ServerSelectionTimeoutError,
 )
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_never
 
 from operators.config import ConfigError, MongoSettings
 from operators.logs import interruptible_sleep
@@ -146,15 +146,6 @@ def release_client(settings: MongoSettings) -> None:
             entry[0].close()
 
 
-def close_all_clients() -> None:
-    """Close every shared client (end of process, tests)."""
-    with _clients_lock:
-        entries = list(_clients.values())
-        _clients.clear()
-    for client, _ in entries:
-        client.close()
-
-
 # ---------------------------------------------------------------- documents
 
 
@@ -229,10 +220,6 @@ class MongoStore:
     def settings(self) -> MongoSettings:
         return self._settings
 
-    def ping(self) -> None:
-        """Check that the server answers (same retry policy as `fetch`)."""
-        self._with_retries("ping", lambda: self._db.command("ping"))
-
     def fetch(self, candids: list[int], object_ids: list[str], with_cutouts: bool) -> Documents:
         c = self._c
         candid_keys = list(dict.fromkeys(int(k) for k in candids))
@@ -258,35 +245,46 @@ class MongoStore:
         return Documents(alerts=found["alerts"], aux=found["aux"], cutouts=found["cutouts"])
 
     def _with_retries(self, what: str, action: Callable[[], Any]) -> Any:
+        """`action()`, retried on transient errors with a growing jittered pause (tenacity),
+        one warning line per retry; Ctrl-C ends a pause at once (`interruptible_sleep`)."""
         server = where(self._settings)
         started = time.monotonic()
-        for attempt in itertools.count(1):
-            try:
-                return action()
-            except TRANSIENT_ERRORS as exc:
-                reason = describe_error(exc, self._settings)
-                if self._attempts is not None and attempt >= self._attempts:
-                    raise StoreUnavailable(
-                        f"MongoDB at {server} did not answer the {what}: {self._attempts} attempts "
-                        f"failed over {time.monotonic() - started:.1f} s (last error: {reason}). {_CHECK}"
-                    ) from None
-                delay = min(self._backoff_max_s, self._backoff_initial_s * 2 ** (attempt - 1))
-                delay = delay * random.uniform(0.5, 1.0)  # jitter: workers do not retry in step
-                log.warning(
-                    "MongoDB at %s unavailable during the %s (%s); retry %d/%s in %.2f s; the flow waits",
-                    server, what, reason, attempt, self._attempts - 1 if self._attempts else "unlimited", delay,
-                )
-                self._sleep(delay)
-            except OperationFailure as exc:
-                if exc.code in _AUTH_ERROR_CODES:
-                    raise StoreUnavailable(
-                        f"MongoDB at {server} refused the {what}: {type(exc).__name__} "
-                        f"(code {exc.code}): {redact(str(exc), self._settings)}. Check the "
-                        "credentials (BOOM_DATABASE__USERNAME/BOOM_DATABASE__PASSWORD or "
-                        "MONGODB_URI) and the user's read access to the database."
-                    ) from None
-                raise
-        raise AssertionError("unreachable")
+        attempts = self._attempts
+
+        def pause(state: RetryCallState) -> float:
+            delay = min(self._backoff_max_s, self._backoff_initial_s * 2 ** (state.attempt_number - 1))
+            return delay * random.uniform(0.5, 1.0)  # jitter: workers do not retry in step
+
+        def say_retry(state: RetryCallState) -> None:
+            log.warning(
+                "MongoDB at %s unavailable during the %s (%s); retry %d/%s in %.2f s; the flow waits",
+                server, what, describe_error(state.outcome.exception(), self._settings), state.attempt_number,
+                attempts - 1 if attempts else "unlimited", state.next_action.sleep,
+            )
+
+        def give_up(state: RetryCallState) -> Any:
+            reason = describe_error(state.outcome.exception(), self._settings)
+            raise StoreUnavailable(
+                f"MongoDB at {server} did not answer the {what}: {attempts} attempts "
+                f"failed over {time.monotonic() - started:.1f} s (last error: {reason}). {_CHECK}"
+            ) from None
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(TRANSIENT_ERRORS),
+            stop=stop_after_attempt(attempts) if attempts else stop_never,
+            wait=pause, sleep=self._sleep, before_sleep=say_retry, retry_error_callback=give_up,
+        )
+        try:
+            return retrying(action)
+        except OperationFailure as exc:
+            if exc.code in _AUTH_ERROR_CODES:
+                raise StoreUnavailable(
+                    f"MongoDB at {server} refused the {what}: {type(exc).__name__} "
+                    f"(code {exc.code}): {redact(str(exc), self._settings)}. Check the "
+                    "credentials (BOOM_DATABASE__USERNAME/BOOM_DATABASE__PASSWORD or "
+                    "MONGODB_URI) and the user's read access to the database."
+                ) from None
+            raise
 
     def close(self) -> None:
         if self._closed:

@@ -40,10 +40,6 @@ class Result:
     fritz_link: str = field(default="", compare=False)  # Fritz page to show people (not in the CSV)
     received_ms: Optional[int] = field(default=None, compare=False)  # Kafka append time
 
-    def top_classes(self, taxonomy: Taxonomy, n: int = 3) -> list[tuple[str, float]]:
-        leaves = [taxonomy.nodes[i] for i in taxonomy.leaves]
-        return sorted(((k, self.probabilities[k]) for k in leaves), key=lambda kv: -kv[1])[:n]
-
 
 def csv_columns(taxonomy: Taxonomy) -> list[str]:
     return ["candid", "objectId", "jd", *taxonomy.nodes, "predicted", "model", "processed_at", "fritz_classifications",
@@ -74,10 +70,11 @@ def _candids_in(path: Path) -> Iterable[int]:
                 yield int(row[0])
 
 
-def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None, grouped: bool = False,
+def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None,
                      after_skip=lambda n: None) -> AppendFileSink:
-    """Sink for `(key, Result)` items (`(key, [Result, ...])` with `grouped`) into the
-    results CSV (deduplicated by candid)."""
+    """Sink for `(key, [Result, ...])` items, one list per model batch (moving one list
+    to the single writer costs less than one item per result), into the results CSV
+    (deduplicated by candid)."""
     return AppendFileSink(
         path,
         encode=_encoder(taxonomy),
@@ -85,7 +82,7 @@ def results_csv_sink(path, taxonomy: Taxonomy, after_write=lambda items: None, g
         existing_keys=_candids_in,
         header=",".join(csv_columns(taxonomy)) + "\n",
         after_write=after_write,
-        grouped=grouped,
+        grouped=True,
         after_skip=after_skip,
     )
 

@@ -5,11 +5,11 @@ Inputs: ICRS ra, dec in degrees, and a directory holding SFD's two maps
 uses: one Lambert zenithal equal-area projection per Galactic hemisphere).
 Output: E(B-V) as float (NaN when no map is configured).
 
-`dustmaps` is used when it is installed; otherwise the maps are read with
-astropy in the same way: Galactic coordinates, the map header's WCS, and
-bilinear interpolation with edge clamping (scipy's `map_coordinates`,
-order=1, mode="nearest"), so both give the same numbers. The maps cannot be
-downloaded at run time: point `FINK_VRA_SFD_DIR` at a local copy.
+The maps are read with astropy as dustmaps' `SFDQuery` reads them: Galactic
+coordinates, the map header's WCS, and bilinear interpolation with edge
+clamping (`scipy.ndimage.map_coordinates`, order=1, mode="nearest"). The
+tests check the numbers against SFD's own Lambert pixel formula. The maps
+cannot be downloaded at run time: point `FINK_VRA_SFD_DIR` at a local copy.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from scipy.ndimage import map_coordinates
 
 log = logging.getLogger(__name__)
 
@@ -32,28 +33,6 @@ def sfd_map_paths(map_dir: Path | str) -> dict[str, Path]:
     return {pole: Path(map_dir) / f"SFD_dust_4096_{pole}.fits" for pole in POLES}
 
 
-def bilinear_nearest(image: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Bilinear interpolation at 0-based pixel (y, x), clamped at the edges.
-
-    Equals scipy.ndimage.map_coordinates(image, [y, x], order=1, mode="nearest").
-    """
-    ny, nx = image.shape
-    y = np.clip(np.asarray(y, dtype="float64"), 0, ny - 1)
-    x = np.clip(np.asarray(x, dtype="float64"), 0, nx - 1)
-    y0 = np.minimum(np.floor(y).astype(int), ny - 2) if ny > 1 else np.zeros(y.shape, int)
-    x0 = np.minimum(np.floor(x).astype(int), nx - 2) if nx > 1 else np.zeros(x.shape, int)
-    y1 = np.minimum(y0 + 1, ny - 1)
-    x1 = np.minimum(x0 + 1, nx - 1)
-    fy, fx = y - y0, x - x0
-    img = image.astype("float64", copy=False)
-    return (
-        img[y0, x0] * (1 - fy) * (1 - fx)
-        + img[y0, x1] * (1 - fy) * fx
-        + img[y1, x0] * fy * (1 - fx)
-        + img[y1, x1] * fy * fx
-    )
-
-
 def galactic(ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ICRS degrees to Galactic (l, b) degrees."""
     from astropy.coordinates import SkyCoord
@@ -63,7 +42,7 @@ def galactic(ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class SFDMaps:
-    """SFD maps read with astropy, queried like dustmaps' `SFDQuery`."""
+    """SFD maps read with astropy, queried as dustmaps' `SFDQuery` does."""
 
     def __init__(self, map_dir: Path | str):
         from astropy.io import fits
@@ -85,7 +64,7 @@ class SFDMaps:
                 image, wcs = self._maps[pole]
                 with self._lock:
                     x, y = wcs.wcs_world2pix(l_deg[sel], b_deg[sel], 0)
-                out[sel] = bilinear_nearest(image, y, x)
+                out[sel] = map_coordinates(image, [y, x], order=1, mode="nearest")
         return out
 
     def __call__(self, ra: float, dec: float) -> float:
@@ -93,24 +72,7 @@ class SFDMaps:
         return float(self.query_lb(l_deg, b_deg)[0])
 
 
-class _DustmapsSFD:
-    """dustmaps' own reader, when the package is installed."""
-
-    def __init__(self, map_dir: Path | str):
-        from dustmaps.sfd import SFDQuery
-
-        self._query = SFDQuery(map_dir=str(map_dir))
-        self._lock = threading.Lock()
-
-    def __call__(self, ra: float, dec: float) -> float:
-        from astropy.coordinates import SkyCoord
-
-        coords = SkyCoord(ra=[ra], dec=[dec], unit="deg", frame="icrs")
-        with self._lock:
-            return float(np.atleast_1d(self._query(coords))[0])
-
-
-def open_sfd(map_dir: Optional[Path | str], prefer_dustmaps: bool = True):
+def open_sfd(map_dir: Optional[Path | str]):
     """A callable `(ra, dec) -> E(B-V)`, or None (with one warning) when unusable.
 
     None when `map_dir` is unset or lacks either map file: `ebv` is then NaN.
@@ -122,11 +84,6 @@ def open_sfd(map_dir: Optional[Path | str], prefer_dustmaps: bool = True):
     if missing:
         log.warning("SFD map files missing (%s): ebv will be NaN", ", ".join(missing))
         return None
-    if prefer_dustmaps:
-        try:
-            return _DustmapsSFD(map_dir)
-        except ImportError:
-            log.info("dustmaps not installed: reading the SFD maps with astropy")
     return SFDMaps(map_dir)
 
 

@@ -11,8 +11,8 @@ gave on Fritz; the file is a PNG of the probability tree (`operators.tree_plot`)
 Only alerts worth a look are posted (predicted leaf probability at least
 `SLACK_MIN_LEAF_PROBABILITY`), and an alert (candid) is never posted twice:
 the posted candids and the alerts still waiting are the sink's recovery state.
-Posting happens on a background thread with a bounded queue, so a slow or
-failing Slack never blocks classification. What a failure does:
+Posting happens on the one-thread `BackgroundSender` (operators/background.py)
+with a bounded queue, so a slow or failing Slack never blocks classification. What a failure does:
 
 - errors that cannot heal by waiting (`not_in_channel`, `channel_not_found`,
   `invalid_auth`, `account_inactive`, `missing_scope`, ...) stop Slack posting
@@ -36,23 +36,24 @@ Outputs: Slack file posts.
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from cachetools import FIFOCache
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackRequestError
 
 from operators import metrics
+from operators.background import STOP, BackgroundSender
 from operators.fritz_client import scrub
 from operators.ratelimit import backoff_delay
+from operators.results import Result
+from operators.slack_config import SlackConfig  # noqa: F401 - the sink's settings, re-exported
 from operators.slack_post import (  # noqa: F401 - the plain parts, re-exported for callers
     FATAL,
     MAX_OTHER_ATTEMPTS,
-    _p,
     failure_kind,
     format_message,
     leaf_probability,
@@ -62,15 +63,11 @@ from operators.slack_post import (  # noqa: F401 - the plain parts, re-exported 
     sdk_log,
     top_classes,
 )
-from operators.slack_config import BABAMUL_URL, SlackConfig  # noqa: F401 - the sink's settings, re-exported
-
-if TYPE_CHECKING:  # the flow hands the sink its survey; nothing here imports the surveys
-    from operators.surveys import Survey
 
 log = logging.getLogger(__name__)
 
-# ---------------------------------------------------------------------------
-# Bytewax sink
+if TYPE_CHECKING:  # the flow hands the sink its survey; nothing here imports the surveys
+    from operators.surveys import Survey
 
 
 @dataclass(frozen=True)
@@ -89,62 +86,58 @@ class _Alert:
     fritz_link: str = ""
 
     @classmethod
-    def of(cls, r: Any) -> "_Alert":
-        jd = _p({"jd": getattr(r, "jd", None)}, "jd")
-        return cls(int(r.candid), str(r.objectId), jd, str(getattr(r, "survey", "") or ""),
-                   dict(r.probabilities or {}), getattr(r, "predicted", None), getattr(r, "model", None),
-                   str(getattr(r, "fritz_classifications", "") or ""),
-                   str(getattr(r, "fritz_ml_classifications", "") or ""), str(getattr(r, "fritz_link", "") or ""))
+    def of(cls, r: Result) -> "_Alert":
+        return cls(int(r.candid), r.objectId, float(r.jd), r.survey, dict(r.probabilities), r.predicted,
+                   r.model, r.fritz_classifications, r.fritz_ml_classifications, r.fritz_link)
 
 
 class _SlackPartition(StatefulSinkPartition):
+    """Takes `Result`s (bytewax hands a partitioned sink the values, not the keys) and
+    posts them from a one-thread `BackgroundSender`: in order, the head retried."""
+
     def __init__(self, sink: "SlackSink", resume_state: Optional[dict]):
         self._sink = sink
         self._cfg = sink.config
-        self._lock = threading.Condition()
-        self._posted: OrderedDict[int, None] = OrderedDict()
-        self._pending: deque[_Alert] = deque()
-        self._queued: set[int] = set()
+        self._posted: FIFOCache = FIFOCache(maxsize=max(1, self._cfg.max_remembered))
         self.stats: Counter[str] = Counter()
         self._warned: set[str] = set()
-        self._closing = False
+        self._failures = 0  # consecutive transient failures of the alert at the head
         self.stopped: Optional[str] = None  # why posting stopped (an error that cannot heal)
         state = resume_state or {}
         for c in state.get("posted", []):
             self._posted[int(c)] = None
-        for a in state.get("pending", []):
-            alert = _Alert(**a)
-            self._pending.append(alert)
-            self._queued.add(alert.candid)
         self._client: Optional[WebClient] = None
-        self._thread: Optional[threading.Thread] = None
+        self._sender: Optional[BackgroundSender] = None
         if self._cfg.enabled:
             self._client = sink.client or make_client(
-                self._cfg.token.get_secret_value(), base_url=self._cfg.base_url,
+                self._cfg.token, base_url=self._cfg.base_url,
                 rate_limit_retries=self._cfg.rate_limit_retries, timeout=self._cfg.timeout)
-            self._thread = threading.Thread(target=self._run, name="slack-poster", daemon=True)
-            self._thread.start()
+            self._sender = BackgroundSender("slack-poster", self._send, max_pending=self._cfg.max_pending)
+            for a in state.get("pending", []):
+                alert = _Alert(**a)
+                self._sender.submit(alert.candid, alert)
         elif "disabled" not in sink._said:
             sink._said.add("disabled")
             log.info("Slack posts disabled (POST_TO_SLACK is not true)")
+        self._resumed_pending = [] if self._sender else list(state.get("pending", []))
 
     # -- bytewax side (never blocks, never raises) ----------------------------
 
-    def write_batch(self, values: list) -> None:
-        if not self._cfg.enabled:
+    def write_batch(self, values: list[Result]) -> None:
+        if self._sender is None:
             return
-        for item in values:
+        for result in values:
             try:
-                self._accept(item[1] if isinstance(item, tuple) and len(item) == 2 else item)
+                self._accept(result)
             except Exception:  # noqa: BLE001
                 self._once("record", logging.ERROR, "Slack sink: cannot use record %r",
-                           getattr(item, "candid", item), exc_info=True)
+                           getattr(result, "candid", result), exc_info=True)
 
-    def _accept(self, record: Any) -> None:
+    def _accept(self, result: Result) -> None:
         if self.stopped:
             self.stats["not_posted_stopped"] += 1
             return
-        alert = _Alert.of(record)
+        alert = _Alert.of(result)
         survey = self._sink.survey_for(alert.survey)
         if survey is None:
             self._once(f"tax-{alert.survey}", logging.WARNING,
@@ -158,70 +151,42 @@ class _SlackPartition(StatefulSinkPartition):
         if leaf_probability(alert, survey.taxonomy) < self._cfg.min_leaf_probability:
             self.stats["below_threshold"] += 1
             return
-        with self._lock:
-            if alert.candid in self._posted or alert.candid in self._queued:
-                self.stats["already_posted"] += 1
-                return
-            self._pending.append(alert)
-            self._queued.add(alert.candid)
-            dropped = None
-            if len(self._pending) > self._cfg.max_pending:
-                dropped = self._pending.popleft()
-                self._queued.discard(dropped.candid)
-                self.stats["dropped"] += 1
-            self._lock.notify()
-        if dropped is not None:
+        if alert.candid in self._posted or alert.candid in self._sender:
+            self.stats["already_posted"] += 1
+            return
+        dropped = self._sender.submit(alert.candid, alert)
+        if dropped:
+            self.stats["dropped"] += len(dropped)
+            first = dropped[0][1]
             self._once("dropped", logging.WARNING,
                        "Slack posting is behind: more than %d alerts waiting; dropping the oldest "
-                       "(first dropped: %s %s)", self._cfg.max_pending, dropped.objectId, dropped.candid)
+                       "(first dropped: %s %s)", self._cfg.max_pending, first.objectId, first.candid)
 
     def snapshot(self) -> dict:
-        with self._lock:
-            return {"posted": list(self._posted), "pending": [asdict(a) for a in self._pending]}
+        pending = self._sender.pending() if self._sender else []
+        return {"posted": list(self._posted), "pending": [asdict(a) for a in pending] or self._resumed_pending}
 
     def close(self) -> None:
-        if self._thread is not None:
-            deadline = time.monotonic() + self._cfg.close_timeout
-            with self._lock:
-                while self._pending and not self.stopped and time.monotonic() < deadline:
-                    self._lock.wait(min(0.2, max(0.0, deadline - time.monotonic())))
-                left = len(self._pending)
-                self._closing = True
-                self._lock.notify_all()
-            self._thread.join(timeout=max(0.5, min(5.0, self._cfg.close_timeout)))
+        if self._sender is not None:
+            left = self._sender.close(self._cfg.close_timeout)
             log.info("Slack posts this run: %s%s", dict(self.stats),
                      f"; {left} alerts not posted (flow closing)" if left else "")
 
-    # -- poster thread ------------------------------------------------------
+    # -- the sender's thread --------------------------------------------------
 
-    def _run(self) -> None:
-        failures = 0  # consecutive transient failures of the head of the queue
-        while True:
-            with self._lock:
-                while (not self._pending or self.stopped) and not self._closing:
-                    self._lock.wait(0.5)
-                if self._closing:
-                    return
-                alert = self._pending[0]  # stays in the state until it is done
-            outcome = self._post(alert, failures)
-            with self._lock:
-                if outcome == "retry":
-                    failures += 1
-                    self.stats["retries"] += 1
-                    wait = backoff_delay(failures, base=self._cfg.retry_base, cap=self._cfg.retry_max, jitter=0.5)
-                    deadline = time.monotonic() + wait
-                    while not self._closing and time.monotonic() < deadline:
-                        self._lock.wait(deadline - time.monotonic())
-                    continue
-                failures = 0
-                if self._pending and self._pending[0] is alert:
-                    self._pending.popleft()
-                self._queued.discard(alert.candid)
-                if outcome == "posted":
-                    self._posted[alert.candid] = None
-                    while len(self._posted) > self._cfg.max_remembered:
-                        self._posted.popitem(last=False)
-                self._lock.notify_all()
+    def _send(self, candid: int, alert: _Alert) -> Union[None, float, str]:
+        """Post one alert: None when done with it, a pause before retrying it, or STOP."""
+        outcome = self._post(alert, self._failures)
+        if outcome == "retry":
+            self._failures += 1
+            self.stats["retries"] += 1
+            return backoff_delay(self._failures, base=self._cfg.retry_base, cap=self._cfg.retry_max, jitter=0.5)
+        self._failures = 0
+        if outcome == "stopped":
+            return STOP
+        if outcome == "posted":
+            self._posted[alert.candid] = None
+        return None
 
     def _post(self, alert: _Alert, failures: int) -> str:
         """Post one alert: "posted", "retry" (transient: keep it at the head), "dropped" or "stopped"."""
@@ -234,14 +199,12 @@ class _SlackPartition(StatefulSinkPartition):
                        fritz_ml_classifications=alert.fritz_ml_classifications)
         except Exception as e:  # noqa: BLE001 - never let Slack break anything
             kind, name = failure_kind(e)
-            text = scrub(f"{type(e).__name__}: {e}", cfg.secrets).splitlines()[0][:300]
+            text = scrub(f"{type(e).__name__}: {e}", (cfg.token,)).splitlines()[0][:300]
             metrics.slack_post("failure", survey=alert.survey)
             self.stats[f"error_{name}"] += 1
             if kind == "fatal":
                 channel = cfg.channel_for(survey)
-                with self._lock:
-                    self.stopped = name
-                    self._lock.notify_all()
+                self.stopped = name
                 log.error("Slack posting stopped: Slack answered %s for channel %s (%s). Classification and "
                           "the CSV go on; restart the flow after fixing it in Slack.", name, channel, FATAL[name])
                 return "stopped"
@@ -266,25 +229,14 @@ class _SlackPartition(StatefulSinkPartition):
         self._warned.add(key)
         log.log(level, msg, *args, exc_info=exc_info)
 
-    def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Wait until nothing is waiting to be posted (for tests and tools)."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while self._pending and not self.stopped:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._lock.wait(min(0.1, left))
-        return True
-
 
 class SlackSink(FixedPartitionedSink):
     """Post worthwhile classifications to Slack, each candid once (recoverable).
 
-    Items: `(key, record)` pairs (the key is ignored; one partition). The
-    recovery state is `{"posted": [candid, ...], "pending": [alert, ...]}`.
-    `surveys` is the flow's `Survey` (every record is of it), or a mapping of
-    survey name (the records' `survey`) -> `Survey`: its taxonomy, channel and links.
+    Items: `Result`s, keyed on the stream as a partitioned sink needs (the key is
+    ignored; one partition). The recovery state is `{"posted": [candid, ...], "pending": [alert, ...]}`.
+    `surveys` is the flow's `Survey` (every result is of it), or a mapping of
+    survey name (the results' `survey`) -> `Survey`: its taxonomy, channel and links.
     """
 
     def __init__(
@@ -298,7 +250,6 @@ class SlackSink(FixedPartitionedSink):
         self.surveys = surveys
         self.client = client
         self._said: set[str] = set()
-        self.partition: Optional[_SlackPartition] = None  # the last one built (tests, tools)
 
     def survey_for(self, name: str) -> Optional["Survey"]:
         if isinstance(self.surveys, Mapping):
@@ -312,8 +263,7 @@ class SlackSink(FixedPartitionedSink):
         return 0
 
     def build_part(self, step_id: str, for_part: str, resume_state: Optional[dict]) -> _SlackPartition:
-        self.partition = _SlackPartition(self, resume_state)
-        return self.partition
+        return _SlackPartition(self, resume_state)
 
 
 __all__ = [

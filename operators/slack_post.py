@@ -10,7 +10,6 @@ that uses them is `operators/slack.py`.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Mapping, Optional
 
 from slack_sdk import WebClient
@@ -54,17 +53,16 @@ def make_client(token: str, *, base_url: Optional[str] = None, rate_limit_retrie
     )
 
 
-def _p(probabilities: Mapping[str, Any], name: str) -> Optional[float]:
-    try:
-        p = float(probabilities.get(name))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return p if math.isfinite(p) else None
+def probability(probabilities: Mapping[str, float], name: str) -> Optional[float]:
+    """The class's probability; None when the taxonomy has no such class. (Results
+    are finite: `classify` dead-letters a non-finite model output.)"""
+    p = probabilities.get(name)
+    return None if p is None else float(p)
 
 
 def top_classes(probabilities: Mapping[str, Any], taxonomy: Taxonomy, k: int = 3) -> list[tuple[str, float]]:
     """The `k` most probable leaves, most probable first."""
-    leaves = [(taxonomy.nodes[i], _p(probabilities, taxonomy.nodes[i])) for i in taxonomy.leaves]
+    leaves = [(taxonomy.nodes[i], probability(probabilities, taxonomy.nodes[i])) for i in taxonomy.leaves]
     known = [(n, p) for n, p in leaves if p is not None]
     return sorted(known, key=lambda np_: -np_[1])[: max(0, k)]
 
@@ -72,7 +70,7 @@ def top_classes(probabilities: Mapping[str, Any], taxonomy: Taxonomy, k: int = 3
 def leaf_probability(record: Any, taxonomy: Taxonomy) -> float:
     """Probability of the predicted leaf (the best leaf when `predicted` is unknown)."""
     probs = record.probabilities or {}
-    p = _p(probs, getattr(record, "predicted", None) or "")
+    p = probability(probs, getattr(record, "predicted", None) or "")
     if p is None:
         best = top_classes(probs, taxonomy, 1)
         p = best[0][1] if best else 0.0
@@ -100,7 +98,7 @@ def format_message(record: Any, taxonomy: Taxonomy, *, link: str, site: str = "L
     predicted = getattr(record, "predicted", None)
     head = f"*{_esc(record.objectId)}*"
     if predicted:
-        head += f"  ORACLE: *{_esc(predicted)}* ({format_probability(_p(probs, predicted))})"
+        head += f"  ORACLE: *{_esc(predicted)}* ({format_probability(probability(probs, predicted))})"
     lines = [head]
     tops = top_classes(probs, taxonomy, top_k)
     if tops:
@@ -111,7 +109,7 @@ def format_message(record: Any, taxonomy: Taxonomy, *, link: str, site: str = "L
     if fritz_ml_classifications:
         lines.append(f"Fritz machine classifications: {_esc(fritz_ml_classifications)}")
     meta = [f"{survey or '?'} candid {record.candid}"]
-    jd = _p({"jd": getattr(record, "jd", None)}, "jd")
+    jd = getattr(record, "jd", None)
     if jd is not None:
         meta.append(f"jd {jd:.5f}")
     if getattr(record, "model", None):

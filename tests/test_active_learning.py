@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.active_learning import LoopConfig, live_round, main as al_main, simulate
-from models.al_experiments import Progress, synthetic_pool
+from models.al_experiments import synthetic_pool
 from models.gal_classifier import (
     LABEL_KEYS,
     LABEL_TABLE,
@@ -206,7 +206,7 @@ def test_metrics_on_a_known_split_of_the_real_alerts(real_pool):
     assert scores["accuracy"] == pytest.approx(skm.accuracy_score(y[test], pred))
     assert scores["f1_macro"] == pytest.approx(skm.f1_score(y[test], pred, average="macro", zero_division=0))
     assert (cm == skm.confusion_matrix(y[test], pred, labels=[0, 1])).all()
-    # The fast scorer inside the importance gives scikit-learn's numbers.
+    # The importance table is scikit-learn's permutation importance.
     ours = permutation_importance_table(model, pool.loc[test, features], y[test], n_repeats=2, seed=3)
     theirs = permutation_importance(model, pool.loc[test, features], y[test].astype(int), n_repeats=2,
                                     random_state=3, scoring="f1_macro")
@@ -384,21 +384,3 @@ def test_experiments_command_plots_learning_curves_with_random_baseline(tmp_path
     summary = pd.read_csv(out / "summary.csv")
     assert {"f1_macro_mean", "f1_macro_std", "accuracy_mean"} <= set(summary.columns)
     assert "labels" in capsys.readouterr().out
-
-
-def test_progress_is_one_rewritten_line_on_a_tty_and_few_lines_otherwise():
-    class Tty(io.StringIO):
-        def isatty(self):
-            return True
-
-    log = io.StringIO()
-    progress = Progress(50, stream=log)
-    for _ in range(50):
-        progress.step()
-    progress.close()
-    assert 2 <= len(log.getvalue().splitlines()) <= 12 and "\r" not in log.getvalue()
-    tty = Tty()
-    progress = Progress(3, stream=tty)
-    for _ in range(3):
-        progress.step("uncertainty")
-    assert tty.getvalue().count("\r") == 3 and "ETA" in tty.getvalue() and "/s" in tty.getvalue()

@@ -83,7 +83,7 @@ documents = st.tuples(
 )
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=1000, deadline=None, database=None)
 @given(st.lists(documents, min_size=1, max_size=4))
 def test_input_builder_turns_any_document_into_inputs_or_dead_letters(docs):
     alerts = [FilterResult(candid=i, objectId=f"o{i}", jd=1.0, ra=0.0, dec=0.0, filters=frozenset(), origin=Origin())

@@ -33,7 +33,7 @@ from operators.fink_vra import (
     single_alert_container,
 )
 from operators.lasair_sherlock import SherlockClient, SherlockError, parse_sherlock
-from operators.sfd_ebv import SFDMaps, bilinear_nearest, galactic, open_sfd
+from operators.sfd_ebv import SFDMaps, galactic, open_sfd
 from operators.vra_features import (
     FEATURE_COLUMNS,
     LC_FEATURES,
@@ -383,18 +383,6 @@ def test_sfd_reader_matches_sfd_projection(tmp_path, alerts):
         (l_deg,), (b_deg,) = galactic(ra, dec)
         # The toy map is linear in pixels, so bilinear interpolation is exact.
         assert maps(ra, dec) == pytest.approx(sfd_by_formula(l_deg, b_deg, n), abs=1e-5)
-    img = np.arange(12, dtype="float32").reshape(3, 4)
-    assert bilinear_nearest(img, np.array([0.5, -3, 9]), np.array([1.5, 0, 9])).tolist() == [3.5, 0.0, 11.0]
-
-
-def test_sfd_reader_equals_dustmaps_when_installed(tmp_path, alerts):
-    pytest.importorskip("dustmaps.sfd")
-    write_toy_sfd(tmp_path / "sfd")
-    ours, theirs = SFDMaps(tmp_path / "sfd"), open_sfd(tmp_path / "sfd", prefer_dustmaps=True)
-    assert type(theirs).__name__ == "_DustmapsSFD"
-    for a in alerts:
-        ra, dec = a["candidate"]["ra"], a["candidate"]["dec"]
-        assert ours(ra, dec) == pytest.approx(theirs(ra, dec), abs=1e-6)
 
 
 def test_no_sfd_maps_means_nan_and_a_warning(tmp_path, caplog):

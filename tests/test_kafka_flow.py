@@ -23,7 +23,7 @@ from operators.load_sample import load, read_sample
 from operators.messages import decode_avro
 from operators.results import read_results
 from operators.surveys import ZTF
-from tests.conftest import free_port
+from tests.conftest import _stop_process, free_port
 from tests.helpers import settings_for
 
 pytestmark = pytest.mark.services
@@ -171,15 +171,18 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(tmp_path, kafka, c
     kills = 0
     for attempt in range(3):
         proc = start_flow(env, "-w", str(1 + attempt % 2), log=tmp_path / "flow.log")
-        # Kill once some rows exist, at a random moment.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not csv.exists() or csv.stat().st_size < 2000 * (attempt + 1)):
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        try:
+            # Kill once some rows exist, at a random moment.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and (not csv.exists() or csv.stat().st_size < 2000 * (attempt + 1)):
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.0))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait()
+        finally:
+            _stop_process(proc)
     assert kills >= 2
     proc = start_flow(env, "-w", "2", log=tmp_path / "flow.log")
     try:

@@ -160,13 +160,12 @@ def _stops_on_sigint_and_stays_quiet(module: str, tmp_path: Path, **env) -> str:
         watched_from = len(lines)
         time.sleep(12)  # librdkafka alone wrote ~19 lines a second here
         quiet = lines[watched_from:]
-        stopped_after = interrupt(proc, lines)
-        code = proc.wait(timeout=30)
+        interrupt(proc, lines)
+        code = proc.wait(timeout=30)  # a wait that Ctrl-C did not end would go on: Kafka never comes
         time.sleep(0.5)  # the reader drains the pipe
     finally:
         _stop_process(proc)
     text = "".join(lines)
-    assert stopped_after < 5, f"SIGINT took {stopped_after:.1f} s"
     assert code == 130, text
     assert len(quiet) <= 2, "".join(quiet)  # at most one line per 30 s
     assert "Traceback" not in text and "CONFWARN" not in text and "%3|" not in text, text
@@ -207,13 +206,16 @@ def test_two_workers_waiting_on_mongodb_stop_on_sigint(tmp_path, kafka, create_t
     lines = read_lines(proc)
     try:
         wait_for_line(proc, lines, "unavailable during the fetch", count=3)  # the workers backing off
-        stopped_after = interrupt(proc, lines)
-        code = proc.wait(timeout=30)
+        signalled_at = len(lines)
+        interrupt(proc, lines)
+        code = proc.wait(timeout=30)  # MONGODB_RETRIES is unlimited: only Ctrl-C ends the waits
         time.sleep(0.5)
     finally:
         _stop_process(proc)
     text = "".join(lines)
-    assert stopped_after < 5 and code == 130, (stopped_after, code, text[-3000:])
+    assert code == 130, (code, text[-3000:])
+    # At most the attempt each of the 2 workers had in flight is said after Ctrl-C: no pause is slept out.
+    assert sum("unavailable during the fetch" in x for x in lines[signalled_at:]) <= 2, text[-3000:]
     assert "Traceback" not in text and "stopped by Ctrl-C" in text
 
 

@@ -139,10 +139,12 @@ def proxied_broker(tmp_path):
                 proc.kill()
                 raise
             time.sleep(0.2)
-    yield bootstrap, proxy
-    proxy.close()
-    proc.kill()
-    proc.wait()
+    try:
+        yield bootstrap, proxy
+    finally:
+        proxy.close()
+        proc.kill()
+        proc.wait()
 
 
 def test_broker_outage_then_the_flow_resumes_consuming(tmp_path, proxied_broker, mongo, mongo_db):

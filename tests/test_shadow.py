@@ -76,13 +76,12 @@ def test_the_shadow_never_posts(tmp_path):
 
 
 def test_wrong_shadow_weights_stop_the_flow_with_the_variable_named(tmp_path, capsys):
-    """Before the flow starts: one line naming the variable, exit status 2 (operators/preflight.py)."""
-    for case, weights in (("missing", tmp_path / "nope.pth"), ("lsst", LSST.weights)):
+    # A configuration error: one line naming the variable before the flow starts, exit status 2.
+    for name, weights in (("missing", tmp_path / "nope.pth"), ("lsst", LSST.weights)):
         with pytest.raises(SystemExit) as stopped:
-            run(tmp_path / case, ORACLE_ZTF_SHADOW_WEIGHTS=weights)
-        assert stopped.value.code == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "ORACLE_ZTF_SHADOW_WEIGHTS" in err[0]
+            run(tmp_path / name, ORACLE_ZTF_SHADOW_WEIGHTS=weights)
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert stopped.value.code == 2 and line.startswith("configuration error: ORACLE_ZTF_SHADOW_WEIGHTS="), line
 
 
 def test_check_reports_the_shadow_weights(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 
 import matplotlib.image as mpimg
@@ -126,7 +127,8 @@ def test_rate_limited_upload_is_retried(slack):
 # -- the sink -----------------------------------------------------------------------------
 
 
-def test_sink_posts_each_survey_to_its_channel_once_and_filters(slack):
+def test_sink_posts_each_survey_to_its_channel_once_and_filters(slack, caplog):
+    caplog.set_level(logging.INFO, logger="operators.slack")
     recs = [
         make_result(ZTF_TAXONOMY, "ZTF24aaaaaaa", 1, favour="SN-Ia"),
         make_result(ZTF_TAXONOMY, "ZTF24aaaaaaa", 1, favour="SN-Ia"),  # replayed candid
@@ -142,8 +144,8 @@ def test_sink_posts_each_survey_to_its_channel_once_and_filters(slack):
     assert "https://babamul.caltech.edu/objects/LSST/170000000001" in slack.posts[1]["initial_comment"]
     for p in slack.posts:
         decode_png(p["data"])
-    stats = sink.partition.stats
-    assert stats["posted"] == 2 and stats["already_posted"] == 1 and stats["below_threshold"] == 1
+    (summary,) = [r.getMessage() for r in caplog.records if "Slack posts this run" in r.getMessage()]
+    assert "'posted': 2" in summary and "'already_posted': 1" in summary and "'below_threshold': 1" in summary
 
 
 def test_recovered_state_prevents_reposting_and_resumes_pending(slack):
@@ -151,17 +153,15 @@ def test_recovered_state_prevents_reposting_and_resumes_pending(slack):
     part = sink.build_part("slack", "slack", None)
     a = make_result(ZTF_TAXONOMY, "ZTF24aaaaaaa", 11)
     part.write_batch([a])
-    assert part.wait_idle(10)
+    part.close()  # waits for the queue (SLACK close timeout)
     state = part.snapshot()
     assert state["posted"] == [11] and state["pending"] == []
-    part.close()
     # A pending alert, as a snapshot taken before it was posted would hold it:
     b = make_result(ZTF_TAXONOMY, "ZTF24bbbbbbb", 12)
     state["pending"] = [{"candid": 12, "objectId": b.objectId, "jd": b.jd, "survey": "ZTF",
                          "probabilities": b.probabilities, "predicted": b.predicted, "model": b.model}]
     resumed = sink.build_part("slack", "slack", state)
     resumed.write_batch([a, b])  # both replayed after the resume: neither is posted twice
-    assert resumed.wait_idle(10)
     resumed.close()
     assert [p["filename"] for p in slack.posts] == ["ZTF24aaaaaaa_11.png", "ZTF24bbbbbbb_12.png"]
     assert resumed.snapshot()["posted"] == [11, 12]
@@ -175,7 +175,7 @@ def test_errors_that_cannot_heal_stop_posting_with_one_line(slack, caplog):
     assert len(errors) == 1 and "invalid_auth" in errors[0] and "SLACK_BOT_TOKEN is wrong" in errors[0]
     assert "Slack posting stopped" in errors[0] and "\n" not in errors[0]
     assert "xoxb-wrong" not in caplog.text
-    assert sink.partition.snapshot()["posted"] == []
+    assert slack.posts == []
     assert sum(r["path"].endswith("files.getUploadURLExternal") for r in slack.requests) == 1
     # Unknown channel: the same, with what to do.
     caplog.clear()
@@ -208,8 +208,7 @@ def test_failed_byte_upload_is_retried_later(slack):
     sink = SlackSink(cfg(slack, retry_base=0.1), ZTF)
     part = sink.build_part("slack", "slack", None)
     part.write_batch([make_result(ZTF_TAXONOMY, "ZTF24aaaaaaa", 1), make_result(ZTF_TAXONOMY, "ZTF24bbbbbbb", 2)])
-    assert part.wait_idle(20)
-    part.close()
+    part.close()  # waits for the queue
     assert [p["filename"] for p in slack.posts] == ["ZTF24aaaaaaa_1.png", "ZTF24bbbbbbb_2.png"]
     assert part.stats["retries"] == 2 and part.snapshot()["posted"] == [1, 2]
 
@@ -227,8 +226,7 @@ def test_a_60_s_slack_outage_loses_no_post(slack, caplog):
         time.sleep(2.0)
     state = part.snapshot()  # what a recovery snapshot holds in the middle of the outage
     assert [a["candid"] for a in state["pending"]] == candids and state["posted"] == []
-    assert part.wait_idle(60)
-    part.close()
+    part.close()  # waits for the queue, at most the default 60 s
     assert sorted(int(p["filename"].split("_")[1][:-4]) for p in slack.posts) == candids
     assert part.snapshot()["posted"] == candids
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -243,7 +241,7 @@ def test_unreachable_slack_does_not_block_the_flow(caplog):
     part = sink.build_part("slack", "slack", None)
     t0 = time.monotonic()
     part.write_batch([make_result(ZTF_TAXONOMY, "ZTF24aaaaaaa", i) for i in range(50)])
-    assert time.monotonic() - t0 < 0.5  # the flow side only queues
+    assert len(part.snapshot()["pending"]) == 50  # the flow side only queues; nothing was sent from it
 
     def errors():
         return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -253,9 +251,8 @@ def test_unreachable_slack_does_not_block_the_flow(caplog):
 
     while not warned() and time.monotonic() - t0 < 10:
         time.sleep(0.05)
-    t1 = time.monotonic()
-    part.close()
-    assert time.monotonic() - t1 < 2.0  # closing is bounded too
+    part.close()  # the retry pause ends on close; the poster thread is gone
+    assert not [t for t in threading.enumerate() if t.name.startswith("slack-poster")]
     assert errors() == []  # a network failure is transient: retried, not an error
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "URLError" in warnings[0] and "retried" in warnings[0]
