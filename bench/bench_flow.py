@@ -66,7 +66,7 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 
 from bench.flowbench import Workload, proc_status  # noqa: E402
-from operators.progress import Progress  # noqa: E402
+from operators.runtime.progress import Progress  # noqa: E402
 
 PY = sys.executable
 PARTS = ("omni", "embedded", "cluster-embedded", "embedded-shards", "cluster-embedded-shards",
@@ -390,8 +390,8 @@ class Feed:
         self.timestamps: dict[int, float] = {}  # candid -> Kafka timestamp (s), paced messages only
 
     def load_documents(self) -> dict:
-        from operators.store import nan_to_none
-        from operators.surveys import ZTF
+        from operators.oracle.store import nan_to_none
+        from operators.oracle.surveys import ZTF
 
         db = self.s.mongo.client()[self.database]
         t0 = time.perf_counter()
@@ -681,11 +681,11 @@ class Calibration:
         import numpy as np
         import torch
 
-        from models.oracle import load_oracle, predict_proba
-        from operators.messages import decode_avro
-        from operators.oracle_steps import pad
-        from operators.surveys import ZTF
-        from operators.ztf_inputs import ztf_inputs
+        from models.oracle.networks import load_oracle, predict_proba
+        from operators.oracle.messages import decode_avro
+        from operators.oracle.steps import pad
+        from operators.oracle.surveys import ZTF
+        from operators.oracle.ztf_inputs import ztf_inputs
         from bench.flowbench import SynthStore
 
         torch.set_num_threads(1)
@@ -986,8 +986,8 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
 
-    from operators.config import Settings
-    from operators.surveys import ZTF
+    from operators.runtime.config import Settings
+    from operators.oracle.surveys import ZTF
 
     settings = Settings.from_env(ZTF, base_env())
     workload = Workload()

@@ -48,8 +48,8 @@ if str(ROOT) not in sys.path:
 
 import fastavro  # noqa: E402
 
-from operators.load_sample import SYNTHETIC_CANDID_BASE, read_sample  # noqa: E402
-from operators.store import Collections, Documents, _project  # noqa: E402
+from operators.samples.load import SYNTHETIC_CANDID_BASE, read_sample  # noqa: E402
+from operators.oracle.store import Collections, Documents, _project  # noqa: E402
 
 SYNC = b"alertflow-bench!"  # 16-byte Avro sync marker of synthesized messages
 OTHER_FILTER = "ztf_other_filter"
@@ -159,7 +159,7 @@ class Workload:
 
     def __init__(self, sample_dir: Optional[Path] = None, collections: Optional[Collections] = None,
                  filter_name: Optional[str] = None, base: int = SYNTHETIC_CANDID_BASE):
-        from operators.surveys import ZTF
+        from operators.oracle.surveys import ZTF
 
         sample = read_sample(sample_dir or ZTF.sample_dir, collections or ZTF.collections)
         self.filter_name = filter_name or ZTF.filter_name
@@ -431,7 +431,7 @@ def embedded_flow(n: int, out_dir: str, parts: int = 1, sample_every_s: float = 
     for var in ("KAFKA_BROKERS", "MONGODB_URI", "BOOM_DATABASE__HOST"):
         os.environ.pop(var, None)
     from dataflows.oracle import build_flow
-    from operators.surveys import ZTF
+    from operators.oracle.surveys import ZTF
 
     workload = Workload()
     STATS.rss.append((time.time(), 0, proc_status().get("VmRSS", 0)))
@@ -472,10 +472,10 @@ def baseline_main(argv: list[str]) -> int:
     from confluent_kafka import Consumer
     from pymongo import MongoClient
 
-    from models.oracle import load_oracle, predict_proba
-    from operators.messages import decode_avro
-    from operators.surveys import ZTF
-    from operators.ztf_inputs import ztf_inputs
+    from models.oracle.networks import load_oracle, predict_proba
+    from operators.oracle.messages import decode_avro
+    from operators.oracle.surveys import ZTF
+    from operators.oracle.ztf_inputs import ztf_inputs
 
     torch.set_num_threads(1)
     model = load_oracle(ZTF.weights)
@@ -562,11 +562,11 @@ def omni_rates(seconds: float = 8.0, batch: int = 32) -> dict:
     import numpy as np
     import torch
 
-    from models.oracle import build_oracle, configure_inference, predict_proba
-    from operators.oracle_steps import pad
-    from operators.store import EmbeddedStore
-    from operators.surveys import ZTF
-    from operators.ztf_inputs import ztf_inputs
+    from models.oracle.networks import build_oracle, configure_inference, predict_proba
+    from operators.oracle.steps import pad
+    from operators.oracle.store import EmbeddedStore
+    from operators.oracle.surveys import ZTF
+    from operators.oracle.ztf_inputs import ztf_inputs
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

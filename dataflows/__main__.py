@@ -7,8 +7,8 @@
     python -m dataflows replay-dead-letters results/oracle_ztf_deadletters.jsonl
 
 The variables listed are the fields of the flows' settings models
-(operators/config.py, operators/fritz_config.py, operators/slack_config.py,
-operators/fink_vra_config.py), with their defaults and descriptions, so the list
+(operators/runtime/config.py, operators/sinks/fritz_config.py, operators/sinks/slack_config.py,
+operators/vra/config.py), with their defaults and descriptions, so the list
 cannot drift from what the flows read; `--markdown-table` prints the README's
 configuration table from the same models. Flows are imported lazily: `--help`
 never loads torch, and a flow whose module is not there yet is shown as missing.
@@ -33,7 +33,7 @@ class FlowInfo:
     name: str
     module: str
     summary: str
-    survey: Optional[str] = None  # key of operators.surveys.SURVEYS for the ORACLE flows
+    survey: Optional[str] = None  # key of operators.oracle.surveys.SURVEYS for the ORACLE flows
     fritz: bool = False  # the flow annotates on Fritz (reads FRITZ_*)
 
 
@@ -51,7 +51,7 @@ FLOWS: dict[str, FlowInfo] = {
 def _survey(key: Optional[str]):
     if key is None:
         return None
-    from operators.surveys import SURVEYS
+    from operators.oracle.surveys import SURVEYS
 
     return SURVEYS.get(key)
 
@@ -59,17 +59,17 @@ def _survey(key: Optional[str]):
 def settings_models(info: FlowInfo) -> list:
     """The settings models the flow reads, in the order `--help` lists them."""
     if info.survey is not None:
-        from operators.config import oracle_models
+        from operators.runtime.config import oracle_models
 
         return oracle_models(_survey(info.survey), fritz=info.fritz)
-    from operators.fink_vra_config import FINK_VRA_MODELS
+    from operators.vra.config import FINK_VRA_MODELS
 
     return list(FINK_VRA_MODELS)
 
 
 def flow_variables(info: FlowInfo):
-    """Every environment variable the flow reads (`operators.settings.Variable`), in listing order."""
-    from operators.settings import variables
+    """Every environment variable the flow reads (`operators.runtime.settings.Variable`), in listing order."""
+    from operators.runtime.settings import variables
 
     return variables(settings_models(info))
 
@@ -80,7 +80,7 @@ def describe(name: str, info: FlowInfo) -> str:
 
 def markdown_table() -> str:
     """The README's configuration table, from the models of every available flow."""
-    from operators.settings import markdown_table as table
+    from operators.runtime.settings import markdown_table as table
 
     return table({info.name: settings_models(info) for info in FLOWS.values() if flow_available(info)[0]})
 
@@ -95,7 +95,7 @@ def flow_available(info: FlowInfo) -> tuple[bool, str]:
     if spec is None:
         return False, f"not available: {info.module.replace('.', '/')}.py is missing"
     if info.survey is not None and _survey(info.survey) is None:
-        return False, f"not available: no survey {info.survey} in operators/surveys.py"
+        return False, f"not available: no survey {info.survey} in operators/oracle/surveys.py"
     return True, ""
 
 
@@ -125,7 +125,7 @@ def help_text() -> str:
     for info in FLOWS.values():
         if not flow_available(info)[0]:
             continue
-        from operators.settings import help_lines
+        from operators.runtime.settings import help_lines
 
         lines.append(f"\nconfiguration of {info.name} (environment variables, default in brackets):")
         lines.extend(help_lines(settings_models(info)))
@@ -135,7 +135,7 @@ def help_text() -> str:
 # ------------------------------------------------------------------ check
 
 
-from operators.preflight import CheckResult  # noqa: E402 - light: no torch at import
+from dataflows.preflight import CheckResult  # noqa: E402 - light: no torch at import
 
 
 def _truthy(env: Mapping[str, str], name: str) -> Optional[bool]:
@@ -199,10 +199,10 @@ SINK_SWITCHES = ("POST_TO_SLACK", "FRITZ_TOKEN")
 
 
 def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0) -> list[CheckResult]:
-    """The flow's own validation (operators/preflight.py: weights, input, outputs, recovery),
+    """The flow's own validation (dataflows/preflight.py: weights, input, outputs, recovery),
     then the services it will talk to."""
-    from operators.config import ConfigError, Settings
-    from operators.preflight import validate
+    from operators.runtime.config import ConfigError, Settings
+    from dataflows.preflight import validate
 
     survey = _survey(info.survey)
     out: list[CheckResult] = []
@@ -232,7 +232,7 @@ def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0)
 
 
 def check_mongo(settings, survey, model=None) -> CheckResult:
-    from operators.mongo_store import acquire_client, release_client
+    from operators.oracle.mongo_store import acquire_client, release_client
 
     m = settings.mongo
     try:
@@ -259,12 +259,12 @@ def check_fritz(env: Mapping[str, str], timeout_s: float = 5.0) -> CheckResult:
     (otherwise Fritz accepts the annotations but never shows them to us again: after a
     restart every update fails)."""
     try:
-        from operators.fritz_client import FritzAuthError, FritzClient, FritzError
-        from operators.fritz_config import FritzConfig
+        from operators.sinks.fritz_client import FritzAuthError, FritzClient, FritzError
+        from operators.sinks.fritz_config import FritzConfig
 
         cfg = FritzConfig.from_env(env)
     except ImportError:
-        return CheckResult("fritz", True, "client not installed in this tree (operators/fritz_client.py)")
+        return CheckResult("fritz", True, "client not installed in this tree (operators/sinks/fritz_client.py)")
     except ValueError as exc:
         return CheckResult("fritz", False, str(exc), "fix the FRITZ_* variable named")
     if not cfg.enabled:
@@ -297,7 +297,7 @@ def check_slack(env: Mapping[str, str], channel_var: str) -> CheckResult:
     try:
         on = _truthy(env, "POST_TO_SLACK")
         try:
-            from operators.slack import SlackConfig
+            from operators.sinks.slack import SlackConfig
         except ImportError:
             pass
         else:
@@ -315,7 +315,7 @@ def check_slack(env: Mapping[str, str], channel_var: str) -> CheckResult:
 
 def check_fink_vra(env: Mapping[str, str], timeout_s: float = 5.0) -> list[CheckResult]:
     try:
-        from operators.fink_vra import FinkVraConfig
+        from operators.vra.steps import FinkVraConfig
 
         cfg = FinkVraConfig.from_env(env)
     except ImportError as exc:
@@ -323,7 +323,7 @@ def check_fink_vra(env: Mapping[str, str], timeout_s: float = 5.0) -> list[Check
     except ValueError as exc:
         return [CheckResult("config", False, str(exc), "fix that variable (python -m dataflows --help)")]
     redact = cfg.redact
-    from operators.preflight import validate_fink_vra
+    from dataflows.preflight import validate_fink_vra
 
     out = [CheckResult("config", True, f"topic {cfg.topic}, output {cfg.out_dir}")]
     out.extend(validate_fink_vra(cfg))
@@ -354,7 +354,7 @@ def run_checks(flow: str, env: Mapping[str, str] = os.environ, timeout_s: float 
 def bytewax_command(flow: str, args: Sequence[str], python: str = sys.executable) -> list[str]:
     """`run FLOW ARGS` is `python -m bytewax.run dataflows.FLOW ARGS`, nothing more: recovery
     (directory, partitions on first start, snapshot interval) is set up by the flow itself
-    from its settings (operators/recovery.py), so it is the same however the flow is started."""
+    from its settings (operators/runtime/recovery.py), so it is the same however the flow is started."""
     return [python, "-m", "bytewax.run", FLOWS[flow].module, *args]
 
 
@@ -397,7 +397,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{rest[0]}: {'all checks passed' if not failed else f'{failed} check(s) failed'}")
         return 1 if failed else 0
     if command == "replay-dead-letters":
-        from operators.replay import main as replay_main
+        from dataflows.replay import main as replay_main
 
         return replay_main(rest)
     if command == "run":
@@ -410,7 +410,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return backfill(rest)
     if command == "compare":
-        from operators.compare import main as compare
+        from operators.oracle.compare import main as compare
 
         return compare(rest)
     if command in FLOWS:

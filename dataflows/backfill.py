@@ -3,7 +3,7 @@
     python -m dataflows backfill ztf --since 2026-11-01 --until 2026-11-08 \\
         [--weights W] [--query JSON] [--candids FILE] [--annotate] [-w N]
 
-    window slices (operators/backfill_source.py) → batch → enrich → build inputs → classify
+    window slices (operators/oracle/backfill_source.py) → batch → enrich → build inputs → classify
         → results/backfill/oracle_<survey>_<model-sha12>_<since>_<until>.csv ; unusable → dead letters
 
 The enrich → inputs → classify steps are the live flow's own (`dataflows/oracle.py`
@@ -36,11 +36,11 @@ from typing import Optional, Sequence
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from operators import oracle_steps as steps
-from operators.backfill_source import EmbeddedScanner, MongoScanner, WindowSource, ids_query
-from operators.config import Settings
-from operators.messages import FilterResult
-from operators.surveys import SURVEYS, Survey, configured, survey_named
+from operators.oracle import steps
+from operators.oracle.backfill_source import EmbeddedScanner, MongoScanner, WindowSource, ids_query
+from operators.runtime.config import Settings
+from operators.oracle.messages import FilterResult
+from operators.oracle.surveys import SURVEYS, Survey, configured, survey_named
 
 log = logging.getLogger("alertflow.backfill")
 
@@ -125,9 +125,9 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     import torch
 
     from dataflows.oracle import classify_steps, load_survey_model, make_store, write_outputs
-    from models.oracle import model_label, weights_sha12
-    from operators.fritz import FritzClient
-    from operators.logs import setup_logging
+    from models.oracle.networks import model_label, weights_sha12
+    from operators.sinks.fritz import FritzClient
+    from operators.runtime.logs import setup_logging
 
     survey, settings = configured(job.survey, settings)
     if job.weights is not None:
@@ -143,7 +143,7 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     fritz = None
     if job.annotate and settings.fritz.enabled and survey.fritz:
         fritz = FritzClient(settings.fritz)
-    lazy_store = steps.Lazy((lambda: store) if store is not None else partial(make_store, settings, survey))
+    lazy_store = steps.OncePerProcess((lambda: store) if store is not None else partial(make_store, settings, survey))
     collection = survey.collections.alerts
     if scanner is not None:
         make_scanner = lambda: scanner  # noqa: E731
@@ -159,9 +159,9 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     flow = Dataflow(f"backfill_{survey.name.lower()}")
     source = WindowSource(make_scanner, collection, survey.time_field, job.since, job.until, job.narrowing,
                           job.slices, settings.batch_size, label=f"backfill {survey.name}")
-    work = op.map("start", op.input("window", flow, source), start_batch)
-    work = classify_steps(work, survey, model, name, lazy_store)
-    write_outputs(work, survey, results_csv, deadletters, settings=settings, fritz=fritz,
+    batch_stream = op.map("start", op.input("window", flow, source), start_batch)
+    batch_stream = classify_steps(batch_stream, survey, model, name, lazy_store)
+    write_outputs(batch_stream, survey, results_csv, deadletters, settings=settings, fritz=fritz,
                   slack=job.annotate and settings.slack.enabled)
     return flow, results_csv
 
@@ -197,8 +197,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
-    from models.oracle import ModelLoadError
-    from operators.recovery import ensure_partitions
+    from models.oracle.networks import ModelLoadError
+    from operators.runtime.recovery import ensure_partitions
 
     args = parser().parse_args(argv)
     try:

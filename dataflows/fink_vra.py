@@ -3,9 +3,9 @@
     python -m bytewax.run dataflows.fink_vra
 
 Reads Fink's `fink_vra_ztf` Kafka topic when `FINK_VRA_KAFKA_BROKERS` is set,
-the Avro/Parquet files `FINK_VRA_INPUT` names (`operators.fink_files`), or
+the Avro/Parquet files `FINK_VRA_INPUT` names (`operators.vra.alert_files`), or
 else the real Fink alerts shipped in `data/fink/`. Each alert becomes one
-row of 21 features (`operators.vra_features`), appended once per candid to the
+row of 21 features (`operators.vra.features`), appended once per candid to the
 Parquet dataset `results/fink_vra/`; alerts Sherlock calls AGN or VS are
 dropped and counted; anything unusable goes to
 `results/fink_vra_deadletters.jsonl`. Configuration: `FinkVraConfig.from_env`.
@@ -22,14 +22,14 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
-from operators.service_settings import KafkaWaitSettings
-from operators.deadletter import dead_letter_sink
-from operators.fink_files import AlertFileSource, file_alert
-from operators.logs import FORMAT
-from operators.metrics import Tally
-from operators.preflight import exit_on_failures, read_or_exit, validate_fink_vra
-from operators.recovery import run_by_bytewax
-from operators.fink_vra import (
+from operators.runtime.service_settings import KafkaWaitSettings
+from operators.io.deadletter import dead_letter_sink
+from operators.vra.alert_files import AlertFileSource, file_alert
+from operators.runtime.logs import FORMAT
+from operators.runtime.metrics import Tally
+from dataflows.preflight import exit_on_failures, read_or_exit, validate_fink_vra
+from operators.runtime.recovery import run_by_bytewax
+from operators.vra.steps import (
     EmbeddedAlertSource,
     FinkVraConfig,
     ParquetDatasetSink,
@@ -50,8 +50,8 @@ from operators.fink_vra import (
     passes_vra_cut,
     sherlock_class,
 )
-from operators.lasair_sherlock import SherlockClient
-from operators.sfd_ebv import open_sfd
+from operators.vra.sherlock import SherlockClient
+from operators.vra.dust import open_sfd
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def build_flow(cfg: FinkVraConfig, source: Optional[Source] = None, unreachable_
     elif cfg.uses_kafka:
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
-        from operators.kafka_input import consumer_config, kafka_input
+        from operators.io.kafka import consumer_config, kafka_input
 
         where, redact = ",".join(cfg.kafka_brokers), cfg.redact
         kin = kafka_input(
@@ -158,7 +158,7 @@ def configured_flow() -> Dataflow:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format=FORMAT)
     if cfg.uses_kafka and run_by_bytewax():  # about to run: wait here, where Ctrl-C works
-        from operators.kafka_input import wait_for_kafka
+        from operators.io.kafka import wait_for_kafka
 
         where = ",".join(cfg.kafka_brokers)
         wait_for_kafka({"bootstrap.servers": where, **cfg.kafka_config}, cfg.topic, where=where,

@@ -4,13 +4,13 @@
     python -m bytewax.run dataflows.lsst -w 2     # two worker threads
 
 The same flow as ZTF's (`dataflows/oracle.py`) with the `LSST` survey
-configuration (`operators/surveys.py`) and its input builder
-(`operators/lsst_inputs.py`). Without configuration it replays the bundled real
+configuration (`operators/oracle/surveys.py`) and its input builder
+(`operators/oracle/lsst_inputs.py`). Without configuration it replays the bundled real
 LSST alerts and exits; see the README for Kafka, MongoDB, Slack settings and
 `ORACLE_LSST_FORCED_PHOTOMETRY`.
 """
 
 from dataflows.oracle import build_flow
-from operators.surveys import LSST
+from operators.oracle.surveys import LSST
 
 flow = build_flow(LSST)

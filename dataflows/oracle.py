@@ -4,7 +4,7 @@
              → classify → results CSV (+ Fritz, Slack) ; anything unusable → dead letters
 
 `build_flow(survey)` reads the configuration from the environment
-(`operators/config.py`): with `KAFKA_BROKERS` it follows the survey's BOOM
+(`operators/runtime/config.py`): with `KAFKA_BROKERS` it follows the survey's BOOM
 filter-results topic until stopped; otherwise it replays the bundled sample and
 exits. With `MONGODB_URI` or `BOOM_DATABASE__HOST` it enriches from BOOM's
 MongoDB; otherwise from the bundled documents. With `ORACLE_<SURVEY>_SHADOW_WEIGHTS`
@@ -27,29 +27,29 @@ from bytewax.dataflow import Dataflow
 
 import torch
 
-from models.oracle import ModelLoadError, TaxonomyMismatch, configure_inference, load_oracle, model_label, predict_proba
-from operators import metrics
-from operators import oracle_steps as steps
-from operators.batching import batch, group_by_key
-from operators.config import ConfigError, Settings
-from operators.deadletter import DeadLetter, dead_letter, dead_letter_sink
-from operators.fritz import FritzAnnotationSink, FritzClient, add_fritz_context, fritz_key
-from operators.logs import quiet_interrupt, setup_logging, watch_sigint
-from operators.messages import FilterResult, origin_of, parse_message
-from operators.preflight import exit_on_failures, read_or_exit, validate
-from operators.results import results_csv_sink
-from operators.recovery import enable_default_recovery, run_by_bytewax as _run_by_bytewax
-from operators.slack import SlackSink
-from operators.sources import SampleSource
-from operators.store import EmbeddedStore
-from operators.surveys import Survey, configured
+from models.oracle.networks import ModelLoadError, TaxonomyMismatch, configure_inference, load_oracle, model_label, predict_proba
+from operators.runtime import metrics
+from operators.oracle import steps
+from operators.runtime.batching import batch, group_by_key
+from operators.runtime.config import ConfigError, Settings
+from operators.io.deadletter import DeadLetter, dead_letter, dead_letter_sink
+from operators.sinks.fritz import FritzAnnotationSink, FritzClient, add_fritz_context, fritz_key
+from operators.runtime.logs import quiet_interrupt, setup_logging, watch_sigint
+from operators.oracle.messages import FilterResult, origin_of, parse_message
+from dataflows.preflight import exit_on_failures, read_or_exit, validate
+from operators.oracle.results import results_csv_sink
+from operators.runtime.recovery import enable_default_recovery, run_by_bytewax as _run_by_bytewax
+from operators.sinks.slack import SlackSink
+from operators.samples.source import SampleSource
+from operators.oracle.store import EmbeddedStore
+from operators.oracle.surveys import Survey, configured
 
 log = logging.getLogger("alertflow.oracle")
 
 
 def make_store(settings: Settings, survey: Survey):
     if settings.mongo is not None:
-        from operators.mongo_store import MongoStore
+        from operators.oracle.mongo_store import MongoStore
 
         return MongoStore(settings.mongo, survey.collections)
     return EmbeddedStore(settings.sample_dir, survey.collections)
@@ -80,7 +80,7 @@ def is_alert(item) -> bool:
     return isinstance(item, FilterResult)
 
 
-def keyed(item):
+def under_one_key(item):
     return ("out", item)
 
 
@@ -92,9 +92,9 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     """The dataflow for `survey`; `source` and `store` override the configured ones (tests).
 
     Configuration problems end the process here, before any dataflow exists: one line
-    each on stderr, exit status 2 (operators/preflight.py, the same checks as
+    each on stderr, exit status 2 (dataflows/preflight.py, the same checks as
     `python -m dataflows check`). Run by `python -m bytewax.run` with Kafka, it then waits
-    for the brokers (operators/kafka_input.py); building alone connects nowhere."""
+    for the brokers (operators/io/kafka.py); building alone connects nowhere."""
     if settings is None:
         settings = read_or_exit(lambda: Settings.from_env(survey))
     survey, settings = configured(survey, settings)
@@ -124,7 +124,7 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
             configure_inference(m, settings.precision, settings.device)
         except ValueError as exc:
             raise ConfigError(f"ORACLE_DEVICE={settings.device}: {exc}; use ORACLE_DEVICE=cpu") from None
-    lazy_store = steps.Lazy((lambda: store) if store is not None else partial(make_store, settings, survey))
+    lazy_store = steps.OncePerProcess((lambda: store) if store is not None else partial(make_store, settings, survey))
     metrics.start_exporter(settings.metrics_port)
     fritz = FritzClient(settings.fritz) if settings.fritz.enabled and survey.fritz else None
     log.info("%s flow: filter %r, model %s%s, input %s, store %s", survey.name, settings.filter_name, name,
@@ -136,7 +136,7 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     if source is None and settings.kafka is not None:
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
-        from operators.kafka_input import consumer_config, kafka_input, wait_for_kafka
+        from operators.io.kafka import consumer_config, kafka_input, wait_for_kafka
 
         k = settings.kafka
         where = ",".join(k.brokers)
@@ -163,13 +163,13 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     # Alerts cross workers grouped by shard (one list per shard per input batch), not one by one.
     grouped = op.flat_map_batch("group_by_shard", wanted, partial(group_by_key, partial(steps.shard_of, settings.shards)))
     batches = batch("batch", grouped, settings.batch_size, timedelta(seconds=settings.batch_timeout_s))
-    work = op.map("start", op.key_rm("unkey", batches), steps.start_batch)
-    work = classify_steps(work, survey, model, name, lazy_store, shadow)
+    batch_stream = op.map("start", op.key_rm("unkey", batches), steps.start_batch)
+    batch_stream = classify_steps(batch_stream, survey, model, name, lazy_store, shadow)
     extra_dead = [unparsed] + ([consumer_errors] if consumer_errors is not None else [])
-    write_outputs(work, survey, settings.results_csv, settings.deadletters, fritz=fritz, settings=settings,
+    write_outputs(batch_stream, survey, settings.results_csv, settings.deadletters, fritz=fritz, settings=settings,
                   slack=settings.slack.enabled, extra_dead=extra_dead)
     if shadow is not None:
-        op.output("shadow_csv", op.map("key_shadow", op.map("shadow_results", work, steps.shadow_of), keyed),
+        op.output("shadow_csv", op.map("key_shadow", op.map("shadow_results", batch_stream, steps.shadow_of), under_one_key),
                   results_csv_sink(settings.shadow_results_csv, survey.taxonomy))
     if _run_by_bytewax():  # the process is this run: its totals are the run's
         atexit.register(lambda: log.info("%s", metrics.run_summary(survey.name)))
@@ -187,22 +187,22 @@ def load_survey_model(survey: Survey, weights: Path, kind: Optional[str], variab
         raise TaxonomyMismatch(f"{exc}: point {variable} at a {survey.name} checkpoint") from None
 
 
-def classify_steps(work, survey: Survey, model, name: str, lazy_store, shadow=None):
+def classify_steps(batch_stream, survey: Survey, model, name: str, lazy_store, shadow=None):
     """Batches (`Batch`) → enrich → build inputs → [shadow] → classify → log line.
     Shared by the live flow and backfills (dataflows/backfill.py)."""
     needs_stamp = model.needs_stamp or (shadow is not None and shadow[0].needs_stamp)
-    work = op.map("enrich", work, partial(steps.enrich, lazy_store.get, with_cutouts=needs_stamp))
-    work = op.map("build_inputs", work, partial(steps.build_inputs, survey.build_inputs, with_stamp=needs_stamp))
+    batch_stream = op.map("enrich", batch_stream, partial(steps.enrich, lazy_store.get, with_cutouts=needs_stamp))
+    batch_stream = op.map("build_inputs", batch_stream, partial(steps.build_inputs, survey.build_inputs, with_stamp=needs_stamp))
     if shadow is not None:
-        work = op.map("shadow", work, partial(steps.shadow, shadow[0], predict_proba, shadow[1], survey.name))
-    work = op.map("classify", work, partial(steps.classify, model, predict_proba, name, survey.name))
-    return op.map("log_batch", work, partial(steps.log_batch, survey.name))
+        batch_stream = op.map("shadow", batch_stream, partial(steps.shadow, shadow[0], predict_proba, shadow[1], survey.name))
+    batch_stream = op.map("classify", batch_stream, partial(steps.classify, model, predict_proba, name, survey.name))
+    return op.map("log_batch", batch_stream, partial(steps.log_batch, survey.name))
 
 
-def write_outputs(work, survey: Survey, results_csv: Path, deadletters: Path, *, settings: Settings,
+def write_outputs(batch_stream, survey: Survey, results_csv: Path, deadletters: Path, *, settings: Settings,
                   fritz=None, slack: bool = False, extra_dead=()) -> None:
     """Results CSV (+ Fritz annotations, Slack posts) and the dead-letter file."""
-    result_lists = op.map("result_lists", work, steps.results_of)
+    result_lists = op.map("result_lists", batch_stream, steps.results_of)
     if fritz is not None:
         # SkyPortal limits requests per token, not per process: every result goes to one
         # key, so one worker of the cluster makes every Fritz request (reads here, the
@@ -212,7 +212,7 @@ def write_outputs(work, survey: Survey, results_csv: Path, deadletters: Path, *,
                                        partial(add_fritz_context, fritz, settings.fritz.context_timeout))
         result_lists = op.key_rm("from_fritz", with_context)
     # The single CSV writer receives one list per model batch: fewer items to move.
-    op.output("csv", op.map("key_results", result_lists, keyed), results_csv_sink(
+    op.output("csv", op.map("key_results", result_lists, under_one_key), results_csv_sink(
         results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name),
         after_skip=partial(metrics.count_skipped, survey.name)))
     if fritz is not None or slack:
@@ -220,7 +220,7 @@ def write_outputs(work, survey: Survey, results_csv: Path, deadletters: Path, *,
     if fritz is not None:
         op.output("fritz", results, FritzAnnotationSink(settings.fritz, survey.taxonomy, client=fritz))
     if slack:
-        op.output("slack", op.map("key_slack", results, keyed), SlackSink(settings.slack, survey))
-    dead = op.merge("dead", *extra_dead, op.flat_map("batch_dead", work, steps.dead_of))
+        op.output("slack", op.map("key_slack", results, under_one_key), SlackSink(settings.slack, survey))
+    dead = op.merge("dead", *extra_dead, op.flat_map("batch_dead", batch_stream, steps.dead_of))
     dead = op.inspect("count_dead", dead, partial(count_dead_letter, survey.name))
-    op.output("dead_letters", op.map("key_dead", dead, keyed), dead_letter_sink(deadletters))
+    op.output("dead_letters", op.map("key_dead", dead, under_one_key), dead_letter_sink(deadletters))

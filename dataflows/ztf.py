@@ -8,6 +8,6 @@ README for Kafka, MongoDB, Fritz and Slack settings.
 """
 
 from dataflows.oracle import build_flow
-from operators.surveys import ZTF
+from operators.oracle.surveys import ZTF
 
 flow = build_flow(ZTF)

@@ -17,7 +17,7 @@
 Tests using them are marked `@pytest.mark.services`. When a server cannot
 start, its tests fail if `CI` is set, and are skipped (with the reason) otherwise.
 nx-27017 stores documents as JSON: insert documents through
-`operators.load_sample.upsert_documents` (or `nan_to_none`), since NaN is refused.
+`operators.samples.load.upsert_documents` (or `nan_to_none`), since NaN is refused.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class KafkaService:
 
     def settings(self, topic: str, group_id: Optional[str] = None, starting_offset: str = "beginning"):
         """`KafkaSettings` for `topic` on this broker (a unique group id by default)."""
-        from operators.config import KafkaSettings
+        from operators.runtime.config import KafkaSettings
 
         return KafkaSettings(brokers=(self.bootstrap,), topic=topic, group_id=group_id or _unique("alertflow-test"),
                              starting_offset=starting_offset)
@@ -306,7 +306,7 @@ class MongoServer:
 
     def settings(self, database: str, **overrides):
         """`MongoSettings` pointing at this server."""
-        from operators.config import MongoSettings
+        from operators.runtime.config import MongoSettings
 
         fields = dict(database=database, uri=self.uri, timeout_ms=2000, retries=3)
         fields.update(overrides)

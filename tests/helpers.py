@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from operators.config import Settings
-from operators.surveys import Survey
+from operators.runtime.config import Settings
+from operators.oracle.surveys import Survey
 
 
 def run_flow(survey: Survey, settings: Settings, messages: list[bytes], workers: int = 1) -> None:
@@ -30,7 +30,7 @@ def settings_for(survey: Survey, tmp_path: Path, **env) -> Settings:
     return Settings.from_env(survey, {**base, **{k: str(v) for k, v in env.items()}})
 
 
-# What the bundled samples hold, written out once by hand from `operators/sample.py`'s
+# What the bundled samples hold, written out once by hand from `operators/samples/bundle.py`'s
 # rules (every 4th ZTF alert, and Rubin Solar System alerts and every 4th from the
 # second, fail the filter; three malformed messages each), not derived by the code
 # under test: a decoder that dropped valid messages would change the flow's rows only.

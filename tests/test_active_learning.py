@@ -19,9 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.active_learning import LoopConfig, live_round, main as al_main, simulate
-from models.al_experiments import synthetic_pool
-from models.gal_classifier import (
+from models.vetting.active_learning import LoopConfig, live_round, main as al_main, simulate
+from models.vetting.experiments import synthetic_pool
+from models.vetting.classifier import (
     LABEL_KEYS,
     LABEL_TABLE,
     TARGETS,
@@ -32,7 +32,7 @@ from models.gal_classifier import (
     query_scores,
     select_batch,
 )
-from models.labeling import (
+from models.vetting.labeling import (
     LABEL_COLUMNS,
     append_label,
     label_session,
@@ -69,7 +69,7 @@ def alerts():
 
 def fallback_features(alerts) -> pd.DataFrame:
     """Feature frame from Fink's carried light-curve features, for when
-    operators.vra_features is unavailable: enough columns for the loop."""
+    operators.vra.features is unavailable: enough columns for the loop."""
     rows = []
     for a in alerts:
         c = a["candidate"]
@@ -87,7 +87,7 @@ def fallback_features(alerts) -> pd.DataFrame:
 def feature_table(alerts) -> tuple[pd.DataFrame, list[str]]:
     """Features of every real alert (candid as a column) and the feature names."""
     try:
-        from operators.vra_features import FEATURE_COLUMNS, features_table
+        from operators.vra.features import FEATURE_COLUMNS, features_table
 
         return features_table(alerts).reset_index(), list(FEATURE_COLUMNS)
     except ImportError:
@@ -251,7 +251,7 @@ def test_real_bogus_target_runs_through_the_same_loop():
 def test_mlflow_runs_hold_named_params_metrics_and_artifacts(real_pool, tmp_path):
     import mlflow
 
-    from models.al_tracking import Tracking, log_round
+    from models.vetting.tracking import Tracking, log_round
 
     pool, features = real_pool
     config = small_config()
@@ -319,7 +319,7 @@ def test_labelling_cli_appends_exactly_what_was_keyed(alerts, tmp_path):
     labels = tmp_path / "labeled.csv"
     keys = "g\nx\ns\nz\nb\nq\n"  # z is not a key: asked again, then b
     done = subprocess.run(
-        [sys.executable, "-m", "models.labeling", "label", "--alerts", str(ZTF_FILES[0]),
+        [sys.executable, "-m", "models.vetting.labeling", "label", "--alerts", str(ZTF_FILES[0]),
          "--labels", str(labels), "--plots", str(tmp_path / "plots")],
         input=keys, capture_output=True, text=True, cwd=REPO, timeout=60,
         env={**os.environ, "MPLBACKEND": "Agg"})

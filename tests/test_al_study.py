@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.active_learning import LoopConfig, main as al_main, simulate
-from models.al_experiments import synthetic_pool
-from models.al_study import labels_needed, paired_vs_random
-from models.al_tables import infer_feature_columns, map_labels, parse_label_map
-from models.gal_classifier import LABEL_TABLE, TARGETS, ClassifierConfig
-from models.labeling import proxy_labels_table, read_alerts, read_labels
+from models.vetting.active_learning import LoopConfig, main as al_main, simulate
+from models.vetting.experiments import synthetic_pool
+from models.vetting.study import labels_needed, paired_vs_random
+from models.vetting.tables import infer_feature_columns, map_labels, parse_label_map
+from models.vetting.classifier import LABEL_TABLE, TARGETS, ClassifierConfig
+from models.vetting.labeling import proxy_labels_table, read_alerts, read_labels
 
 REPO = Path(__file__).resolve().parents[1]
 ZTF_FILES = [REPO / "data/fink/fink_ztf_sample.avro", *sorted((REPO / "data/fink").glob("fink_ztf_2019_alert_*.avro"))]
@@ -176,7 +176,7 @@ def test_unmapped_foreign_labels_are_a_clear_error(tmp_path, capsys):
 
 
 def test_night_command_trains_writes_the_batch_and_opens_the_labelling(tmp_path, monkeypatch, capsys):
-    from operators.vra_features import features_table
+    from operators.vra.features import features_table
 
     alerts = read_alerts(ZTF_FILES)
     features_table(alerts).to_parquet(tmp_path / "fink_vra.parquet")

@@ -18,14 +18,14 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 
 from dataflows.backfill import Job, build_backfill_flow, main, narrowing_of, parse_time
 from dataflows.oracle import build_flow
-from models.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY
-from operators.backfill_source import EmbeddedScanner, MongoScanner, slice_query
-from operators.deadletter import read_dead_letters
-from operators.load_sample import read_sample, repeat_sample, upsert_documents
-from operators.results import read_results
-from operators.sample import read_messages
-from operators.store import write_documents
-from operators.surveys import LSST, ZTF
+from models.oracle.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY
+from operators.oracle.backfill_source import EmbeddedScanner, MongoScanner, slice_query
+from operators.io.deadletter import read_dead_letters
+from operators.samples.load import read_sample, repeat_sample, upsert_documents
+from operators.oracle.results import read_results
+from operators.samples.bundle import read_messages
+from operators.oracle.store import write_documents
+from operators.oracle.surveys import LSST, ZTF
 from tests.fakes import FakeSkyPortal
 from tests.helpers import settings_for
 
@@ -219,7 +219,7 @@ def test_backfill_from_mongodb_equals_the_embedded_one(tmp_path, mongo, mongo_db
     db = mongo.client()[mongo_db]
     c = ZTF.collections
     for name in (c.alerts, c.aux):
-        from operators.store import read_documents
+        from operators.oracle.store import read_documents
 
         upsert_documents(db[name], read_documents(ZTF.sample_dir / f"{name}.jsonl"))
     rows, _ = backfill(tmp_path / "mongo", ZTF, settings_env=mongo.env(mongo_db), slices=4)

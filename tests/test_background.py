@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from operators.background import STOP, BackgroundSender
+from operators.sinks.background import STOP, BackgroundSender
 
 
 def test_one_worker_sends_in_order_and_retries_the_head_before_the_rest():

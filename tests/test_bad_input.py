@@ -11,13 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataflows.oracle import build_flow
-from operators.deadletter import DeadLetter, Origin, read_dead_letters
-from operators.messages import FilterResult, decode_avro, parse_message, parse_record
-from operators.oracle_steps import Batch, build_inputs
-from operators.results import read_results
-from operators.sample import encode_result, read_messages
-from operators.surveys import ZTF
-from operators.ztf_inputs import ModelInputs
+from operators.io.deadletter import DeadLetter, Origin, read_dead_letters
+from operators.oracle.messages import FilterResult, decode_avro, parse_message, parse_record
+from operators.oracle.steps import Batch, build_inputs
+from operators.oracle.results import read_results
+from operators.samples.bundle import encode_result, read_messages
+from operators.oracle.surveys import ZTF
+from operators.oracle.ztf_inputs import ModelInputs
 from tests.helpers import settings_for
 
 MESSAGES = read_messages(ZTF.sample_dir)

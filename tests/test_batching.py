@@ -11,7 +11,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.batching import _BatchLogic, batch, group_by_key
+from operators.runtime.batching import _BatchLogic, batch, group_by_key
 
 
 def test_group_by_key_keeps_order_within_a_key():

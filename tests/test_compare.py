@@ -12,7 +12,7 @@ from bytewax.testing import run_main
 
 from dataflows.__main__ import main as cli
 from dataflows.backfill import Job, build_backfill_flow
-from operators.surveys import LSST, ZTF
+from operators.oracle.surveys import LSST, ZTF
 from tests.helpers import perturbed_weights, settings_for
 
 PNG = b"\x89PNG\r\n\x1a\n"

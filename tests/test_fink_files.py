@@ -21,9 +21,9 @@ import pytest
 from bytewax.testing import cluster_main, run_main
 
 from dataflows.fink_vra import build_flow
-from operators.config import ConfigError
-from operators.deadletter import read_dead_letters
-from operators.fink_files import (
+from operators.runtime.config import ConfigError
+from operators.io.deadletter import read_dead_letters
+from operators.vra.alert_files import (
     BAND_FEATURES,
     DETECTION_FEATURES,
     AlertFileSource,
@@ -31,8 +31,8 @@ from operators.fink_files import (
     file_format,
     processed_row_alert,
 )
-from operators.fink_vra import FinkVraConfig, read_features
-from operators.vra_features import FEATURE_COLUMNS, features_table
+from operators.vra.steps import FinkVraConfig, read_features
+from operators.vra.features import FEATURE_COLUMNS, features_table
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "fink"
 FILES = [DATA / "fink_ztf_sample.avro", *sorted(DATA.glob("fink_ztf_2019_alert_*.avro"))]

@@ -21,8 +21,8 @@ from astropy.io import fits
 from bytewax.testing import TestingSource, cluster_main, run_main
 
 from dataflows.fink_vra import build_flow
-from operators.deadletter import Origin, read_dead_letters
-from operators.fink_vra import (
+from operators.io.deadletter import Origin, read_dead_letters
+from operators.vra.steps import (
     AlertItem,
     FinkVraConfig,
     Message,
@@ -32,9 +32,9 @@ from operators.fink_vra import (
     read_features,
     single_alert_container,
 )
-from operators.lasair_sherlock import SherlockClient, SherlockError, parse_sherlock
-from operators.sfd_ebv import SFDMaps, galactic, open_sfd
-from operators.vra_features import (
+from operators.vra.sherlock import SherlockClient, SherlockError, parse_sherlock
+from operators.vra.dust import SFDMaps, galactic, open_sfd
+from operators.vra.features import (
     FEATURE_COLUMNS,
     LC_FEATURES,
     META_COLUMNS,
@@ -485,7 +485,7 @@ def test_kafka_messages_and_errors_map_to_items(sample):
     from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
     from confluent_kafka import KafkaError as ConfluentError
 
-    from operators.fink_vra import kafka_error_letter, kafka_message
+    from operators.vra.steps import kafka_error_letter, kafka_message
 
     schema, records = sample
     payload = single_alert_container(schema, records[0])

@@ -8,9 +8,9 @@ import logging
 from bytewax.testing import run_main
 
 from dataflows.oracle import build_flow
-from operators.results import read_results
-from operators.store import read_documents
-from operators.surveys import ZTF
+from operators.oracle.results import read_results
+from operators.oracle.store import read_documents
+from operators.oracle.surveys import ZTF
 from tests.fakes import FakeSkyPortal, FakeSlack
 from tests.helpers import settings_for
 

@@ -13,8 +13,8 @@ import bytewax.operators as op
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY
-from operators.fritz import (
+from models.oracle.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY
+from operators.sinks.fritz import (
     AUTH_MESSAGE,
     FritzAnnotationSink,
     FritzAnnotator,
@@ -31,7 +31,7 @@ from operators.fritz import (
     scrub,
     split_classifications,
 )
-from operators.coalescing import CoalescingQueue
+from operators.sinks.coalescing import CoalescingQueue
 from tests.fakes import NGINX_429, FakeSkyPortal, make_result
 
 TOKEN = "s3cret-fritz-token-0123456789"

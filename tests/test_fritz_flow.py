@@ -14,13 +14,13 @@ import pytest
 from bytewax.testing import run_main
 
 from dataflows.oracle import build_flow
-from operators.config import REPO_ROOT
-from operators.deadletter import read_dead_letters
-from operators.results import read_results
-from operators.sample import read_messages
-from operators.sources import SampleSource
-from operators.store import read_documents
-from operators.surveys import ZTF
+from operators.runtime.config import REPO_ROOT
+from operators.io.deadletter import read_dead_letters
+from operators.oracle.results import read_results
+from operators.samples.bundle import read_messages
+from operators.samples.source import SampleSource
+from operators.oracle.store import read_documents
+from operators.oracle.surveys import ZTF
 from tests.conftest import _stop_process, free_port
 from tests.fakes import FakeSkyPortal
 from tests.helpers import sample_truth, settings_for

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from operators.config import DATA_DIR
-from operators.results import read_results
-from operators.sample import build_lsst_sample, build_ztf_sample, read_messages
-from operators.surveys import LSST, ZTF
+from operators.runtime.config import DATA_DIR
+from operators.oracle.results import read_results
+from operators.samples.bundle import build_lsst_sample, build_ztf_sample, read_messages
+from operators.oracle.surveys import LSST, ZTF
 from tests.helpers import run_flow, settings_for
 
 GOLDEN = Path(__file__).parent / "data" / "golden"

@@ -16,13 +16,13 @@ import pytest
 from bytewax.testing import run_main
 
 from dataflows.oracle import build_flow
-from models.taxonomy import ZTF_TAXONOMY
-from operators.config import REPO_ROOT, KafkaSettings
-from operators.deadletter import read_dead_letters
-from operators.load_sample import load, read_sample
-from operators.messages import decode_avro
-from operators.results import read_results
-from operators.surveys import ZTF
+from models.oracle.taxonomy import ZTF_TAXONOMY
+from operators.runtime.config import REPO_ROOT, KafkaSettings
+from operators.io.deadletter import read_dead_letters
+from operators.samples.load import load, read_sample
+from operators.oracle.messages import decode_avro
+from operators.oracle.results import read_results
+from operators.oracle.surveys import ZTF
 from tests.conftest import _stop_process, free_port
 from tests.helpers import settings_for
 

@@ -13,17 +13,17 @@ from bson import json_util
 from bytewax.testing import cluster_main, run_main
 
 from dataflows.oracle import build_flow
-from models.oracle import ModelLoadError, load_oracle, predict_proba
-from models.taxonomy import LSST_TAXONOMY
-from operators.config import DATA_DIR, ConfigError
-from operators.deadletter import read_dead_letters
-from operators.inputs import InputError
-from operators.lsst_inputs import LSST_BAND_WAVELENGTH_UM, lsst_inputs
-from operators.messages import decode_avro
-from operators.results import read_results
-from operators.sample import read_messages
-from operators.store import EmbeddedStore
-from operators.surveys import LSST, SURVEYS, configured, survey_named
+from models.oracle.networks import ModelLoadError, load_oracle, predict_proba
+from models.oracle.taxonomy import LSST_TAXONOMY
+from operators.runtime.config import DATA_DIR, ConfigError
+from operators.io.deadletter import read_dead_letters
+from operators.oracle.inputs import InputError
+from operators.oracle.lsst_inputs import LSST_BAND_WAVELENGTH_UM, lsst_inputs
+from operators.oracle.messages import decode_avro
+from operators.oracle.results import read_results
+from operators.samples.bundle import read_messages
+from operators.oracle.store import EmbeddedStore
+from operators.oracle.surveys import LSST, SURVEYS, configured, survey_named
 from tests.helpers import sample_truth, settings_for
 
 MESSAGES = read_messages(LSST.sample_dir)

@@ -12,11 +12,11 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.config import DATA_DIR
-from operators.deadletter import DeadLetter
-from operators.messages import FilterResult, _decode_avro_cached, decode_avro, parse_message
-from operators.sample import read_messages
-from operators.surveys import LSST, ZTF
+from operators.runtime.config import DATA_DIR
+from operators.io.deadletter import DeadLetter
+from operators.oracle.messages import FilterResult, _decode_avro_cached, decode_avro, parse_message
+from operators.samples.bundle import read_messages
+from operators.oracle.surveys import LSST, ZTF
 
 BUNDLED = read_messages(ZTF.sample_dir) + read_messages(LSST.sample_dir)
 
@@ -116,9 +116,9 @@ def test_a_block_declaring_gigabytes_is_refused_before_anything_allocates_it():
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
         from bytewax.connectors.kafka import KafkaSourceMessage
-        from operators.messages import _container_header, _read_long, parse_message
-        from operators.sample import read_messages
-        from operators.surveys import ZTF
+        from operators.oracle.messages import _container_header, _read_long, parse_message
+        from operators.samples.bundle import read_messages
+        from operators.oracle.surveys import ZTF
         m = read_messages(ZTF.sample_dir)[0]
         _, _, pos = _container_header(m)
         _, pos = _read_long(m, pos)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.oracle import ModelLoadError, build_oracle, load_oracle, predict_proba
-from models.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY
+from models.oracle.networks import ModelLoadError, build_oracle, load_oracle, predict_proba
+from models.oracle.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 ZTF_PATH = DATA / "best_model_f1_ztf.pth"

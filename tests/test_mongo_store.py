@@ -7,10 +7,10 @@ import logging
 import pytest
 from pymongo.errors import AutoReconnect, NetworkTimeout, OperationFailure, ServerSelectionTimeoutError
 
-from operators import mongo_store
-from operators.config import ConfigError, MongoSettings
-from operators.mongo_store import MongoStore, StoreUnavailable, _unflatten, projection, redact
-from operators.store import Collections
+from operators.oracle import mongo_store
+from operators.runtime.config import ConfigError, MongoSettings
+from operators.oracle.mongo_store import MongoStore, StoreUnavailable, _unflatten, projection, redact
+from operators.oracle.store import Collections
 
 PASSWORD = "s3cr3t/p@ss"
 C = Collections(alerts="A", aux="X", cutouts="C", alert_fields=("objectId", "candidate.jd", "candidate.fid"),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.oracle import ModelLoadError, build_oracle, load_oracle, predict_proba
+from models.oracle.networks import ModelLoadError, build_oracle, load_oracle, predict_proba
 
 CONVNEXT = "image_spine.convnext."
 
@@ -112,7 +112,7 @@ def test_omni_needs_stamps_and_rejects_a_mangled_checkpoint(omni_checkpoint, tmp
 def test_convnext_block_matches_timm_nchw_formulation():
     # timm's conv_mlp block: dwconv -> LayerNorm2d -> 1x1 conv -> GELU -> 1x1 conv -> *gamma -> +x.
     # Ours computes the MLP channels-last for speed; the two must agree.
-    from models.convnext import ConvNeXtBlock
+    from models.oracle.convnext import ConvNeXtBlock
 
     torch.manual_seed(1)
     block = ConvNeXtBlock(64).eval()
@@ -129,7 +129,7 @@ def test_convnext_block_matches_timm_nchw_formulation():
 
 
 def test_image_head_gets_a_gelu_after_every_linear_but_the_last():
-    from models.oracle import describe_image_head
+    from models.oracle.networks import describe_image_head
 
     dropout_layout = ((3, 512, 256), (5, 256, 128), (8, 128, 64), (10, 64, 16))
     model = build_oracle("omni", image_head=dropout_layout)

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from bytewax.testing import run_main
 
 from dataflows.oracle import build_flow
-from models.oracle import ModelLoadError, load_oracle
-from models.taxonomy import ZTF_TAXONOMY
-from operators.deadletter import read_dead_letters
-from operators.results import read_results
-from operators.surveys import ZTF
+from models.oracle.networks import ModelLoadError, load_oracle
+from models.oracle.taxonomy import ZTF_TAXONOMY
+from operators.io.deadletter import read_dead_letters
+from operators.oracle.results import read_results
+from operators.oracle.surveys import ZTF
 from tests.helpers import sample_truth, settings_for
 
 # Upstream ConvNeXt.head: 0 global_pool, 1 norm (LayerNorm2d 512), 2 flatten, then Linear/GELU[/Dropout].

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.oracle import build_oracle, configure_inference, load_oracle, predict_proba
-from models.oracle_image import STAMP_SIZE
+from models.oracle.networks import build_oracle, configure_inference, load_oracle, predict_proba
+from models.oracle.image import STAMP_SIZE
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,12 @@ import pytest
 from bytewax.testing import run_main
 
 from dataflows.oracle import build_flow
-from operators import load_sample
-from operators.config import REPO_ROOT
-from operators.deadletter import read_dead_letters
-from operators.kafka_input import EXIT_UNREACHABLE, BrokerWatch, RateLimitedLog
-from operators.results import read_results
-from operators.surveys import ZTF
+from operators.samples import load as load_sample
+from operators.runtime.config import REPO_ROOT
+from operators.io.deadletter import read_dead_letters
+from operators.io.kafka import EXIT_UNREACHABLE, BrokerWatch, RateLimitedLog
+from operators.oracle.results import read_results
+from operators.oracle.surveys import ZTF
 from tests.conftest import _stop_process, free_port
 from tests.helpers import sample_truth, settings_for
 from tests.test_ops import clean_env
@@ -351,7 +351,7 @@ def test_load_sample_twice_in_a_row_succeeds(mongo, mongo_db):
 @pytest.mark.services
 def test_load_sample_producer_gets_no_consumer_settings(kafka, create_topic):
     topic = create_topic("ZTF_alerts_results")
-    proc = subprocess.run([sys.executable, "-m", "operators.load_sample", "--skip-mongo", "--kafka-brokers",
+    proc = subprocess.run([sys.executable, "-m", "operators.samples.load", "--skip-mongo", "--kafka-brokers",
                            kafka.bootstrap, "--topic", topic], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=120, env=clean_env(KAFKA_OPT_GROUP_ID="a-consumer-group"))
     assert proc.returncode == 0, proc.stderr
@@ -362,14 +362,14 @@ def test_load_sample_producer_gets_no_consumer_settings(kafka, create_topic):
 
 
 def test_labelling_cli_skips_alerts_that_are_not_ztf(tmp_path):
-    from models.labeling import read_alerts, ztf_only
+    from models.vetting.labeling import read_alerts, ztf_only
 
     everything = read_alerts([REPO_ROOT / "data" / "fink"])
     rubin = sum(1 for a in everything if "candidate" not in a)  # Rubin packets carry diaSource instead
     assert rubin > 0
     kept, others = ztf_only(everything)
     assert others == rubin and all("candid" in a for a in kept)
-    proc = subprocess.run([sys.executable, "-m", "models.labeling", "proxy", "--alerts", "data/fink", "--out",
+    proc = subprocess.run([sys.executable, "-m", "models.vetting.labeling", "proxy", "--alerts", "data/fink", "--out",
                            str(tmp_path / "labeled.csv")], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=120, env=clean_env())
     assert proc.returncode == 0, proc.stderr
@@ -378,9 +378,9 @@ def test_labelling_cli_skips_alerts_that_are_not_ztf(tmp_path):
 
 
 def test_labelling_options_have_help():
-    proxy = subprocess.run([sys.executable, "-m", "models.labeling", "proxy", "--help"], cwd=REPO_ROOT,
+    proxy = subprocess.run([sys.executable, "-m", "models.vetting.labeling", "proxy", "--help"], cwd=REPO_ROOT,
                            capture_output=True, text=True, timeout=120, env=clean_env()).stdout
     assert "non-ZTF alerts are skipped" in proxy and "labeled.csv format" in proxy
-    round_ = subprocess.run([sys.executable, "-m", "models.active_learning", "round", "--help"], cwd=REPO_ROOT,
+    round_ = subprocess.run([sys.executable, "-m", "models.vetting.active_learning", "round", "--help"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=120, env=clean_env()).stdout
-    assert "models.labeling label" in round_ and "next_batch" in round_
+    assert "models.vetting.labeling label" in round_ and "next_batch" in round_

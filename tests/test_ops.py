@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
-from operators import metrics
-from operators.deadletter import dead_letter
-from operators.oracle_steps import Batch
-from operators.progress import Progress
-from operators.results import Result
+from operators.runtime import metrics
+from operators.io.deadletter import dead_letter
+from operators.oracle.steps import Batch
+from operators.runtime.progress import Progress
+from operators.oracle.results import Result
 from tests.conftest import _stop_process, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -204,7 +204,7 @@ def test_bytewax_api_server_serves_our_metrics_and_its_own(tmp_path):
 
 
 def test_progress_bar_with_eta_on_a_terminal():
-    script = ("import time\nfrom operators.progress import Progress\n"
+    script = ("import time\nfrom operators.runtime.progress import Progress\n"
               "with Progress(40, 'replay', redraw_s=0) as p:\n"
               "    for _ in range(40):\n        time.sleep(0.005)\n        p.advance()\n")
     master, slave = pty.openpty()
@@ -233,7 +233,7 @@ def test_progress_bar_with_eta_on_a_terminal():
 
 
 def test_progress_without_terminal_writes_few_plain_lines():
-    script = ("from operators.progress import Progress\n"
+    script = ("from operators.runtime.progress import Progress\n"
               "with Progress(1000, 'benchmark') as p:\n    for _ in range(1000):\n        p.advance()\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=clean_env(), capture_output=True,
                           text=True, timeout=60)
@@ -330,7 +330,7 @@ def test_check_names_what_to_fix_and_never_prints_secrets(tmp_path):
 @pytest.mark.services
 def test_check_reaches_kafka_and_mongodb(kafka, create_topic, mongo, mongo_db, tmp_path):
     from dataflows.__main__ import run_checks
-    from operators.surveys import ZTF
+    from operators.oracle.surveys import ZTF
 
     topic = create_topic("ZTF_alerts_results", partitions=3)
     db = mongo.client()[mongo_db]

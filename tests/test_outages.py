@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from operators.config import KafkaSettings
-from operators.load_sample import iter_repeated, load
-from operators.results import read_results
-from operators.surveys import ZTF
+from operators.runtime.config import KafkaSettings
+from operators.samples.load import iter_repeated, load
+from operators.oracle.results import read_results
+from operators.oracle.surveys import ZTF
 from tests.conftest import free_port, tansu_binary
 from tests.test_kafka_flow import SAMPLE, expected_outcome, flow_env, start_flow, stop, wait_for
 

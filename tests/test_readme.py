@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from dataflows.__main__ import FLOWS, flow_variables, markdown_table
-from operators.config import REPO_ROOT
+from operators.runtime.config import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
 

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from bson import json_util
 
-from models.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY
-from operators.config import DATA_DIR
-from operators.lsst_inputs import lsst_inputs
-from operators.sample import build_ztf_sample
-from operators.ztf_inputs import STATIC_FEATURES, static_features, ztf_inputs
+from models.oracle.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY
+from operators.runtime.config import DATA_DIR
+from operators.oracle.lsst_inputs import lsst_inputs
+from operators.samples.bundle import build_ztf_sample
+from operators.oracle.ztf_inputs import STATIC_FEATURES, static_features, ztf_inputs
 
 UPSTREAM_STATIC = [
     "l", "b", "W1mag", "W2mag", "W3mag", "W4mag", "W1_minus_W3", "W2_minus_W3",

@@ -9,9 +9,9 @@ import pytest
 from bytewax.testing import run_main
 
 from dataflows.oracle import build_flow
-from operators.config import Settings
-from operators.load_sample import load, read_sample
-from operators.surveys import ZTF
+from operators.runtime.config import Settings
+from operators.samples.load import load, read_sample
+from operators.oracle.surveys import ZTF
 from tests.helpers import settings_for
 
 SECRETS = {

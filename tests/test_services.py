@@ -1,5 +1,5 @@
 """The service fixtures, `MongoStore` against a real wire-protocol server, and
-`operators.load_sample` against a real Kafka-protocol broker."""
+`operators.samples.load` against a real Kafka-protocol broker."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import pytest
 from bson import json_util
 from pymongo import MongoClient, monitoring
 
-from operators import load_sample
-from operators.mongo_store import MongoStore, StoreUnavailable
-from operators.store import EmbeddedStore, write_documents
-from operators.surveys import ZTF
+from operators.samples import load as load_sample
+from operators.oracle.mongo_store import MongoStore, StoreUnavailable
+from operators.oracle.store import EmbeddedStore, write_documents
+from operators.oracle.surveys import ZTF
 
 pytestmark = pytest.mark.services
 
@@ -252,7 +252,7 @@ def test_fetch_retries_through_a_server_restart(restartable_mongo, caplog):
         assert waited >= 0.9, "the fetch waited for the server"
     finally:
         store.close()
-    warnings = [r for r in caplog.records if r.name == "operators.mongo_store" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "operators.oracle.mongo_store" and r.levelno == logging.WARNING]
     assert warnings, "each retry logs a WARNING"
     assert "retry 1/19" in warnings[0].getMessage()
     assert "127.0.0.1" in warnings[0].getMessage()
@@ -275,7 +275,7 @@ def test_store_unavailable_after_the_retry_bound(restartable_mongo, caplog):
     assert f"127.0.0.1:{restartable_mongo.port}" in message
     assert PASSWORD not in message
     assert PASSWORD not in "".join(traceback.format_exception(info.value))
-    warnings = [r for r in caplog.records if r.name == "operators.mongo_store" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "operators.oracle.mongo_store" and r.levelno == logging.WARNING]
     assert len(warnings) == 2  # attempts 1 and 2; the third raises
     assert PASSWORD not in caplog.text
 
@@ -306,7 +306,7 @@ def _tiny_sample(tmp_path: Path) -> Path:
                                        "ra": c["ra"], "dec": c["dec"], "cutoutTemplate": b"t"}], codec="snappy")
         values.append(out.getvalue())
     values.append(b"not avro")
-    from operators.sample import write_messages
+    from operators.samples.bundle import write_messages
 
     write_messages(tmp_path, values)
     write_documents(tmp_path / f"{COLLECTIONS.alerts}.jsonl", alerts)

@@ -10,9 +10,9 @@ from bytewax.testing import run_main
 from prometheus_client import REGISTRY
 
 from dataflows.oracle import build_flow
-from models.taxonomy import ZTF_TAXONOMY
-from operators.results import read_results
-from operators.surveys import LSST, ZTF
+from models.oracle.taxonomy import ZTF_TAXONOMY
+from operators.oracle.results import read_results
+from operators.oracle.surveys import LSST, ZTF
 from tests.fakes import FakeSkyPortal, FakeSlack
 from tests.helpers import perturbed_weights, settings_for
 

@@ -15,10 +15,10 @@ import bytewax.operators as op
 
 from dataclasses import replace
 
-from models.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY
+from models.oracle.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY
 from slack_sdk import WebClient
 
-from operators.slack import (
+from operators.sinks.slack import (
     SlackConfig,
     SlackSink,
     format_message,
@@ -28,7 +28,7 @@ from operators.slack import (
     sdk_log,
     top_classes,
 )
-from operators.surveys import LSST, SURVEYS, ZTF
+from operators.oracle.surveys import LSST, SURVEYS, ZTF
 from tests.fakes import FakeSlack, make_result
 
 TOKEN = "xoxb-very-secret-slack-token"
@@ -128,7 +128,7 @@ def test_rate_limited_upload_is_retried(slack):
 
 
 def test_sink_posts_each_survey_to_its_channel_once_and_filters(slack, caplog):
-    caplog.set_level(logging.INFO, logger="operators.slack")
+    caplog.set_level(logging.INFO, logger="operators.sinks.slack")
     recs = [
         make_result(ZTF_TAXONOMY, "ZTF24aaaaaaa", 1, favour="SN-Ia"),
         make_result(ZTF_TAXONOMY, "ZTF24aaaaaaa", 1, favour="SN-Ia"),  # replayed candid

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from confluent_kafka import Consumer
 
-from operators.config import KAFKA_CONSUMER_DEFAULTS, Settings
-from operators.surveys import ZTF
+from operators.runtime.config import KAFKA_CONSUMER_DEFAULTS, Settings
+from operators.oracle.surveys import ZTF
 
 
 def test_kafka_prefetch_is_bounded_by_default_and_overridable():
@@ -27,7 +27,7 @@ def test_librdkafka_accepts_the_defaults():
 def test_precision_and_device_are_checked_before_the_flow_starts():
     import pytest
 
-    from operators.config import ConfigError
+    from operators.runtime.config import ConfigError
 
     s = Settings.from_env(ZTF, {})
     assert (s.precision, s.device) == ("fp32", "cpu")

@@ -22,16 +22,16 @@ from bytewax.testing import run_main
 from prometheus_client import REGISTRY
 
 from dataflows.oracle import build_flow
-from models.oracle import build_oracle
-from models.taxonomy import ZTF_TAXONOMY
-from operators.config import DATA_DIR
-from operators.deadletter import read_dead_letters
-from operators.results import read_results
-from operators.sample import encode_result, read_messages, write_messages
-from operators.store import read_documents, write_documents
-from operators.stamps import ztf_stamp
-from operators.surveys import ZTF
-from operators.ztf_inputs import ztf_inputs
+from models.oracle.networks import build_oracle
+from models.oracle.taxonomy import ZTF_TAXONOMY
+from operators.runtime.config import DATA_DIR
+from operators.io.deadletter import read_dead_letters
+from operators.oracle.results import read_results
+from operators.samples.bundle import encode_result, read_messages, write_messages
+from operators.oracle.store import read_documents, write_documents
+from operators.oracle.stamps import ztf_stamp
+from operators.oracle.surveys import ZTF
+from operators.oracle.ztf_inputs import ztf_inputs
 from tests.helpers import sample_truth, settings_for
 
 # The real ZTF templates' headers are not quite standard FITS; astropy warns, the deployment ignores it.

@@ -22,16 +22,16 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.testing import TestingSource, run_main
 
 from dataflows.oracle import build_flow, load_survey_model
-from models.oracle import TaxonomyMismatch, build_oracle, load_oracle
-from models.taxonomy import Taxonomy
-from operators.deadletter import read_dead_letters
-from operators.inputs import InputError, ModelInputs, candidate_and_series, number, time_series
-from operators.preflight import validate
-from operators.results import read_results
-from operators.sample import encode_result, write_messages
-from operators.store import Collections, write_documents
-from operators.surveys import ZTF, Survey
-from operators.tree_plot import detect_taxonomy, plot_csv
+from models.oracle.networks import TaxonomyMismatch, build_oracle, load_oracle
+from models.oracle.taxonomy import Taxonomy
+from operators.io.deadletter import read_dead_letters
+from operators.oracle.inputs import InputError, ModelInputs, candidate_and_series, number, time_series
+from dataflows.preflight import validate
+from operators.oracle.results import read_results
+from operators.samples.bundle import encode_result, write_messages
+from operators.oracle.store import Collections, write_documents
+from operators.oracle.surveys import ZTF, Survey
+from operators.oracle.tree_plot import detect_taxonomy, plot_csv
 from tests.fakes import FakeSkyPortal, FakeSlack
 from tests.helpers import settings_for
 

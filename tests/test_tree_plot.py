@@ -10,8 +10,8 @@ import matplotlib.image as mpimg
 import pytest
 from matplotlib.text import Text
 
-from models.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY
-from operators.tree_plot import (
+from models.oracle.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY
+from operators.oracle.tree_plot import (
     detect_taxonomy,
     format_probability,
     main,

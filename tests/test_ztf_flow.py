@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.taxonomy import ZTF_TAXONOMY
-from operators.deadletter import read_dead_letters
-from operators.messages import decode_avro
-from operators.results import read_results
-from operators.sample import encode_result, read_messages
-from operators.surveys import ZTF
+from models.oracle.taxonomy import ZTF_TAXONOMY
+from operators.io.deadletter import read_dead_letters
+from operators.oracle.messages import decode_avro
+from operators.oracle.results import read_results
+from operators.samples.bundle import encode_result, read_messages
+from operators.oracle.surveys import ZTF
 from tests.helpers import SAMPLE_TRUTH, run_flow, sample_truth, settings_for
 
 MESSAGES = read_messages(ZTF.sample_dir)

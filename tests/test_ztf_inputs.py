@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from bson import json_util
 
-from operators.config import DATA_DIR
-from operators.store import EmbeddedStore
-from operators.surveys import ZTF
-from operators.ztf_inputs import MISSING, STATIC_FEATURES, InputError, light_curve, static_features, ztf_inputs
+from operators.runtime.config import DATA_DIR
+from operators.oracle.store import EmbeddedStore
+from operators.oracle.surveys import ZTF
+from operators.oracle.ztf_inputs import MISSING, STATIC_FEATURES, InputError, light_curve, static_features, ztf_inputs
 
 BOOM_ALERT = json_util.loads((DATA_DIR / "boom" / "ztf_alert.json").read_text())
 BOOM_AUX = json_util.loads((DATA_DIR / "boom" / "ztf_alert_aux.json").read_text())

@@ -1,0 +1,1 @@
+"""ORACLE networks: the hierarchical classifier, its image head, ConvNeXt, taxonomies."""

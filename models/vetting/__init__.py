@@ -1,0 +1,1 @@
+"""Galactic/extragalactic vetting: classifier, active-learning loop, labelling, experiments."""

@@ -1,0 +1,1 @@
+"""Generic input and output: Kafka, dead letters, append-only files."""

@@ -1,0 +1,1 @@
+"""ORACLE steps: BOOM filter-result messages, documents, model inputs, results, surveys."""

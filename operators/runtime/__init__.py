@@ -1,0 +1,1 @@
+"""Running a flow: settings, batching, recovery, logs, metrics, progress."""

@@ -1,0 +1,1 @@
+"""The bundled samples: building them, loading them into Kafka/MongoDB, replaying them."""

@@ -1,0 +1,1 @@
+"""Sinks to outside services: Fritz annotations and Slack posts, with their pacing."""

@@ -1,0 +1,1 @@
+"""Fink VRA steps: Fink alerts to the vetting feature table."""
