@@ -7,7 +7,7 @@
     python -m dataflows replay-dead-letters results/oracle_ztf_deadletters.jsonl
 
 The variables listed are the fields of the flows' settings models
-(operators/runtime/config.py, operators/sinks/fritz_config.py, operators/sinks/slack_config.py,
+(operators/runtime/config.py, operators/runtime/fritz_settings.py, operators/runtime/slack_settings.py,
 operators/vra/config.py), with their defaults and descriptions, so the list
 cannot drift from what the flows read; `--markdown-table` prints the README's
 configuration table from the same models. Flows are imported lazily: `--help`
@@ -260,7 +260,7 @@ def check_fritz(env: Mapping[str, str], timeout_s: float = 5.0) -> CheckResult:
     restart every update fails)."""
     try:
         from operators.sinks.fritz_client import FritzAuthError, FritzClient, FritzError
-        from operators.sinks.fritz_config import FritzConfig
+        from operators.runtime.fritz_settings import FritzConfig
 
         cfg = FritzConfig.from_env(env)
     except ImportError:

@@ -29,8 +29,6 @@ LAYERS = [
 ]
 
 UPWARD_EXCEPTIONS = {
-    ("operators.runtime.config", "operators.sinks.fritz"): "Settings.from_env reads FritzConfig: goes with one settings layer (issue 16 item 1)",
-    ("operators.runtime.config", "operators.sinks.slack"): "Settings.from_env reads SlackConfig: goes with one settings layer (issue 16 item 1)",
     ("models.vetting.classifier", "operators.vra.features"): "the feature contract (FEATURE_COLUMNS) lives with the VRA steps; it belongs in models/vetting",
     ("models.vetting.experiments", "operators.vra.features"): "the feature contract (FEATURE_COLUMNS) lives with the VRA steps; it belongs in models/vetting",
     ("models.vetting.night", "operators.vra.alert_files"): "the night command reads Fink files itself; a CLI above both packages should",

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 from models.oracle.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY, Taxonomy
 from operators.oracle import lsst_inputs, ztf_inputs
 from operators.runtime.config import DATA_DIR, Settings
-from operators.sinks.fritz_config import DEFAULT_URL as FRITZ_URL
+from operators.runtime.fritz_settings import DEFAULT_URL as FRITZ_URL
 from operators.oracle.store import Collections
 
 

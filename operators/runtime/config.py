@@ -4,7 +4,7 @@
 ORACLE flows; every other module receives the pieces it needs. Each concern is
 an `EnvModel` (operators/runtime/settings.py): ORACLE, outputs and logging, recovery,
 metrics here; Kafka and MongoDB in operators/runtime/service_settings.py; Fritz in
-operators/sinks/fritz_config.py; Slack in operators/sinks/slack_config.py. Survey-dependent names and defaults
+operators/runtime/fritz_settings.py; Slack in operators/runtime/slack_settings.py. Survey-dependent names and defaults
 (`ORACLE_ZTF_WEIGHTS`, the topic, the group id, ...) come from `for_survey`,
 which derives a survey's own model from the generic one.
 
@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional
 
 from pydantic import Field, create_model, field_validator
 
-from operators.sinks.fritz_config import FritzConfig
+from operators.runtime.fritz_settings import FritzConfig
 from operators.runtime.service_settings import (  # noqa: F401 - re-exported: the flows' one place for settings
     KAFKA_CONSUMER_DEFAULTS,
     KafkaSettings,
@@ -30,7 +30,7 @@ from operators.runtime.service_settings import (  # noqa: F401 - re-exported: th
     MongoSettings,
 )
 from operators.runtime.settings import ConfigError, EnvModel, redact, secret_values
-from operators.sinks.slack_config import SlackConfig
+from operators.runtime.slack_settings import SlackConfig
 
 __all__ = ["ConfigError", "DATA_DIR", "REPO_ROOT", "KafkaSettings", "MongoSettings", "Settings", "oracle_models"]
 

@@ -50,7 +50,7 @@ from operators.sinks.background import STOP, BackgroundSender
 from operators.sinks.fritz_client import scrub
 from operators.sinks.ratelimit import backoff_delay
 from operators.oracle.results import Result
-from operators.sinks.slack_config import SlackConfig  # noqa: F401 - the sink's settings, re-exported
+from operators.runtime.slack_settings import SlackConfig  # noqa: F401 - the sink's settings, re-exported
 from operators.sinks.slack_post import (  # noqa: F401 - the plain parts, re-exported for callers
     FATAL,
     MAX_OTHER_ATTEMPTS,

@@ -11,7 +11,7 @@ from typing import Mapping, Optional
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from operators.sinks.fritz_config import DEFAULT_URL as FRITZ_DEFAULT_URL
+from operators.runtime.fritz_settings import DEFAULT_URL as FRITZ_DEFAULT_URL
 from operators.runtime.settings import ConfigError, EnvModel, plain
 
 BABAMUL_URL = "https://babamul.caltech.edu"
