@@ -46,6 +46,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackRequestError
 
 from operators.runtime import metrics
+from operators.runtime.settings import plain
 from operators.sinks.background import STOP, BackgroundSender
 from operators.sinks.fritz_client import scrub
 from operators.sinks.ratelimit import backoff_delay
@@ -110,7 +111,7 @@ class _SlackPartition(StatefulSinkPartition):
         self._sender: Optional[BackgroundSender] = None
         if self._cfg.enabled:
             self._client = sink.client or make_client(
-                self._cfg.token, base_url=self._cfg.base_url,
+                plain(self._cfg.token), base_url=self._cfg.base_url,
                 rate_limit_retries=self._cfg.rate_limit_retries, timeout=self._cfg.timeout)
             self._sender = BackgroundSender("slack-poster", self._send, max_pending=self._cfg.max_pending)
             for a in state.get("pending", []):
@@ -199,7 +200,7 @@ class _SlackPartition(StatefulSinkPartition):
                        fritz_ml_classifications=alert.fritz_ml_classifications)
         except Exception as e:  # noqa: BLE001 - never let Slack break anything
             kind, name = failure_kind(e)
-            text = scrub(f"{type(e).__name__}: {e}", (cfg.token,)).splitlines()[0][:300]
+            text = scrub(f"{type(e).__name__}: {e}", (plain(cfg.token),)).splitlines()[0][:300]
             metrics.slack_post("failure", survey=alert.survey)
             self.stats[f"error_{name}"] += 1
             if kind == "fatal":
