@@ -53,8 +53,6 @@ LONG_FILES = {
     "operators/runtime/metrics.py": "Prometheus metrics and the run summary in one module",
     "operators/oracle/tree_plot.py": "the tree layout, its rendering and a CLI in one module",
     "operators/sinks/fritz_client.py": "HTTP client, read pool and error kinds in one module",
-    "bench/bench_flow.py": "every flow benchmark in one script",
-    "bench/flowbench.py": "synthetic sources, stores and timing helpers in one module",
 }
 
 

@@ -1,4 +1,4 @@
-"""Pieces of the flow benchmark (`bench/bench_flow.py`) that run inside flow processes.
+"""The synthetic workload of the flow benchmark (`bench/bench_flow.py`): messages, store and source.
 
 - `Workload`: N filter-result messages synthesized from the bundled real ZTF
   alerts: message `i` is template `template_of(i)` (a hash of `i` over the K
@@ -14,28 +14,12 @@
   is stored.
 - `SynthSource`: a finite bytewax source of the workload, P partitions
   (message `i` in partition `i % P`), Kafka-shaped messages.
-- `embedded_flow(...)`: the real ORACLE flow (`dataflows.oracle.build_flow`)
-  over `SynthSource` + `SynthStore`, instrumented: per-stage times, first/last
-  item times, RSS samples and peak RSS are written to `stats-PID.json` when the
-  process exits. Run with `python -m bytewax.run "bench.flowbench:embedded_flow(...)"`.
-- `baseline_main(...)`: the upstream per-message design (poll one, two
-  `find_one`, one single-alert forward pass, one CSV append, one commit).
-
-Nothing here changes or wraps the flow: stage times come from its own metrics
-(`alertflow_stage_seconds`, read from the process's registry at exit), throughput
-from the source's first message and the results CSV.
 """
 
 from __future__ import annotations
 
-import atexit
-import csv
 import io
-import json
-import os
-import resource
 import sys
-import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -48,32 +32,12 @@ if str(ROOT) not in sys.path:
 
 import fastavro  # noqa: E402
 
+from bench.measure import STATS, Stats  # noqa: E402
 from operators.samples.load import SYNTHETIC_CANDID_BASE, read_sample  # noqa: E402
 from operators.oracle.store import Collections, Documents, _project  # noqa: E402
 
 SYNC = b"alertflow-bench!"  # 16-byte Avro sync marker of synthesized messages
 OTHER_FILTER = "ztf_other_filter"
-
-
-# ---------------------------------------------------------------- process memory
-
-
-def proc_status(pid: Optional[int] = None) -> dict[str, int]:
-    """`VmRSS` (now) and `VmHWM` (peak) of a process in bytes; {} when it is gone.
-
-    RSS from psutil. The peak is the kernel's high-water mark of this process
-    (`getrusage`); psutil has none for another process, so there it is its RSS
-    now, and callers keep the largest they sample."""
-    import psutil
-
-    try:
-        rss = int(psutil.Process(pid).memory_info().rss)
-    except psutil.Error:
-        return {}
-    if pid is None or pid == os.getpid():
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-        return {"VmRSS": rss, "VmHWM": max(peak, rss)}
-    return {"VmRSS": rss, "VmHWM": rss}
 
 
 # ---------------------------------------------------------------- the workload
@@ -305,63 +269,7 @@ class SynthStore:
     def close(self) -> None:
         pass
 
-
-# ---------------------------------------------------------------- instrumentation (inside a flow process)
-
-
-class Stats:
-    """Per-stage seconds, item counts, first/last item times, RSS samples of this process."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.seconds: dict[str, float] = {}  # wall time per stage
-        self.cpu_seconds: dict[str, float] = {}  # CPU time of the thread per stage
-        self.counts: dict[str, int] = {}
-        self.first_in: Optional[float] = None  # time.time() of the first message handed to the flow
-        self.last_out: Optional[float] = None  # time.time() of the last CSV write
-        self.rss: list[tuple[float, int, int]] = []  # (time, messages in, VmRSS)
-        self.cpu_first_in: Optional[float] = None  # process CPU seconds at first_in
-
-    @staticmethod
-    def cpu() -> float:
-        t = os.times()
-        return t.user + t.system
-
-    def add(self, stage: str, seconds: float, n: int = 0, cpu: float = 0.0) -> None:
-        with self.lock:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-            self.cpu_seconds[stage] = self.cpu_seconds.get(stage, 0.0) + cpu
-            self.counts[stage] = self.counts.get(stage, 0) + n
-
-    def as_dict(self) -> dict:
-        return {"pid": os.getpid(), "seconds": self.seconds, "cpu_seconds": self.cpu_seconds, "counts": self.counts,
-                "first_in": self.first_in, "last_out": self.last_out, "rss": self.rss,
-                "cpu_first_in": self.cpu_first_in, "cpu_end": self.cpu(), "end": time.time(),
-                **{k.lower(): v for k, v in proc_status().items()}}
-
-
-STATS = Stats()
-
-
-def flow_metrics(stats: Stats) -> None:
-    """Copy the flow's own metrics into `stats` (called at exit; nothing in the flow is
-    wrapped or patched): `alertflow_stage_seconds` sums per stage (enrich, inputs,
-    model), the classified and written counts, and the time of the last row (the
-    results CSV's modification time)."""
-    from prometheus_client import REGISTRY
-
-    for metric in REGISTRY.collect():
-        for sample in metric.samples:
-            if sample.name == "alertflow_stage_seconds_sum":  # wall time only: no per-stage CPU split
-                stage = sample.labels.get("stage", "?")
-                stats.seconds[stage] = stats.seconds.get(stage, 0.0) + sample.value
-            elif sample.name == "alertflow_classified_total":
-                stats.counts["classified"] = stats.counts.get("classified", 0) + int(sample.value)
-            elif sample.name == "alertflow_results_written_total":
-                stats.counts["outputs"] = stats.counts.get("outputs", 0) + int(sample.value)
-    csv_path = Path(os.environ["ALERTFLOW_RESULTS_DIR"]) / "oracle_ztf_results.csv"
-    if csv_path.exists():
-        stats.last_out = csv_path.stat().st_mtime
+# ---------------------------------------------------------------- the synthetic source
 
 
 def _source_classes():
@@ -405,204 +313,3 @@ def _source_classes():
                          "bench:ZTF_alerts_results")
 
     return SynthSource
-
-
-def _sampler(stats: Stats, out_dir: Path, every_s: float) -> None:
-    """Every `every_s`: one RSS sample, and a status file the driver reads for its progress bar."""
-    status = out_dir / f"status-{os.getpid()}.json"
-    while True:
-        with stats.lock:
-            n_in = stats.counts.get("source", 0)
-            rows = stats.counts.get("outputs", 0)
-        rss = proc_status().get("VmRSS", 0)
-        stats.rss.append((time.time(), n_in, rss))
-        tmp = status.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"in": n_in, "rows": rows, "rss": rss}))
-        tmp.replace(status)
-        time.sleep(every_s)
-
-
-def embedded_flow(n: int, out_dir: str, parts: int = 1, sample_every_s: float = 1.0):
-    """The ORACLE ZTF flow over `n` synthesized messages in `parts` partitions, instrumented.
-    Writes `out_dir/stats-PID.json` at exit; results under `out_dir/results`."""
-    out = Path(out_dir)
-    os.environ.setdefault("ALERTFLOW_RESULTS_DIR", str(out / "results"))
-    os.environ.setdefault("ALERTFLOW_LOGS_DIR", str(out / "logs"))
-    for var in ("KAFKA_BROKERS", "MONGODB_URI", "BOOM_DATABASE__HOST"):
-        os.environ.pop(var, None)
-    from dataflows.oracle import build_flow
-    from operators.oracle.surveys import ZTF
-
-    workload = Workload()
-    STATS.rss.append((time.time(), 0, proc_status().get("VmRSS", 0)))
-
-    def write_stats():
-        flow_metrics(STATS)
-        (out / f"stats-{os.getpid()}.json").write_text(json.dumps(STATS.as_dict()))
-
-    atexit.register(write_stats)
-    threading.Thread(target=_sampler, args=(STATS, out, sample_every_s), daemon=True).start()
-    source = _source_classes()(workload, n, parts)
-    return build_flow(ZTF, source=source, store=SynthStore(workload, ZTF.collections))
-
-
-# ---------------------------------------------------------------- the per-message baseline
-
-
-def baseline_main(argv: list[str]) -> int:
-    """The upstream design, one message at a time, against Kafka + MongoDB:
-    poll one → decode → filter → find_one(alerts, _id) → find_one(aux, _id) →
-    ztf_inputs → single-alert forward → CSV append → commit. Stops after
-    `--max` messages or `--seconds`, whichever first; writes a JSON summary."""
-    import argparse
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--brokers", required=True)
-    ap.add_argument("--topic", required=True)
-    ap.add_argument("--mongodb-uri", required=True)
-    ap.add_argument("--database", required=True)
-    ap.add_argument("--max", type=int, required=True)
-    ap.add_argument("--seconds", type=float, required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--commit", choices=("sync", "async"), default="sync")
-    args = ap.parse_args(argv)
-
-    import numpy as np
-    import torch
-    from confluent_kafka import Consumer
-    from pymongo import MongoClient
-
-    from models.oracle.networks import load_oracle, predict_proba
-    from operators.oracle.messages import decode_avro
-    from operators.oracle.surveys import ZTF
-    from operators.oracle.ztf_inputs import ztf_inputs
-
-    torch.set_num_threads(1)
-    model = load_oracle(ZTF.weights)
-    nodes = model.taxonomy.nodes
-    db = MongoClient(args.mongodb_uri)[args.database]
-    alerts, aux = db[ZTF.collections.alerts], db[ZTF.collections.aux]
-    consumer = Consumer({"bootstrap.servers": args.brokers, "group.id": f"baseline-{os.getpid()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([args.topic])
-    out = Path(args.out)
-    csv_path = out / "baseline_results.csv"
-    seconds = dict.fromkeys(("poll", "parse", "find_alert", "find_aux", "inputs", "model", "csv", "commit"), 0.0)
-    perf = time.perf_counter
-    n_msgs = n_rows = 0
-    started = None
-    with csv_path.open("w", newline="") as f:
-        f.write(",".join(["candid", "objectId", *nodes, "processed_at"]) + "\n")
-        f.flush()
-        while n_msgs < args.max and (started is None or perf() - started < args.seconds):
-            t0 = perf()
-            msg = consumer.poll(1.0)
-            t1 = perf()
-            if msg is None or msg.error() is not None:
-                if started is not None:
-                    seconds["poll"] += t1 - t0
-                continue
-            if started is None:
-                started = t0  # the clock starts with the first message (after the group join)
-                cpu_started = Stats.cpu()
-            seconds["poll"] += t1 - t0
-            n_msgs += 1
-            rec = decode_avro(msg.value())
-            passed = any((x.get("filter_name") or x.get("filter_id")) == ZTF.filter_name for x in rec["filters"])
-            t2 = perf()
-            seconds["parse"] += t2 - t1
-            if passed:
-                alert = alerts.find_one({"_id": rec["candid"]})
-                t3 = perf()
-                aux_doc = aux.find_one({"_id": rec["objectId"]})
-                t4 = perf()
-                x = ztf_inputs(alert, aux_doc)
-                t5 = perf()
-                p = predict_proba(model, x.ts[None], np.array([x.length]), x.static[None])[0]
-                t6 = perf()
-                now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1e3) % 1000:03d}+00:00"
-                csv.writer(f, lineterminator="\n").writerow(
-                    [rec["candid"], rec["objectId"], *(f"{v:.6g}" for v in p), now])
-                f.flush()
-                t7 = perf()
-                seconds["find_alert"] += t3 - t2
-                seconds["find_aux"] += t4 - t3
-                seconds["inputs"] += t5 - t4
-                seconds["model"] += t6 - t5
-                seconds["csv"] += t7 - t6
-                n_rows += 1
-            t8 = perf()
-            consumer.commit(message=msg, asynchronous=args.commit == "async")
-            seconds["commit"] += perf() - t8
-    elapsed = perf() - started if started is not None else 0.0
-    cpu_used = Stats.cpu() - cpu_started if started is not None else 0.0
-    consumer.close()
-    (out / "baseline.json").write_text(json.dumps({
-        "messages": n_msgs, "rows": n_rows, "elapsed_s": elapsed, "seconds": seconds, "cpu_s": cpu_used,
-        "commit": args.commit, **{k.lower(): v for k, v in proc_status().items()}}))
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "baseline":
-        sys.exit(baseline_main(sys.argv[2:]))
-    sys.exit("usage: python -m bench.flowbench baseline --brokers ... (the driver is bench/bench_flow.py)")
-
-
-# ---------------------------------------------------------------- Omni alone
-
-
-def omni_rates(seconds: float = 8.0, batch: int = 32) -> dict:
-    """Omni (random weights with a trained-looking layer scale: no Omni checkpoint is
-    shipped) on the bundled ZTF alerts with their real reference stamps: alerts/s on
-    one thread in fp32 and in each opt-in precision, and the largest probability
-    change the precision causes on those alerts."""
-    import copy
-
-    import numpy as np
-    import torch
-
-    from models.oracle.networks import build_oracle, configure_inference, predict_proba
-    from operators.oracle.steps import pad
-    from operators.oracle.store import EmbeddedStore
-    from operators.oracle.surveys import ZTF
-    from operators.oracle.ztf_inputs import ztf_inputs
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = build_oracle("omni")
-    state = model.state_dict()
-    for key in state:
-        if key.endswith(".gamma"):
-            state[key] = torch.full_like(state[key], 0.5)
-    model.load_state_dict(state)
-    store = EmbeddedStore(ZTF.sample_dir, ZTF.collections)
-    candids = list(store._alerts)
-    docs = store.fetch(candids, sorted({d["objectId"] for d in store._alerts.values()}), True)
-    inputs = []
-    for c, alert in docs.alerts.items():
-        aux = docs.aux.get(alert["objectId"])
-        if aux is None:
-            continue
-        try:
-            inputs.append(ztf_inputs(alert, aux, docs.cutouts.get(c), with_stamp=True))
-        except Exception:
-            continue
-    ts, lengths = pad(inputs)
-    static = np.stack([x.static for x in inputs])
-    stamps = np.stack([x.stamp for x in inputs])
-    zero = int((~stamps.reshape(len(stamps), -1).any(axis=1)).sum())
-    idx = np.arange(batch) % len(inputs)
-    out = {"alerts": len(inputs), "zero_stamps": zero, "batch": batch}
-    fp32 = predict_proba(model, ts, lengths, static, stamps)
-    for precision in ("fp32", "bf16"):
-        m = copy.deepcopy(model)
-        configure_inference(m, precision, "cpu")
-        probs = predict_proba(m, ts, lengths, static, stamps)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            predict_proba(m, ts[idx], lengths[idx], static[idx], stamps[idx])
-            n += batch
-        out[precision] = {"alerts_per_s": n / (time.perf_counter() - t0),
-                          "max_abs_dp": float(np.abs(probs - fp32).max())}
-    return out
