@@ -472,7 +472,8 @@ def baseline_main(argv: list[str]) -> int:
     from confluent_kafka import Consumer
     from pymongo import MongoClient
 
-    from models.oracle.networks import load_oracle, predict_proba
+    from models.oracle.loading import load_oracle
+    from models.oracle.networks import predict_proba
     from operators.oracle.messages import decode_avro
     from operators.oracle.surveys import ZTF
     from operators.oracle.ztf_inputs import ztf_inputs
@@ -562,7 +563,8 @@ def omni_rates(seconds: float = 8.0, batch: int = 32) -> dict:
     import numpy as np
     import torch
 
-    from models.oracle.networks import build_oracle, configure_inference, predict_proba
+    from models.oracle.loading import configure_inference
+    from models.oracle.networks import build_oracle, predict_proba
     from operators.oracle.steps import pad
     from operators.oracle.store import EmbeddedStore
     from operators.oracle.surveys import ZTF
