@@ -47,7 +47,8 @@ def baseline_main(argv: list[str]) -> int:
     from confluent_kafka import Consumer
     from pymongo import MongoClient
 
-    from models.oracle.networks import load_oracle, predict_proba
+    from models.oracle.loading import load_oracle
+    from models.oracle.networks import predict_proba
     from operators.oracle.messages import decode_avro
     from operators.oracle.surveys import ZTF
     from operators.oracle.ztf_inputs import ztf_inputs

@@ -24,7 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.oracle.networks import build_oracle, load_oracle, predict_proba  # noqa: E402
+from models.oracle.loading import load_oracle  # noqa: E402
+from models.oracle.networks import build_oracle, predict_proba  # noqa: E402
 
 
 def make_alerts(n: int, min_len: int, max_len: int, seed: int = 0):

@@ -15,7 +15,8 @@ def omni_rates(seconds: float = 8.0, batch: int = 32) -> dict:
     import numpy as np
     import torch
 
-    from models.oracle.networks import build_oracle, configure_inference, predict_proba
+    from models.oracle.loading import configure_inference
+    from models.oracle.networks import build_oracle, predict_proba
     from operators.oracle.steps import pad
     from operators.oracle.store import EmbeddedStore
     from operators.oracle.surveys import ZTF

@@ -125,7 +125,7 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     import torch
 
     from dataflows.oracle import classify_steps, load_survey_model, make_store, write_outputs
-    from models.oracle.networks import model_label, weights_sha12
+    from models.oracle.loading import model_label, weights_sha12
     from operators.sinks.fritz import FritzClient
     from operators.runtime.logs import setup_logging
 

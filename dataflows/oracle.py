@@ -27,7 +27,8 @@ from bytewax.dataflow import Dataflow
 
 import torch
 
-from models.oracle.networks import ModelLoadError, TaxonomyMismatch, configure_inference, load_oracle, model_label, predict_proba
+from models.oracle.loading import configure_inference, load_oracle, model_label
+from models.oracle.networks import ModelLoadError, TaxonomyMismatch, predict_proba
 from operators.runtime import metrics
 from operators.oracle import steps
 from operators.runtime.batching import batch, group_by_key

@@ -89,7 +89,8 @@ def check_directories(name: str, dirs: Iterable[tuple[str, Path]]) -> CheckResul
 def check_weights(settings, survey, shadow: bool = False):
     """(result, model): the checkpoint (the shadow one with `shadow`) loads and its
     classes are the survey's."""
-    from models.oracle.networks import TaxonomyMismatch, load_oracle
+    from models.oracle.loading import load_oracle
+    from models.oracle.networks import TaxonomyMismatch
 
     name = "shadow" if shadow else "weights"
     var = f"ORACLE_{survey.name}_SHADOW_WEIGHTS" if shadow else f"ORACLE_{survey.name}_WEIGHTS"

@@ -19,7 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.vetting.active_learning import LoopConfig, live_round, main as al_main, simulate
+from models.vetting.active_learning import LoopConfig, simulate
+from models.vetting.cli import main as al_main
+from models.vetting.live import live_round
 from models.vetting.experiments import synthetic_pool
 from models.vetting.classifier import (
     LABEL_KEYS,

@@ -13,7 +13,8 @@ from bson import json_util
 from bytewax.testing import cluster_main, run_main
 
 from dataflows.oracle import build_flow
-from models.oracle.networks import ModelLoadError, load_oracle, predict_proba
+from models.oracle.loading import load_oracle
+from models.oracle.networks import ModelLoadError, predict_proba
 from models.oracle.taxonomy import LSST_TAXONOMY
 from operators.runtime.config import DATA_DIR, ConfigError
 from operators.io.deadletter import read_dead_letters

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.oracle.networks import ModelLoadError, build_oracle, load_oracle, predict_proba
+from models.oracle.loading import load_oracle
+from models.oracle.networks import ModelLoadError, build_oracle, predict_proba
 from models.oracle.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY
 
 DATA = Path(__file__).resolve().parent.parent / "data"

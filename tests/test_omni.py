@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.oracle.networks import ModelLoadError, build_oracle, load_oracle, predict_proba
+from models.oracle.loading import load_oracle
+from models.oracle.networks import ModelLoadError, build_oracle, predict_proba
 
 CONVNEXT = "image_spine.convnext."
 
@@ -129,7 +130,7 @@ def test_convnext_block_matches_timm_nchw_formulation():
 
 
 def test_image_head_gets_a_gelu_after_every_linear_but_the_last():
-    from models.oracle.networks import describe_image_head
+    from models.oracle.image import describe_image_head
 
     dropout_layout = ((3, 512, 256), (5, 256, 128), (8, 128, 64), (10, 64, 16))
     model = build_oracle("omni", image_head=dropout_layout)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from bytewax.testing import run_main
 
 from dataflows.oracle import build_flow
-from models.oracle.networks import ModelLoadError, load_oracle
+from models.oracle.loading import load_oracle
+from models.oracle.networks import ModelLoadError
 from models.oracle.taxonomy import ZTF_TAXONOMY
 from operators.io.deadletter import read_dead_letters
 from operators.oracle.results import read_results

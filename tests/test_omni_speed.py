@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.oracle.networks import build_oracle, configure_inference, load_oracle, predict_proba
+from models.oracle.loading import configure_inference, load_oracle
+from models.oracle.networks import build_oracle, predict_proba
 from models.oracle.image import STAMP_SIZE
 
 

@@ -22,7 +22,8 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.testing import TestingSource, run_main
 
 from dataflows.oracle import build_flow, load_survey_model
-from models.oracle.networks import TaxonomyMismatch, build_oracle, load_oracle
+from models.oracle.loading import load_oracle
+from models.oracle.networks import TaxonomyMismatch, build_oracle
 from models.oracle.taxonomy import Taxonomy
 from operators.io.deadletter import read_dead_letters
 from operators.oracle.inputs import InputError, ModelInputs, candidate_and_series, number, time_series

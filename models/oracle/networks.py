@@ -32,20 +32,13 @@ Output of `forward`: logits `[B, n_nodes]` in the taxonomy's level order;
 
 from __future__ import annotations
 
-import hashlib
-import os
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models.oracle.image import (  # noqa: F401 - describe_image_head is part of this module's interface
-    IMAGE_HEAD_PREFIX, LATENT_DIM, NEW_ARCH_IMAGE_HEAD, StampNetwork, check_image_head, describe_image_head,
-    image_head_layout,
-)
+from models.oracle.image import LATENT_DIM, NEW_ARCH_IMAGE_HEAD, StampNetwork
 from models.oracle.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY, Taxonomy
 
 KINDS = ("btsv2", "lsst_lite", "omni")
@@ -288,166 +281,6 @@ def build_oracle(kind: str, n_nodes: int | None = None, n_static: int = 30, ts_d
     return model.eval()
 
 
-def detect_kind(state: dict) -> str:
-    """Which ORACLE network a state dict belongs to, from its key names."""
-    if any(k.startswith(("lc_md_spine.", "image_spine.")) for k in state):
-        return "omni"
-    if "static_proj.weight" in state or "merge_proj.weight" in state:
-        return "btsv2"
-    if "gru.weight_ih_l0" in state or "attn_W.weight" in state:
-        return "lsst_lite"
-    raise ModelLoadError("cannot tell which ORACLE network these weights are for "
-                         f"(first keys: {sorted(state)[:5]}); pass kind= one of {KINDS}")
-
-
-def _architecture_from_state(state: dict, kind: str) -> dict:
-    """Sizes read from the checkpoint itself, so e.g. a lite network of another taxonomy loads too."""
-    prefix = "lc_md_spine." if kind == "omni" else ""
-    out_key = "final_out.1.weight" if kind == "omni" else "fc_out.weight"
-    args = {}
-    if out_key in state:
-        args["n_nodes"] = state[out_key].shape[0]
-    if prefix + "static_proj.weight" in state:
-        args["n_static"] = state[prefix + "static_proj.weight"].shape[1]
-    if prefix + "gru.weight_ih_l0" in state:
-        args["ts_dim"] = state[prefix + "gru.weight_ih_l0"].shape[1]
-    if prefix + "gru.weight_hh_l0" in state:
-        args["gru_hidden"] = state[prefix + "gru.weight_hh_l0"].shape[1]
-    # Whether the light-curve network has a learnt residual projection: as the checkpoint says.
-    args["residual"] = prefix + "residual_proj.weight" in state
-    if kind == "omni" and any(k.startswith(IMAGE_HEAD_PREFIX) for k in state):
-        layout = image_head_layout(state)
-        check_image_head(layout, state)
-        args["image_head"] = layout
-    layers = [k for k in state if k.startswith(prefix + "gru.weight_ih_l") and not k.endswith("_reverse")]
-    if layers:
-        args["gru_layers"] = len(layers)
-    return args
-
-
-def _read_state_dict(path: Path) -> dict:
-    if not path.is_file():
-        raise ModelLoadError(f"ORACLE weights not found at {path}: check the path (the repo ships "
-                             "data/best_model_f1_ztf.pth and data/best_model_f1_lsst.pth)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, or pickled objects beyond tensors
-        raise ModelLoadError(f"cannot read ORACLE weights from {path}: {exc}. Expected a torch "
-                             "state dict saved with torch.save(model.state_dict(), path)") from exc
-    for wrapper in ("state_dict", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelLoadError(f"{path} does not hold a state dict of tensors (got {type(obj).__name__}); "
-                             "save it with torch.save(model.state_dict(), path)")
-    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def weights_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a weights file: two files with one name are never confused."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_label(model: OracleModel, path: str | os.PathLike) -> str:
-    """What the results' `model` column says: `ORACLE-btsv2:best_model_f1_ztf.pth@f1e3353cb6c0`
-    (kind, file name, first 12 hex digits of the file's sha256)."""
-    return f"ORACLE-{model.kind}:{Path(path).name}@{weights_sha12(path)}"
-
-
-def load_oracle(path: str | os.PathLike, kind: str | None = None, taxonomy: Taxonomy | None = None) -> OracleModel:
-    """Load an ORACLE checkpoint strictly, on CPU, in eval mode.
-
-    `kind` ("btsv2", "lsst_lite", "omni") defaults to detection from the key
-    names. `taxonomy` names the checkpoint's outputs: a flow passes its survey's;
-    without one the kind's published taxonomy is assumed (`DEFAULT_TAXONOMIES`),
-    and a checkpoint whose width is not that taxonomy's is refused. Raises
-    ModelLoadError naming the path and any missing, unexpected or wrongly shaped
-    keys, or the mismatch of outputs and taxonomy.
-    """
-    path = Path(path)
-    state = _read_state_dict(path)
-    if kind is None:
-        try:
-            kind = detect_kind(state)
-        except ModelLoadError as exc:
-            raise ModelLoadError(f"{path}: {exc}") from None
-    elif kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    try:
-        architecture = _architecture_from_state(state, kind)
-    except ValueError as exc:
-        raise ModelLoadError(f"{path}: {exc}") from exc
-    try:
-        taxonomy = taxonomy_for(kind, architecture.get("n_nodes"), taxonomy)
-    except ValueError as exc:
-        raise TaxonomyMismatch(f"{path}: {exc}") from None
-    try:
-        # Built on the meta device: no time spent on a random init that the
-        # checkpoint overwrites anyway (8.5M parameters for Omni's ConvNeXt).
-        with torch.device("meta"):
-            model = build_oracle(kind, taxonomy=taxonomy, **architecture)
-    except ValueError as exc:  # e.g. an image head that cannot be built
-        raise ModelLoadError(f"{path}: {exc}") from exc
-
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(f"{k} {tuple(state[k].shape)} (network wants {tuple(expected[k].shape)})"
-                         for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or wrong_shape:
-        problems = []
-        if missing:
-            problems.append(f"missing keys {missing}")
-        if unexpected:
-            problems.append(f"unexpected keys {unexpected}")
-        if wrong_shape:
-            problems.append(f"wrongly shaped keys {wrong_shape}")
-        if kind == "omni":
-            problems.append(f"built for the checkpoint's {describe_image_head(model.image_spine.head_layout)}, "
-                            f"light-curve spine {'with' if model.lc_md_spine.residual_proj is not None else 'without'}"
-                            " residual_proj")
-        raise ModelLoadError(
-            f"weights in {path} do not fit the ORACLE {kind} network: {'; '.join(problems)}. "
-            f"Use an ORACLE {kind} checkpoint saved as a plain state dict, or pass kind= "
-            f"(one of {KINDS}) if the network was detected wrongly.")
-    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise ModelLoadError(f"weights in {path} do not fit the ORACLE {kind} network: {exc}") from exc
-    if kind == "omni":
-        model.image_spine.convnext.to(memory_format=torch.channels_last)
-    return model.eval()
-
-
-PRECISIONS = ("fp32", "bf16")
-DEVICES = ("cpu", "cuda", "mps")
-
-
-def configure_inference(model: OracleModel, precision: str = "fp32", device: str = "cpu") -> OracleModel:
-    """Move `model` to `device` and set the image network's precision (Omni; the
-    light-curve networks always run in fp32). Raises ValueError naming what to fix."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda asked for, but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device mps asked for, but torch sees no Apple GPU (torch.backends.mps.is_available())")
-    model.to(device)
-    if model.needs_stamp:
-        model.image_spine.precision = precision
-        model.image_spine.convnext.to(memory_format=torch.channels_last)
-    return model
-
-
 # ---------------------------------------------------------------- inference
 
 def predict_proba(model: OracleModel, ts: np.ndarray, lengths: np.ndarray,
@@ -471,7 +304,3 @@ def predict_proba(model: OracleModel, ts: np.ndarray, lengths: np.ndarray,
         logits = model(tensor(ts), lengths_t, tensor(static), tensor(stamps))
     return model.taxonomy.class_probabilities(logits.cpu().numpy())
 
-
-def weights_sha12(path) -> str:
-    """First 12 hex digits of the checkpoint's sha256 (results' `model` column, backfill file names)."""
-    return weights_sha256(path)[:12]

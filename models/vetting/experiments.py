@@ -289,7 +289,7 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from models.vetting.active_learning import config_from_args, tracking_from_args  # noqa: PLC0415
+    from models.vetting.cli_options import config_from_args, tracking_from_args  # noqa: PLC0415
     from models.vetting.study import labels_needed, paired_vs_random, progress_bar, write_study  # noqa: PLC0415
     from models.vetting.tables import class_balance, load_table_pool  # noqa: PLC0415
 

@@ -5,7 +5,7 @@
 
 Reads tonight's VRA feature table (what `dataflows.fink_vra` wrote), trains
 on the labels so far, logs the round to MLflow, writes the batch to label
-(`models.vetting.active_learning.live_round`), then opens the labelling CLI on that
+(`models.vetting.live.live_round`), then opens the labelling CLI on that
 batch (`models.vetting.labeling.label_session`) unless `--no-label`. A progress bar
 (tqdm, on stderr) follows the steps. `--alerts` (default: `$FINK_VRA_INPUT`)
 names the alert files the batch came from -- any file, directory or glob the
@@ -65,7 +65,8 @@ def night(args: argparse.Namespace, stdin: Optional[TextIO] = None, stdout: Opti
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     from tqdm import tqdm  # noqa: PLC0415
 
-    from models.vetting.active_learning import config_from_args, live_round, load_features, tracking_from_args  # noqa: PLC0415
+    from models.vetting.cli_options import config_from_args, tracking_from_args  # noqa: PLC0415
+    from models.vetting.live import live_round, load_features  # noqa: PLC0415
 
     out_dir = Path(args.out)
     config = config_from_args(args)

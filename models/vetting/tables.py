@@ -137,7 +137,7 @@ def load_table_pool(args: argparse.Namespace, seed: int = 0) -> Pool:
         table = synthetic_pool(int(spec.split(":", 1)[1]), seed=seed)
         return Pool(table, _features(args, table, "label") or feature_columns(table))
     if args.labels and not foreign and _is_our_labels(args.labels):
-        from models.vetting.active_learning import load_features  # noqa: PLC0415
+        from models.vetting.live import load_features  # noqa: PLC0415
         from models.vetting.labeling import latest_labels, read_labels  # noqa: PLC0415
 
         lab = latest_labels(read_labels(args.labels))
