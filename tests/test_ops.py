@@ -139,7 +139,7 @@ def test_metrics_port_reader():
 
 def test_standalone_exporter_serves_the_registry_once_per_process():
     # In a process of its own, which the test stops: the exporter lives as long as its process.
-    script = ("import time\nfrom operators import metrics\n"
+    script = ("import time\nfrom operators.runtime import metrics\n"
               "port = metrics.start_exporter(0)\n"
               "assert port and metrics.start_exporter(0) == port and metrics.start_exporter(None) == port\n"
               "metrics.count_messages('ZTF', 1, flow='oracle_test_exporter')\n"
@@ -161,7 +161,7 @@ import bytewax.operators as op
 from bytewax.connectors.stdio import StdOutSink
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource
-from operators import metrics
+from operators.runtime import metrics
 
 def slow():
     for i in range(2000):
