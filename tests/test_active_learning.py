@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from models.vetting.active_learning import LoopConfig, simulate
 from models.vetting.cli import main as al_main
 from models.vetting.live import live_round
-from models.vetting.experiments import synthetic_pool
+from models.vetting.synthetic import synthetic_pool
 from models.vetting.classifier import (
     LABEL_KEYS,
     LABEL_TABLE,

@@ -15,7 +15,7 @@ import pytest
 
 from models.vetting.active_learning import LoopConfig, simulate
 from models.vetting.cli import main as al_main
-from models.vetting.experiments import synthetic_pool
+from models.vetting.synthetic import synthetic_pool
 from models.vetting.study import labels_needed, paired_vs_random
 from models.vetting.tables import infer_feature_columns, map_labels, parse_label_map
 from models.vetting.classifier import LABEL_TABLE, TARGETS, ClassifierConfig

@@ -29,14 +29,11 @@ LAYERS = [
 ]
 
 UPWARD_EXCEPTIONS = {
-    ("models.vetting.classifier", "operators.vra.features"): "the feature contract (FEATURE_COLUMNS) lives with the VRA steps; it belongs in models/vetting",
-    ("models.vetting.experiments", "operators.vra.features"): "the feature contract (FEATURE_COLUMNS) lives with the VRA steps; it belongs in models/vetting",
     ("models.vetting.night", "operators.vra.alert_files"): "the night command reads Fink files itself; a CLI above both packages should",
 }
 
 # Edges that close a cycle (beyond those of UPWARD_EXCEPTIONS); without them the graph has none.
 CYCLE_EXCEPTIONS = {
-    ("models.vetting.tables", "models.vetting.experiments"): "tables builds the synthetic pool of experiments, which uses tables",
 }
 
 LINE_LIMIT = 400

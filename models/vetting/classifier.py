@@ -11,7 +11,7 @@ What lives here, all plain functions over numpy/pandas:
 - held-out metrics (accuracy, precision/recall/F1 per class and macro,
   confusion matrix) and permutation importance with a plot.
 
-Inputs are feature frames with the columns of `operators.vra.features.
+Inputs are feature frames with the columns of `models.vetting.feature_contract.
 FEATURE_COLUMNS`; outputs are dicts, arrays and DataFrames that
 `models.vetting.active_learning` logs to MLflow.
 """
@@ -24,6 +24,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+
+from models.vetting.feature_contract import FEATURE_COLUMNS
 
 # --------------------------------------------------------------------------
 # Labels and targets
@@ -108,23 +110,8 @@ def get_target(name: str) -> Target:
 
 
 def feature_columns(table: pd.DataFrame | None = None) -> list[str]:
-    """The model's input columns.
-
-    `operators.vra.features.FEATURE_COLUMNS` when that module is importable
-    (imported here, lazily, so this module loads without the flow's
-    dependencies). Otherwise the numeric columns of `table` other than
-    identifiers and label columns.
-    """
-    try:
-        from operators.vra.features import FEATURE_COLUMNS  # noqa: PLC0415
-    except ImportError:
-        if table is None:
-            raise ValueError(
-                "operators.vra.features is not importable and no table was given to "
-                "infer feature columns from; pass feature_columns explicitly."
-            ) from None
-        skip = {"candid", "objectId", "label", "timestamp", "y"}
-        return [c for c in table.columns if c not in skip and pd.api.types.is_numeric_dtype(table[c])]
+    """The model's input columns: the VRA feature table's (`models/vetting/feature_contract.py`).
+    `table` is accepted for callers that pass one; the contract does not depend on it."""
     return list(FEATURE_COLUMNS)
 
 

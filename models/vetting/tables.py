@@ -132,7 +132,7 @@ def load_table_pool(args: argparse.Namespace, seed: int = 0) -> Pool:
     spec = args.pool
     foreign = bool(args.label_column or args.label_map or args.feature_columns or args.validation)
     if spec.startswith("synthetic:"):
-        from models.vetting.experiments import synthetic_pool  # noqa: PLC0415
+        from models.vetting.synthetic import synthetic_pool  # noqa: PLC0415
 
         table = synthetic_pool(int(spec.split(":", 1)[1]), seed=seed)
         return Pool(table, _features(args, table, "label") or feature_columns(table))

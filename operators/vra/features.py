@@ -29,36 +29,11 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 import pandas as pd
 
+from models.vetting.feature_contract import BANDS, FEATURE_COLUMNS, LC_FEATURES  # noqa: F401 - the table's columns
+
 META_COLUMNS = ["candid", "objectId"]
 
-# The light-curve features kept from Fink's 26, in the order the table uses.
-LC_FEATURES = [
-    "amplitude",
-    "linear_fit_reduced_chi2",
-    "linear_fit_slope",
-    "linear_fit_slope_sigma",
-    "median",
-    "median_absolute_deviation",
-]
-
-# ZTF filter id -> column suffix. The odd "r_" suffix is the name the trained
-# models already use, so it stays.
-BANDS = {1: "", 2: "r_"}
 CARRIED_KEYS = {1: "lc_features_g", 2: "lc_features_r"}
-
-FEATURE_COLUMNS = [
-    "ra",
-    "dec",
-    "drb",
-    "ndets",
-    "nnondets",
-    "dets_median",
-    "dets_std",
-    "sep_arcsec",
-    *LC_FEATURES,
-    *[name + BANDS[2] for name in LC_FEATURES],
-    "ebv",
-]
 
 # fink-utils `is_source_behind`: a reference-image source within 1.5 px.
 _SOURCE_BEHIND_PX = 1.5
