@@ -32,7 +32,7 @@ from models.oracle.networks import ModelLoadError, TaxonomyMismatch, predict_pro
 from operators.runtime import metrics
 from operators.oracle import steps
 from operators.runtime.batching import batch, group_by_key
-from operators.runtime.config import ConfigError, Settings
+from operators.runtime.config import Settings
 from operators.io.deadletter import DeadLetter, dead_letter, dead_letter_sink
 from operators.sinks.fritz import FritzAnnotationSink, FritzClient, add_fritz_context, fritz_key
 from operators.runtime.logs import quiet_interrupt, setup_logging, watch_sigint
@@ -121,10 +121,7 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
         shadow_model = load_oracle(settings.shadow_weights, taxonomy=survey.taxonomy)
         shadow = (shadow_model, model_label(shadow_model, settings.shadow_weights))
     for m in [model] + ([shadow[0]] if shadow else []):
-        try:
-            configure_inference(m, settings.precision, settings.device)
-        except ValueError as exc:
-            raise ConfigError(f"ORACLE_DEVICE={settings.device}: {exc}; use ORACLE_DEVICE=cpu") from None
+        configure_inference(m, settings.precision, settings.device)  # the device was checked in validate()
     lazy_store = steps.OncePerProcess((lambda: store) if store is not None else partial(make_store, settings, survey))
     metrics.start_exporter(settings.metrics_port)
     fritz = FritzClient(settings.fritz) if settings.fritz.enabled and survey.fritz else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
 from confluent_kafka import Consumer
 
 from operators.runtime.config import KAFKA_CONSUMER_DEFAULTS, Settings
@@ -36,3 +38,14 @@ def test_precision_and_device_are_checked_before_the_flow_starts():
         Settings.from_env(ZTF, {"ORACLE_PRECISION": "int4"})
     with pytest.raises(ConfigError, match="ORACLE_DEVICE='gpu'"):
         Settings.from_env(ZTF, {"ORACLE_DEVICE": "gpu"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_a_device_the_machine_lacks_fails_the_checks_before_the_flow(tmp_path):
+    from dataflows.preflight import validate
+
+    settings = Settings.from_env(ZTF, {"ORACLE_DEVICE": "cuda", "ALERTFLOW_RESULTS_DIR": str(tmp_path / "r"),
+                                       "ALERTFLOW_LOGS_DIR": str(tmp_path / "l")})
+    checks, _ = validate(settings, ZTF)
+    failed = [c for c in checks if not c.ok]
+    assert len(failed) == 1 and "ORACLE_DEVICE=cuda" in failed[0].line() and "ORACLE_DEVICE=cpu" in failed[0].line()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -167,17 +168,25 @@ PRECISIONS = ("fp32", "bf16")
 DEVICES = ("cpu", "cuda", "mps")
 
 
+def device_problem(device: str) -> Optional[str]:
+    """Why the model cannot run on `device` here, or None."""
+    if device not in DEVICES:
+        return f"device must be one of {DEVICES}, got {device!r}"
+    if device == "cuda" and not torch.cuda.is_available():
+        return "device cuda asked for, but torch sees no CUDA GPU (torch.cuda.is_available() is False)"
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        return "device mps asked for, but torch sees no Apple GPU (torch.backends.mps.is_available())"
+    return None
+
+
 def configure_inference(model: OracleModel, precision: str = "fp32", device: str = "cpu") -> OracleModel:
     """Move `model` to `device` and set the image network's precision (Omni; the
     light-curve networks always run in fp32). Raises ValueError naming what to fix."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda asked for, but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device mps asked for, but torch sees no Apple GPU (torch.backends.mps.is_available())")
+    problem = device_problem(device)
+    if problem:
+        raise ValueError(problem)
     model.to(device)
     if model.needs_stamp:
         model.image_spine.precision = precision

@@ -249,15 +249,16 @@ def _schema_problem(schema_json: bytes) -> Optional[str]:
     return None
 
 
-def _check_container(payload: bytes) -> None:
+def _check_container(payload: bytes) -> Optional[tuple[bytes, dict, int]]:
     """Refuse a container whose writer schema lets a count alone allocate memory, whose
     blocks do not each end with the sync marker up to the last byte (truncated, or junk
     after it), or whose Snappy blocks declare more bytes than they can hold — before any
-    decoder reads it."""
+    decoder reads it. Returns its header (as `_container_header`), None when unreadable."""
     try:
-        _, meta, pos = _container_header(payload)
+        header = _container_header(payload)
     except (ValueError, IndexError):
-        return  # not a container header we can read: the decoders say why
+        return None  # not a container header we can read: the decoders say why
+    _, meta, pos = header
     problem = _schema_problem(meta.get(b"avro.schema", b""))
     if problem:
         raise CorruptContainer(problem)
@@ -274,12 +275,14 @@ def _check_container(payload: bytes) -> None:
         if declared > SNAPPY_MAX_EXPANSION * size + 64:
             raise CorruptContainer(f"corrupt Snappy block: declares {declared} bytes from {size}")
         pos += size + 16
+    return header
 
 
-def _decode_avro_cached(payload: bytes) -> dict:
+def _decode_avro_cached(payload: bytes, header: Optional[tuple[bytes, dict, int]] = None) -> dict:
     """The fast path of `decode_avro`: one block holding one record, its writer schema
-    parsed once per distinct header. Raises on anything else (the caller falls back)."""
-    meta, _, pos = _container_header(payload)
+    parsed once per distinct header (`header`: the already parsed one, if any). Raises
+    on anything else (the caller falls back)."""
+    meta, _, pos = header or _container_header(payload)
     sync = payload[pos - 16:pos]
     schema, codec = _SCHEMAS.get(meta, payload)
     count, pos = _read_long(payload, pos)
@@ -312,11 +315,12 @@ def decode_avro(payload: bytes) -> dict:
     BOOM sends one container per alert, each with its schema as JSON in the header;
     fastavro's reader parses and compiles that schema for every message (~40% of
     the parse step). The common shape (one block, one record) is decoded with the
-    writer schema parsed once per distinct header; anything else goes through
-    fastavro's reader, so what is refused and why is exactly as before."""
-    _check_container(payload)
+    writer schema parsed once per distinct header; other well-formed shapes go
+    through fastavro's pure-Python reader. Damaged containers are refused first
+    (`_check_container`, `CorruptContainer`)."""
+    header = _check_container(payload)
     try:
-        return _decode_avro_cached(payload)
+        return _decode_avro_cached(payload, header)
     except CorruptContainer:
         raise
     except Exception:
