@@ -246,7 +246,8 @@ class Calibration:
         import numpy as np
         import torch
 
-        from models.oracle.networks import load_oracle, predict_proba
+        from models.oracle.loading import load_oracle
+        from models.oracle.networks import predict_proba
         from operators.oracle.messages import decode_avro
         from operators.oracle.steps import pad
         from operators.oracle.surveys import ZTF
