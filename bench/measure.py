@@ -14,6 +14,7 @@ import csv
 import os
 import re
 import resource
+import sys
 import threading
 import time
 import urllib.request
@@ -33,9 +34,12 @@ if TYPE_CHECKING:
 def proc_status(pid: Optional[int] = None) -> dict[str, int]:
     """`VmRSS` (now) and `VmHWM` (peak) of a process in bytes; {} when it is gone.
 
-    RSS from psutil. The peak is the kernel's high-water mark of this process
-    (`getrusage`); psutil has none for another process, so there it is its RSS
-    now, and callers keep the largest they sample."""
+    RSS from psutil. The peak of this process is the kernel's high-water mark of its
+    address space (`VmHWM` in /proc/self/status); not `getrusage`'s `ru_maxrss`,
+    which Linux carries over fork + exec, so a flow started by the benchmark's
+    driver would report the driver's peak when that is larger. psutil has no peak
+    for another process: there it is its RSS now, and callers keep the largest they
+    sample."""
     import psutil
 
     try:
@@ -43,9 +47,20 @@ def proc_status(pid: Optional[int] = None) -> dict[str, int]:
     except psutil.Error:
         return {}
     if pid is None or pid == os.getpid():
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-        return {"VmRSS": rss, "VmHWM": max(peak, rss)}
+        return {"VmRSS": rss, "VmHWM": max(_own_peak(), rss)}
     return {"VmRSS": rss, "VmHWM": rss}
+
+
+def _own_peak() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # no /proc: not Linux
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
 # ---------------------------------------------------------------- small helpers
