@@ -177,9 +177,10 @@ GPU_PREFIXES = ("cuda", "mps", "gpu")
 
 
 def chart(res: dict, path: Path) -> None:
-    """Throughput per mode (left, log scale) and µs per message by stage, stacked (right):
+    """Throughput per mode (left, log scale) and µs per message by stage as stacked bars:
     CPU per stage with the framework's share where the stages' CPU is measured (embedded
-    flow modes, the embedded per-message loop), wall time per stage elsewhere."""
+    flow modes, the embedded per-message loop; middle), wall time per stage for the
+    server modes (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,29 +193,37 @@ def chart(res: dict, path: Path) -> None:
             rates.update({f"omni {name}": v["alerts_per_s"] for name, v in omni_rows(r).items()})
         elif k != "memory" and r.get("msgs_per_s"):
             rates[k] = r["msgs_per_s"]
-    rows = {}
+    cpu_rows, wall_rows = {}, {}
     for k, r in m.items():
         split = cpu_split(r)
         if split:
-            rows[f"{k} (CPU)"] = split
+            cpu_rows[k] = split
         elif r.get("stage_us_per_message"):
-            rows[f"{k} (wall)"] = r["stage_us_per_message"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 5))
+            wall_rows[k] = r["stage_us_per_message"]
+    panels = [(rows, title) for rows, title in (
+        (cpu_rows, "CPU µs per message by stage\n(framework = process CPU − stages)"),
+        (wall_rows, "wall µs per message by stage, summed over workers\n(server modes: bytewax + alertflow metrics)"))
+        if rows]
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(6 + 5.5 * len(panels), 5), squeeze=False)
+    axes = axes[0]
+    a = axes[0]
     a.barh(list(rates), list(rates.values()), color="tab:blue")
     for y, v in enumerate(rates.values()):
         a.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
     a.set_xscale("log")
     a.set_xlabel("messages (alerts for Omni) per second, log scale")
     a.invert_yaxis()
-    left = [0.0] * len(rows)
-    for stage in (*STAGES, "framework"):
-        vals = [rows[k].get(stage, 0.0) for k in rows]
-        if any(vals):
-            b.barh(list(rows), vals, left=left, label=stage)
-            left = [x + y for x, y in zip(left, vals)]
-    b.set_xlabel("µs per message by stage: CPU (framework = process CPU − stages) or wall")
-    b.invert_yaxis()
-    b.legend(fontsize=8)
+    colors = dict(zip((*STAGES, "framework"), plt.get_cmap("tab10").colors))
+    for b, (rows, title) in zip(axes[1:], panels):
+        left = [0.0] * len(rows)
+        for stage in (*STAGES, "framework"):
+            vals = [rows[k].get(stage, 0.0) for k in rows]
+            if any(vals):
+                b.barh(list(rows), vals, left=left, label=stage, color=colors[stage])
+                left = [x + y for x, y in zip(left, vals)]
+        b.set_xlabel(title)
+        b.invert_yaxis()
+        b.legend(fontsize=8)
     fig.suptitle(f"bench_flow {res['started']}: N={res['workload']['n']:,}, "
                  f"{res['machine']['cores']} shared cores (ratios from one run)")
     fig.tight_layout()
