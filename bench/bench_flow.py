@@ -22,8 +22,8 @@ one run so that ratios share the machine's conditions:
   cluster2                 4. `dataflows.ztf` on the servers, 2-process cluster (`-i 0/1 -a ...`)
   kafka-shards, cluster2-shards   kafka, cluster2 with ORACLE_SHARDS=--alt-shards            [--only]
   memory                      embedded replay of --memory-n messages, generated lazily, RSS sampled
-  omni                     Omni alone on the bundled alerts' real stamps, 1 thread: fp32 and bf16 alerts/s,
-                              bf16's largest probability change (random weights: no Omni checkpoint is shipped)
+  omni                     Omni alone on the bundled alerts' real stamps, 1 thread: fp32, bf16 and int8 alerts/s,
+                              each one's largest probability change (random weights: no Omni checkpoint is shipped)
 
 Throughput (msgs/s) is messages ÷ the time from the first message handed to the
 flow to the last row in the results CSV (start-up, model load and Kafka group
