@@ -21,10 +21,10 @@ from operators.oracle.surveys import ZTF
 from operators.oracle.ztf_inputs import ztf_inputs
 
 # Largest change of any node probability on the bundled alerts, against fp32, with the
-# weights below: measured 1.3e-4 (bf16) and 5.4e-4 (int8) on an AVX-512 x86 CPU;
-# the bounds leave ~4x for other CPUs' kernels. Replacing every stamp by zeros moves
-# them by 2e-2, so a bound this tight does see the image network.
-TOLERANCE = {"bf16": 5e-4, "int8": 2e-3}
+# weights below: measured 1.3e-4 (bf16) and 9.0e-4 (int8) on an AVX-512 x86 CPU;
+# the bounds leave 3-4x for other CPUs' kernels. Replacing every stamp by zeros moves
+# them by 2.1e-2, so bounds this tight do see the image network.
+TOLERANCE = {"bf16": 5e-4, "int8": 3e-3}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def fp32(omni, bundled):
 def test_the_stamps_move_the_probabilities_more_than_any_tolerance(omni, bundled, fp32):
     ts, lengths, static, stamps = bundled
     moved = np.abs(predict_proba(omni, ts, lengths, static, np.zeros_like(stamps)) - fp32).max()
-    assert moved > 5 * max(TOLERANCE.values())
+    assert moved > 5 * max(TOLERANCE.values()), moved
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
@@ -131,3 +131,14 @@ print(seen["threads"], seen["cpu_per_wall"])
     threads, cpu_per_wall = out.stdout.split()
     assert int(threads) == 1
     assert float(cpu_per_wall) < 1.3  # one core's worth of CPU: no hidden intra-op pool
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_an_alerts_probabilities_do_not_depend_on_its_batch(omni, bundled, precision):
+    """int8 scales each layer's input by its min and max: per stamp, not per batch."""
+    model = configure_inference(copy.deepcopy(omni), precision, "cpu")
+    ts, lengths, static, stamps = bundled
+    together = predict_proba(model, ts[:12], lengths[:12], static[:12], stamps[:12])
+    for i in (0, 5, 11):
+        alone = predict_proba(model, ts[i:i + 1, :lengths[i]], lengths[i:i + 1], static[i:i + 1], stamps[i:i + 1])
+        np.testing.assert_allclose(alone[0], together[i], atol=1e-6, rtol=0)

@@ -155,9 +155,12 @@ class StampNetwork(nn.Module):
         return hit
 
     def _image_latent(self, stamps: torch.Tensor) -> torch.Tensor:
-        """Batched forward passes of TRUNK_CHUNK stamps: upsampling and trunk, channels_last."""
-        if stamps.shape[0] > TRUNK_CHUNK:
-            return torch.cat([self._image_latent(chunk) for chunk in stamps.split(TRUNK_CHUNK)])
+        """Batched forward passes of TRUNK_CHUNK stamps (int8: 1): upsampling and trunk, channels_last."""
+        # int8 quantizes each layer's input with one scale for the whole tensor: one stamp
+        # per pass, so that an alert's result does not depend on the others in its batch.
+        chunk = 1 if self.precision == "int8" else TRUNK_CHUNK
+        if stamps.shape[0] > chunk:
+            return torch.cat([self._image_latent(part) for part in stamps.split(chunk)])
         stamps = stamps.contiguous(memory_format=torch.channels_last)
         with torch.autocast(stamps.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             if stamps.shape[-2:] != (STAMP_SIZE, STAMP_SIZE):
