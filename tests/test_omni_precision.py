@@ -142,3 +142,25 @@ def test_an_alerts_probabilities_do_not_depend_on_its_batch(omni, bundled, preci
     for i in (0, 5, 11):
         alone = predict_proba(model, ts[i:i + 1, :lengths[i]], lengths[i:i + 1], static[i:i + 1], stamps[i:i + 1])
         np.testing.assert_allclose(alone[0], together[i], atol=1e-6, rtol=0)
+
+
+def test_the_ztf_flow_runs_int8_when_asked(omni, tmp_path):
+    """ORACLE_PRECISION=int8 reaches the flow's model: same rows as fp32, probabilities
+    within the int8 bound, and not all identical (the int8 matmuls ran)."""
+    from bytewax.testing import run_main
+
+    from dataflows.oracle import build_flow
+    from operators.oracle.results import read_results
+    from tests.helpers import settings_for
+
+    weights = tmp_path / "omni.pth"
+    torch.save(omni.state_dict(), weights)
+    rows = {}
+    for precision in ("fp32", "int8"):
+        settings = settings_for(ZTF, tmp_path / precision, ORACLE_ZTF_WEIGHTS=weights, ORACLE_PRECISION=precision)
+        run_main(build_flow(ZTF, settings))
+        rows[precision] = read_results(settings.results_csv).set_index("candid").sort_index()
+    nodes = list(omni.taxonomy.nodes)
+    assert list(rows["int8"].index) == list(rows["fp32"].index) and len(rows["fp32"]) > 20
+    change = (rows["int8"][nodes] - rows["fp32"][nodes]).abs().to_numpy().max()
+    assert 0 < change < TOLERANCE["int8"], change
