@@ -21,7 +21,7 @@ LATENT_DIM = 16  # every ORACLE spine ends in a 16-d latent
 STAMP_SIZE = 224  # upstream upsamples the 63x63 stamps to the ConvNeXt's native size
 # Stamps per forward pass of the trunk. A 224x224 stamp's widest activation is 3 MB
 # (56x56x256 fp32); 8 of them stay in the CPU's caches where a batch of 32 streams
-# through memory: 1.5x faster on one core in fp32, same results (bench/omni.py).
+# through memory: 1.35-1.55x faster on one core in fp32, bit-identical latents here.
 TRUNK_CHUNK = 8
 PRECISIONS = ("fp32", "bf16", "int8")
 
