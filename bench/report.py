@@ -159,6 +159,9 @@ def print_report(res: dict) -> None:
               + "; ".join(f"{k} {v['alerts_per_s']:.1f} alerts/s" + (f" (max |Δp| {v['max_abs_dp']:.1e})"
                                                                      if k != "fp32" and "max_abs_dp" in v else "")
                           for k, v in omni_rows(o).items()))
+        if "image_dp" in o:
+            print(f"  for scale: all stamps replaced by zeros moves a probability by up to {o['image_dp']:.1e} "
+                  f"(weights: {o.get('weights', 'random')})")
     elif o:
         print(f"\nOmni: FAILED: {o['error'][:200]}")
     print()

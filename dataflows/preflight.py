@@ -154,13 +154,17 @@ def check_recovery(settings) -> CheckResult:
 
 def check_numbers(settings) -> list[CheckResult]:
     """Values that parse but make no sense (or a device this machine does not have)."""
-    from models.oracle.loading import device_problem
+    from models.oracle.loading import device_problem, precision_problem
 
     out = []
     problem = device_problem(settings.device)
     if problem:
         out.append(CheckResult("config", False, f"ORACLE_DEVICE={settings.device}: {problem}",
                                "set ORACLE_DEVICE=cpu, or run where that device is"))
+    problem = None if problem else precision_problem(settings.precision, settings.device)
+    if problem:
+        out.append(CheckResult("config", False, f"ORACLE_PRECISION={settings.precision}: {problem}",
+                               "set ORACLE_PRECISION=fp32 or bf16, or ORACLE_DEVICE=cpu"))
     for variable, value, low in (("ORACLE_BATCH_TIMEOUT_S", settings.batch_timeout_s, 0.0),
                                  ("ALERTFLOW_SNAPSHOT_INTERVAL_S", settings.snapshot_interval_s, 0.0)):
         if not value > low:

@@ -1,5 +1,6 @@
-"""Omni's fast image path (channels_last, one batched forward, all-zero stamps computed
-once) gives the probabilities of the plain NCHW path to 1e-5; bf16 is opt-in."""
+"""Omni's fast image path (channels_last, batched forward passes of TRUNK_CHUNK stamps,
+all-zero stamps computed once) gives the probabilities of the plain NCHW path to 1e-5;
+bf16 and int8 are opt-in (tests/test_omni_precision.py)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def plain_probabilities(model, ts, lengths, static, stamps):
 
 
 def test_fast_fp32_path_matches_the_plain_network(omni):
-    data = batch(9, zero_rows=(1, 4, 5))
+    data = batch(20, zero_rows=(1, 4, 5))  # 17 real stamps: trunk passes of 8, 8 and 1 (TRUNK_CHUNK)
     fast = predict_proba(omni, *data)
     np.testing.assert_allclose(fast, plain_probabilities(omni, *data), atol=1e-5, rtol=0)
     # only zero stamps, and none

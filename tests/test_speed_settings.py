@@ -34,8 +34,10 @@ def test_precision_and_device_are_checked_before_the_flow_starts():
     s = Settings.from_env(ZTF, {})
     assert (s.precision, s.device) == ("fp32", "cpu")
     assert Settings.from_env(ZTF, {"ORACLE_PRECISION": "BF16", "ORACLE_DEVICE": "cpu"}).precision == "bf16"
-    with pytest.raises(ConfigError, match="ORACLE_PRECISION='int4'"):
+    assert Settings.from_env(ZTF, {"ORACLE_PRECISION": "int8"}).precision == "int8"
+    with pytest.raises(ConfigError, match="ORACLE_PRECISION='int4'") as refused:
         Settings.from_env(ZTF, {"ORACLE_PRECISION": "int4"})
+    assert "\n" not in str(refused.value) and "int8" in str(refused.value)  # one line, naming the choices
     with pytest.raises(ConfigError, match="ORACLE_DEVICE='gpu'"):
         Settings.from_env(ZTF, {"ORACLE_DEVICE": "gpu"})
 
@@ -49,3 +51,16 @@ def test_a_device_the_machine_lacks_fails_the_checks_before_the_flow(tmp_path):
     checks, _ = validate(settings, ZTF)
     failed = [c for c in checks if not c.ok]
     assert len(failed) == 1 and "ORACLE_DEVICE=cuda" in failed[0].line() and "ORACLE_DEVICE=cpu" in failed[0].line()
+
+
+def test_int8_off_the_cpu_fails_the_checks_before_the_flow():
+    from dataclasses import replace
+
+    from dataflows.preflight import check_numbers
+
+    settings = Settings.from_env(ZTF, {"ORACLE_PRECISION": "int8"})
+    assert not [c for c in check_numbers(settings) if not c.ok]
+    failed = [c for c in check_numbers(replace(settings, device="cuda")) if not c.ok]
+    # one line: int8 off the CPU where there is a GPU, else the missing GPU
+    assert len(failed) == 1
+    assert ("ORACLE_PRECISION=int8" if torch.cuda.is_available() else "ORACLE_DEVICE=cuda") in failed[0].line()

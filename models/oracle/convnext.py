@@ -20,6 +20,10 @@ LayerNorm2d use eps=1e-6 and GELU is the exact (erf) form, as in timm.
 Stage 0 has no downsample (the 4x4 stem already strides by 4), again as timm.
 Stochastic depth and dropout are inference no-ops and are left out.
 
+Opt-in int8 (`quantize_int8`, ORACLE_PRECISION=int8): each block's two 1x1 layers
+then run as dynamic int8 matmuls on packed copies of their weights; the float
+parameters stay, so names, shapes and `state_dict` are untouched.
+
 Input: images `[B, 3, H, W]` float32. `ConvNeXt.forward_features` returns the
 last stage's map `[B, 512, H/32, W/32]`; `forward` applies `self.head` to it
 (the caller installs the head; see `GlobalAvgPool`, `LayerNorm2d`).
@@ -27,12 +31,42 @@ last stage's map `[B, 512, H/32, W/32]`; `forward` applies `self.head` to it
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 PICO_DEPTHS = (2, 2, 6, 2)
 PICO_DIMS = (64, 128, 256, 512)
+
+
+class Int8Linear:
+    """A Linear layer as a dynamic int8 matmul (torch's quantized CPU ops).
+
+    Weights: symmetric int8 per output channel, packed once for the CPU's engine
+    (fbgemm/x86, or qnnpack on ARM). Activations: quantized per call from their
+    own min and max (7 bits, `reduce_range`, as torch's dynamic quantization does
+    on x86), the output comes back in fp32 with the bias added. Not an `nn.Module`
+    on purpose: it stays out of `state_dict`, so checkpoints load as before."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        w = weight.detach().flatten(1).float().cpu()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
+        with warnings.catch_warnings():
+            # torch 2.1x marks quantized tensor creation as deprecated; it still works, and a
+            # torch without it fails here, in configure_inference, before the flow starts.
+            warnings.simplefilter("ignore", UserWarning)
+            qweight = torch.quantize_per_channel(w, scale, torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
+            self.packed = torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float().cpu())
+        self.in_features, self.out_features = w.shape[1], w.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self.packed, True)
+
+    def int8_weight(self) -> torch.Tensor:
+        """The packed weight as torch holds it (a qint8 tensor): what the matmul really uses."""
+        return torch.ops.quantized.linear_unpack(self.packed)[0]
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -73,6 +107,7 @@ class ConvNeXtBlock(nn.Module):
         self.norm = LayerNorm2d(dim)
         self.mlp = ConvMlp(dim, mlp_ratio * dim)
         self.gamma = nn.Parameter(torch.full((dim,), ls_init_value))
+        self.int8_mlp: tuple | None = None  # (fc1, fc2) as Int8Linear once quantize_int8 ran
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -82,10 +117,13 @@ class ConvNeXtBlock(nn.Module):
         # 1x1 convolutions, and the weights keep their conv shapes for strict loading.
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.norm.normalized_shape, self.norm.weight, self.norm.bias, self.norm.eps)
-        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
-        x = F.linear(x, fc1.weight.flatten(1), fc1.bias)
-        x = F.gelu(x)
-        x = F.linear(x, fc2.weight.flatten(1), fc2.bias)
+        if self.int8_mlp is not None:
+            x = self.int8_mlp[1](F.gelu(self.int8_mlp[0](x)))
+        else:
+            fc1, fc2 = self.mlp.fc1, self.mlp.fc2
+            x = F.linear(x, fc1.weight.flatten(1), fc1.bias)
+            x = F.gelu(x)
+            x = F.linear(x, fc2.weight.flatten(1), fc2.bias)
         x = x * self.gamma
         return x.permute(0, 3, 1, 2) + shortcut
 
@@ -137,6 +175,18 @@ class ConvNeXt(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
+
+
+def quantize_int8(model: ConvNeXt) -> int:
+    """Run every block's 1x1 layers (`mlp.fc1`, `mlp.fc2`) in dynamic int8 from now on;
+    returns how many layers were packed. The float weights are left as they are."""
+    n = 0
+    for block in model.modules():
+        if isinstance(block, ConvNeXtBlock):
+            block.int8_mlp = (Int8Linear(block.mlp.fc1.weight, block.mlp.fc1.bias),
+                              Int8Linear(block.mlp.fc2.weight, block.mlp.fc2.bias))
+            n += 2
+    return n
 
 
 def convnext_pico(head: nn.Module | None = None) -> ConvNeXt:

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from models.oracle.image import IMAGE_HEAD_PREFIX, check_image_head, describe_image_head, image_head_layout
+from models.oracle.image import IMAGE_HEAD_PREFIX, PRECISIONS, check_image_head, describe_image_head, image_head_layout
 from models.oracle.networks import KINDS, ModelLoadError, OracleModel, TaxonomyMismatch, build_oracle, taxonomy_for
 from models.oracle.taxonomy import Taxonomy
 
@@ -164,7 +164,6 @@ def load_oracle(path: str | os.PathLike, kind: str | None = None, taxonomy: Taxo
     return model.eval()
 
 
-PRECISIONS = ("fp32", "bf16")
 DEVICES = ("cpu", "cuda", "mps")
 
 
@@ -179,17 +178,31 @@ def device_problem(device: str) -> Optional[str]:
     return None
 
 
+def precision_problem(precision: str, device: str = "cpu") -> Optional[str]:
+    """Why the image network cannot run in `precision` on `device` here, or None."""
+    if precision not in PRECISIONS:
+        return f"precision must be one of {PRECISIONS}, got {precision!r}"
+    if precision == "int8":
+        if device != "cpu":
+            return f"precision int8 runs on the CPU only (torch's quantized CPU ops), not on {device}"
+        if not set(torch.backends.quantized.supported_engines) - {"none"}:
+            return "precision int8 needs torch's quantized CPU ops, which this torch build lacks"
+    return None
+
+
 def configure_inference(model: OracleModel, precision: str = "fp32", device: str = "cpu") -> OracleModel:
     """Move `model` to `device` and set the image network's precision (Omni; the
-    light-curve networks always run in fp32). Raises ValueError naming what to fix."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    problem = device_problem(device)
+    light-curve networks always run in fp32). int8 packs the current weights: call it
+    after loading them. Raises ValueError naming what to fix."""
+    problem = precision_problem(precision, device) or device_problem(device)
     if problem:
         raise ValueError(problem)
     model.to(device)
     if model.needs_stamp:
-        model.image_spine.precision = precision
         model.image_spine.convnext.to(memory_format=torch.channels_last)
+        try:
+            model.image_spine.set_precision(precision)
+        except RuntimeError as exc:  # a torch whose quantized ops are gone or refuse this CPU
+            raise ValueError(f"precision {precision} does not work with this torch: {exc}") from exc
     return model
 

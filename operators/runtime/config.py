@@ -61,8 +61,10 @@ class OracleSettings(EnvModel):
                                description="torch threads per process (workers are threads already; use processes "
                                            "for more cores)")
     precision: str = Field("fp32", validation_alias="ORACLE_PRECISION",
-                           description="Omni's image network: fp32, or bf16 (opt-in: faster where the CPU has bf16, "
-                                       "probabilities move slightly; `bench/bench_flow.py` prints by how much)")
+                           description="Omni's image network: fp32, or opt-in bf16 (autocast; fastest where the CPU "
+                                       "has bf16) or int8 (dynamic int8 of the 1x1 and Linear layers, CPU only): "
+                                       "2-4x the alerts/s, probabilities move slightly; `bench/bench_flow.py` "
+                                       "prints by how much")
     device: str = Field("cpu", validation_alias="ORACLE_DEVICE",
                         description="where the model runs: cpu, cuda or mps (the model and each batch move there)")
     forced_photometry: bool = Field(False, validation_alias="ORACLE_{survey}_FORCED_PHOTOMETRY",
@@ -83,8 +85,8 @@ class OracleSettings(EnvModel):
     @field_validator("precision")
     @classmethod
     def _precision(cls, v: str) -> str:
-        if v.lower() not in {"fp32", "bf16"}:
-            raise ValueError(f"ORACLE_PRECISION={v.lower()!r}: use fp32 (default) or bf16")
+        if v.lower() not in {"fp32", "bf16", "int8"}:
+            raise ValueError(f"ORACLE_PRECISION={v.lower()!r}: use fp32 (default), bf16 or int8")
         return v.lower()
 
     @field_validator("device")
@@ -239,7 +241,7 @@ class Settings:
     snapshot_interval_s: float = 5.0
     backup_interval_s: float = 0.0
     torch_threads: int = 1
-    precision: str = "fp32"  # Omni's image network: fp32, or bf16 (opt-in, faster, probabilities move slightly)
+    precision: str = "fp32"  # Omni's image network: fp32, or bf16/int8 (opt-in, faster, probabilities move slightly)
     device: str = "cpu"  # where the model runs: cpu, cuda, mps
     fritz: Optional[FritzConfig] = None
     slack: Optional[SlackConfig] = None
