@@ -215,7 +215,8 @@ def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0)
             detail, _, fix = str(exc).partition(" -> ")
             return [CheckResult("config", False, detail, fix or "fix that variable (python -m dataflows --help)")]
     out.append(CheckResult("config", True, f"survey {survey.name}, filter {settings.filter_name}, batch "
-                                           f"{settings.batch_size}, {settings.shards} shards"))
+                                           f"{settings.batch_size}, "
+                                           + (f"{settings.shards} shards" if settings.shards else "one batch key per worker")))
     local, model = validate(settings, survey)
     out.extend(local)
     if settings.kafka is not None:

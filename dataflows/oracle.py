@@ -40,6 +40,7 @@ from operators.oracle.messages import FilterResult, origin_of, parse_message
 from dataflows.preflight import exit_on_failures, read_or_exit, validate
 from operators.oracle.results import results_csv_sink
 from operators.runtime.recovery import enable_default_recovery, run_by_bytewax as _run_by_bytewax
+from operators.runtime.routing import batch_keys, bytewax_cluster
 from operators.sinks.slack import SlackSink
 from operators.samples.source import SampleSource
 from operators.oracle.store import EmbeddedStore
@@ -69,8 +70,11 @@ def consumer_error(err) -> Optional[DeadLetter]:
                        payload=msg.value if isinstance(msg.value, bytes) else None)
 
 
-def count_message(survey: str, step_id: str, msg) -> None:
-    metrics.count_messages(survey)
+def parse_messages(survey: str, keep_template: bool, msgs: list) -> list:
+    """One input batch of messages → `FilterResult`s and dead letters (`parse_message`),
+    counted once per batch: a metric update per message costs more than its parsing saves."""
+    metrics.count_messages(survey, len(msgs))
+    return [parse_message(m, keep_template) for m in msgs]
 
 
 def count_dead_letter(survey: str, step_id: str, letter) -> None:
@@ -134,7 +138,7 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     if source is None and settings.kafka is not None:
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
-        from operators.io.kafka import consumer_config, kafka_input, wait_for_kafka
+        from operators.io.kafka import consumer_config, kafka_input, topic_partitions, wait_for_kafka
 
         k = settings.kafka
         where = ",".join(k.brokers)
@@ -148,18 +152,22 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
                                        settings.redact),
         )
         messages, consumer_errors = consumed.oks, op.filter_map("consumer_error", consumed.errs, consumer_error)
+        partitions = topic_partitions({"bootstrap.servers": where, **k.client_config}, k.topic) \
+            if _run_by_bytewax() else None
     else:
-        messages = op.input("sample", flow, source or SampleSource(settings.sample_dir, survey.topic))
+        source = source or SampleSource(settings.sample_dir, survey.topic)
+        messages = op.input("sample", flow, source)
         consumer_errors = None
+        partitions = len(source.list_parts()) if hasattr(source, "list_parts") else None
 
-    messages = op.inspect("count_in", messages, partial(count_message, survey.name))
     needs_stamp = model.needs_stamp or (shadow is not None and shadow[0].needs_stamp)
-    parsed = op.map("parse", messages, partial(parse_message, keep_template=needs_stamp))
+    parsed = op.flat_map_batch("parse", messages, partial(parse_messages, survey.name, needs_stamp))
     split = op.branch("parsed_ok", parsed, is_alert)
     alerts, unparsed = split.trues, split.falses
-    wanted = op.filter("passed_filter", alerts, partial(steps.passed_filter, survey.name, settings.filter_name))
+    wanted = op.flat_map_batch("passed_filter", alerts, partial(steps.passed_filter, survey.name, settings.filter_name))
     # Alerts cross workers grouped by shard (one list per shard per input batch), not one by one.
-    grouped = op.flat_map_batch("group_by_shard", wanted, partial(group_by_key, partial(steps.shard_of, settings.shards)))
+    keys = batch_keys(settings.shards, bytewax_cluster(), partitions)
+    grouped = op.flat_map_batch("group_by_shard", wanted, partial(group_by_key, partial(steps.shard_of, keys)))
     batches = batch("batch", grouped, settings.batch_size, timedelta(seconds=settings.batch_timeout_s))
     batch_stream = op.map("start", op.key_rm("unkey", batches), steps.start_batch)
     batch_stream = classify_steps(batch_stream, survey, model, name, lazy_store, shadow)

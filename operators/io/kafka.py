@@ -107,6 +107,15 @@ def _probe(admin: AdminClient, topic: Optional[str]) -> Optional[str]:
     return None
 
 
+def topic_partitions(client_config: Mapping[str, object], topic: str) -> Optional[int]:
+    """How many partitions `topic` has; None when the brokers do not say within a few seconds."""
+    try:
+        t = AdminClient(admin_config(client_config)).list_topics(topic, timeout=ATTEMPT_TIMEOUT_S).topics.get(topic)
+    except KafkaException:
+        return None
+    return len(t.partitions) if t is not None and t.error is None and t.partitions else None
+
+
 def wait_for_kafka(client_config: Mapping[str, object], topic: str, *, where: str, topic_var: str,
                    exit_after_s: Optional[float] = None, every_s: float = LINE_EVERY_S,
                    redact: Callable[[str], str] = lambda s: s, clock: Callable[[], float] = time.monotonic,

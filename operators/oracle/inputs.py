@@ -93,5 +93,6 @@ def time_series(t, value, error, wavelength, flag) -> np.ndarray:
     order = np.argsort(t, kind="stable")
     ts[:, 0] = t[order] - t[order[0]]
     for i, column in enumerate((value, error, wavelength, flag), start=1):
-        ts[:, i] = np.broadcast_to(np.asarray(column, dtype=np.float64), t.shape)[order]
+        column = np.asarray(column, dtype=np.float64)
+        ts[:, i] = column if column.ndim == 0 else column.reshape(t.shape)[order]  # a scalar fills the column
     return ts

@@ -135,7 +135,7 @@ def classify(model, predict: Callable, model_name: str, survey: str, batch: Batc
             continue
         results.append(Result(
             candid=a.candid, objectId=a.objectId, jd=a.jd, survey=survey,
-            probabilities={n: float(v) for n, v in zip(names, p)},
+            probabilities=dict(zip(names, p.tolist())),
             predicted=leaf, model=model_name, processed_at=now,
             received_ms=a.origin.timestamp_ms, stamp=x.stamp_status,
         ))
@@ -180,12 +180,17 @@ def dead_of(batch: Batch) -> list[DeadLetter]:
     return batch.dead
 
 
-def shard_of(shards: int, alert: FilterResult) -> str:
-    """Batches are keyed by shard so that `-w N` workers share the model work."""
-    return str(alert.candid % shards)
+def shard_of(keys: tuple[str, ...], alert: FilterResult) -> str:
+    """Batches are keyed by shard so that `-w N` workers share the model work: the
+    alert's batch key among `keys` (operators/runtime/routing.py `batch_keys`). The candid
+    is mixed first (Fibonacci hashing): survey ids carry structure in their low digits,
+    and a plain `candid % 2` split the benchmark's alerts 4:5 over two workers."""
+    return keys[(((alert.candid * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 32) % len(keys)]
 
 
-def passed_filter(survey: str, filter_name: str, alert: FilterResult) -> bool:
-    passed = alert.passed(filter_name)
-    metrics.count_filtered(survey, passed)
+def passed_filter(survey: str, filter_name: str, alerts: list[FilterResult]) -> list[FilterResult]:
+    """The alerts of one input batch that passed the BOOM filter `filter_name` (counted per batch)."""
+    passed = [a for a in alerts if a.passed(filter_name)]
+    metrics.count_filtered(survey, True, len(passed))
+    metrics.count_filtered(survey, False, len(alerts) - len(passed))
     return passed

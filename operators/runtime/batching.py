@@ -71,12 +71,18 @@ def batch(step_id: str, up: KeyedStream[List[V]], max_size: int, timeout: timede
     return op.stateful("batch", up, lambda resume: _BatchLogic(max_size, timeout, resume))
 
 
-def group_by_key(key: Callable[[V], str], items: List[V]) -> List[Tuple[str, List[V]]]:
-    """One input batch (a `flat_map_batch` call) → `(key, [items])` per key present.
+GROUP_MAX = 32
+
+
+def group_by_key(key: Callable[[V], str], items: List[V], most: int = GROUP_MAX) -> List[Tuple[str, List[V]]]:
+    """One input batch (a `flat_map_batch` call) → `(key, [items])` per key present,
+    in lists of at most `most` items.
 
     bytewax exchanges every item of a keyed stream between workers on its own
     (pickled, with per-item overhead); grouping first moves one list per key per
-    input batch instead. Order within a key is kept."""
+    input batch instead. The lists stay short because each is pickled whole: an alert
+    carries its ~40 kB message, and one pickle of 500 of them costs 4x per alert what
+    lists of 8-64 cost (bytes copied into an ever-growing buffer). Order within a key is kept."""
     groups: dict[str, list] = {}
     for item in items:
         k = key(item)
@@ -85,4 +91,4 @@ def group_by_key(key: Callable[[V], str], items: List[V]) -> List[Tuple[str, Lis
             groups[k] = [item]
         else:
             group.append(item)
-    return list(groups.items())
+    return [(k, group[i:i + most]) for k, group in groups.items() for i in range(0, len(group), most)]

@@ -54,9 +54,9 @@ class OracleSettings(EnvModel):
     batch_size: int = Field(256, validation_alias="ORACLE_BATCH_SIZE", description="alerts per model batch (at most)")
     batch_timeout_s: float = Field(1.0, validation_alias="ORACLE_BATCH_TIMEOUT_S",
                                    description="seconds a partial batch waits before it is classified")
-    shards: int = Field(32, validation_alias="ORACLE_SHARDS",
-                        description="batch keys; the batch/model stages spread over this many workers at most "
-                                    "(keys are hashed to workers: many keys balance them)")
+    shards: Optional[int] = Field(None, validation_alias="ORACLE_SHARDS",
+                                  description="batch keys, spread evenly over the workers; unset: one per worker "
+                                              "(32 when not run by `python -m bytewax.run`)")
     torch_threads: int = Field(1, validation_alias="ORACLE_TORCH_THREADS",
                                description="torch threads per process (workers are threads already; use processes "
                                            "for more cores)")
@@ -79,8 +79,8 @@ class OracleSettings(EnvModel):
 
     @field_validator("shards")
     @classmethod
-    def _shards(cls, v: int) -> int:
-        return max(1, v)
+    def _shards(cls, v: Optional[int]) -> Optional[int]:
+        return None if v is None else max(1, v)
 
     @field_validator("precision")
     @classmethod
@@ -226,7 +226,7 @@ class Settings:
     model_kind: Optional[str]
     batch_size: int
     batch_timeout_s: float
-    shards: int
+    shards: Optional[int]  # None: one batch key per worker (operators/runtime/routing.py)
     results_dir: Path
     logs_dir: Path
     sample_dir: Path
