@@ -70,7 +70,7 @@ def print_report(res: dict) -> None:
     print()
     print(f"Workload: {res['workload']['n']} messages from {res['workload']['templates']} real ZTF alerts, "
           f"{100 * pf:.1f}% pass the filter; ORACLE BTSv2 weights; batch {res['settings']['batch_size']}, "
-          f"timeout {res['settings']['batch_timeout_s']} s, {res['settings']['shards']} shards, torch threads 1")
+          f"timeout {res['settings']['batch_timeout_s']} s, {(str(res['settings']['shards']) + ' shards') if res['settings']['shards'] else 'one batch key per worker'}, torch threads 1")
     print(f"Machine: {os.cpu_count()} cores shared; load average {res['machine']['loadavg_start']:.2f} at start, "
           f"{res['machine']['loadavg_end']:.2f} at end; calibration (fixed work: decode + inputs + forward pass "
           f"of 100 alerts) {res['machine']['calibration_ms_start']:.1f} ms at start, "
