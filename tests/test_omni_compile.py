@@ -6,11 +6,13 @@ refused before the flow starts, in one line naming ORACLE_COMPILE."""
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 
+from models.oracle.image import TRUNK_CHUNK
 from models.oracle.loading import compile_problem, configure_inference
 from models.oracle.networks import predict_proba
 
@@ -50,13 +52,16 @@ def test_compiled_gives_eager_fp32_probabilities_on_the_bundled_alerts(eager_and
 
 
 def test_batches_of_any_size_reuse_the_one_compiled_graph(eager_and_compiled, bundled):
-    """Each pass has TRUNK_CHUNK stamps (a short last chunk is padded with zeros): no recompile,
-    and an alert's result does not depend on its batch."""
+    """Full passes of TRUNK_CHUNK stamps run compiled, a short last one eager: no recompile
+    whatever the batch size, and every alert's result stays that of eager fp32."""
     eager, compiled = eager_and_compiled
     ts, lengths, static, stamps = bundled
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert graphs >= 1  # compiled at start-up, in configure_inference
     ref = predict_proba(eager, *bundled)
+    spine = compiled.image_spine
+    passes = []
+    spine._compiled = (lambda f: lambda x: (passes.append(len(x)), f(x))[1])(spine._compiled)
     with torch._dynamo.config.patch(error_on_recompile=True):
         start = 0
         for size in (1, 3, 8, 9, 13, 2, 5, 32):
@@ -66,7 +71,14 @@ def test_batches_of_any_size_reuse_the_one_compiled_graph(eager_and_compiled, bu
             start += size
         zero = predict_proba(compiled, ts[:4], lengths[:4], static[:4], 0 * stamps[:4])  # the zero-stamp constant
         assert np.abs(zero - predict_proba(eager, ts[:4], lengths[:4], static[:4], 0 * stamps[:4])).max() < 1e-5
+        # bytewax workers are threads sharing the model
+        rows = np.arange(32) % len(stamps)
+        with ThreadPoolExecutor(2) as pool:
+            both = list(pool.map(lambda _: predict_proba(compiled, ts[rows], lengths[rows], static[rows],
+                                                         stamps[rows]), range(4)))
+        assert max(np.abs(p - ref[rows]).max() for p in both) < 1e-5
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert passes and set(passes) == {TRUNK_CHUNK}  # the full passes did run compiled
 
 
 def test_compile_is_for_fp32_on_the_cpu_only():
