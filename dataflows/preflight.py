@@ -121,11 +121,14 @@ def check_weights(settings, survey, shadow: bool = False):
 def check_compile(settings, model) -> Optional[CheckResult]:
     """ORACLE_COMPILE=true: a C++ compiler that inductor can build with (a tiny compile,
     a few seconds; the image network itself is compiled when the flow starts). None
-    when compile is off or the model has no image network."""
+    when compile is off."""
     from models.oracle.loading import compile_problem
 
-    if not getattr(settings, "compile", False) or (model is not None and not model.needs_stamp):
+    if not getattr(settings, "compile", False):
         return None
+    if model is not None and not model.needs_stamp:
+        return CheckResult("compile", True, f"ORACLE_COMPILE=true: nothing to compile, ORACLE {model.kind} has "
+                                            "no image network")
     if settings.precision != "fp32" or settings.device != "cpu":
         return None  # reported by check_numbers
     problem = compile_problem(settings.precision, settings.device)
