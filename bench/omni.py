@@ -56,11 +56,14 @@ def random_omni():
     return model.eval()
 
 
-def omni_rates(seconds: float = 8.0, batch: int = 32, precisions=PRECISIONS) -> dict:
+def omni_rates(seconds: float = 8.0, batch: int = 32, precisions=PRECISIONS, compile: bool = True) -> dict:
     """Omni on the bundled ZTF alerts with their real reference stamps: alerts/s on one
     thread at batches of `batch` in each precision, and the largest probability change
     (any node, any alert) the precision causes against fp32 on those alerts. For scale,
-    `image_dp`: the largest change of replacing every stamp by zeros (in fp32)."""
+    `image_dp`: the largest change of replacing every stamp by zeros (in fp32).
+    `compile`: also "fp32+compile" (ORACLE_COMPILE=true), with `compile_s`, the seconds
+    configure_inference took to compile and warm it up (inductor's on-disk cache makes a
+    second start faster); without a working C++ compiler, its `error`."""
     import copy
 
     import numpy as np
@@ -77,17 +80,26 @@ def omni_rates(seconds: float = 8.0, batch: int = 32, precisions=PRECISIONS) -> 
     out = {"alerts": len(stamps), "zero_stamps": zero, "batch": batch, "weights": WEIGHTS}
     fp32 = predict_proba(model, ts, lengths, static, stamps)
     out["image_dp"] = float(np.abs(predict_proba(model, ts, lengths, static, 0 * stamps) - fp32).max())
-    for precision in precisions:
+    variants = [(p, False) for p in precisions] + ([("fp32", True)] if compile else [])
+    for precision, compiled in variants:
+        name = f"{precision}+compile" if compiled else precision
         m = copy.deepcopy(model)
-        configure_inference(m, precision, "cpu")
+        t0 = time.perf_counter()
+        try:
+            configure_inference(m, precision, "cpu", compile=compiled)
+        except ValueError as exc:  # no C++ compiler for inductor: say so, measure the rest
+            out[name] = {"error": str(exc)}
+            continue
+        compile_s = time.perf_counter() - t0
         probs = predict_proba(m, ts, lengths, static, stamps)
         predict_proba(m, ts[idx], lengths[idx], static[idx], stamps[idx])  # warm-up
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             predict_proba(m, ts[idx], lengths[idx], static[idx], stamps[idx])
             n += batch
-        out[precision] = {"alerts_per_s": n / (time.perf_counter() - t0),
-                          "max_abs_dp": float(np.abs(probs - fp32).max())}
+        out[name] = {"alerts_per_s": n / (time.perf_counter() - t0), "max_abs_dp": float(np.abs(probs - fp32).max())}
+        if compiled:
+            out[name]["compile_s"] = compile_s
     return out
 
 

@@ -37,7 +37,7 @@ from operators.io.deadletter import DeadLetter, dead_letter, dead_letter_sink
 from operators.sinks.fritz import FritzAnnotationSink, FritzClient, add_fritz_context, fritz_key
 from operators.runtime.logs import quiet_interrupt, setup_logging, watch_sigint
 from operators.oracle.messages import FilterResult, origin_of, parse_message
-from dataflows.preflight import exit_on_failures, read_or_exit, validate
+from dataflows.preflight import CheckResult, exit_on_failures, read_or_exit, validate
 from operators.oracle.results import results_csv_sink
 from operators.runtime.recovery import enable_default_recovery, run_by_bytewax as _run_by_bytewax
 from operators.runtime.routing import batch_keys, bytewax_cluster
@@ -125,7 +125,13 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
         shadow_model = load_oracle(settings.shadow_weights, taxonomy=survey.taxonomy)
         shadow = (shadow_model, model_label(shadow_model, settings.shadow_weights))
     for m in [model] + ([shadow[0]] if shadow else []):
-        configure_inference(m, settings.precision, settings.device)  # the device was checked in validate()
+        try:  # device, precision and the compiler were checked in validate(); a failing compile ends here
+            configure_inference(m, settings.precision, settings.device, compile=settings.compile)
+        except ValueError as exc:
+            if not settings.compile:
+                raise
+            exit_on_failures([CheckResult("compile", False, f"ORACLE_COMPILE=true: {exc}",
+                                          "unset ORACLE_COMPILE (eager fp32 gives the same probabilities)", exc)])
     lazy_store = steps.OncePerProcess((lambda: store) if store is not None else partial(make_store, settings, survey))
     metrics.start_exporter(settings.metrics_port)
     fritz = FritzClient(settings.fritz) if settings.fritz.enabled and survey.fritz else None

@@ -118,6 +118,27 @@ def check_weights(settings, survey, shadow: bool = False):
                                    f"({survey.taxonomy.name}){also}"), model
 
 
+def check_compile(settings, model) -> Optional[CheckResult]:
+    """ORACLE_COMPILE=true: a C++ compiler that inductor can build with (a tiny compile,
+    a few seconds; the image network itself is compiled when the flow starts). None
+    when compile is off."""
+    from models.oracle.loading import compile_problem
+
+    if not getattr(settings, "compile", False):
+        return None
+    if model is not None and not model.needs_stamp:
+        return CheckResult("compile", True, f"ORACLE_COMPILE=true: nothing to compile, ORACLE {model.kind} has "
+                                            "no image network")
+    if settings.precision != "fp32" or settings.device != "cpu":
+        return None  # reported by check_numbers
+    problem = compile_problem(settings.precision, settings.device)
+    if problem:
+        return CheckResult("compile", False, f"ORACLE_COMPILE=true: {problem}",
+                           "install gcc and g++ (or set CXX to a C++ compiler), or unset ORACLE_COMPILE")
+    return CheckResult("compile", True, "ORACLE_COMPILE=true: C++ compiler found; the image network is "
+                                        "compiled when the flow starts")
+
+
 def check_input(settings) -> CheckResult:
     if settings.kafka is not None:
         k = settings.kafka
@@ -165,6 +186,14 @@ def check_numbers(settings) -> list[CheckResult]:
     if problem:
         out.append(CheckResult("config", False, f"ORACLE_PRECISION={settings.precision}: {problem}",
                                "set ORACLE_PRECISION=fp32 or bf16, or ORACLE_DEVICE=cpu"))
+    if getattr(settings, "compile", False) and not problem and settings.precision != "fp32":
+        out.append(CheckResult("config", False, f"ORACLE_COMPILE=true works with ORACLE_PRECISION=fp32 only, "
+                                                f"not {settings.precision}",
+                               "unset ORACLE_COMPILE, or set ORACLE_PRECISION=fp32"))
+    elif getattr(settings, "compile", False) and not problem and settings.device != "cpu":
+        out.append(CheckResult("config", False, f"ORACLE_COMPILE=true works with ORACLE_DEVICE=cpu only, "
+                                                f"not {settings.device}",
+                               "unset ORACLE_COMPILE, or set ORACLE_DEVICE=cpu"))
     for variable, value, low in (("ORACLE_BATCH_TIMEOUT_S", settings.batch_timeout_s, 0.0),
                                  ("ALERTFLOW_SNAPSHOT_INTERVAL_S", settings.snapshot_interval_s, 0.0)):
         if not value > low:
@@ -187,6 +216,10 @@ def validate(settings, survey) -> tuple[list[CheckResult], Optional[object]]:
     checks = check_numbers(settings)
     weights, model = check_weights(settings, survey)
     checks.append(weights)
+    if not any(c.name == "config" and c.detail.startswith("ORACLE_COMPILE") for c in checks):
+        compiled = check_compile(settings, model)
+        if compiled is not None:
+            checks.append(compiled)
     if getattr(settings, "shadow_weights", None) is not None:
         checks.append(check_weights(settings, survey, shadow=True)[0])
     checks.append(check_input(settings))

@@ -10,15 +10,20 @@ name the weights in results and file names.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from models.oracle.image import IMAGE_HEAD_PREFIX, PRECISIONS, check_image_head, describe_image_head, image_head_layout
+from models.oracle.image import (IMAGE_HEAD_PREFIX, PRECISIONS, TRUNK_CHUNK, check_image_head, describe_image_head,
+                                 image_head_layout)
 from models.oracle.networks import KINDS, ModelLoadError, OracleModel, TaxonomyMismatch, build_oracle, taxonomy_for
 from models.oracle.taxonomy import Taxonomy
+
+log = logging.getLogger(__name__)
 
 
 def detect_kind(state: dict) -> str:
@@ -190,10 +195,38 @@ def precision_problem(precision: str, device: str = "cpu") -> Optional[str]:
     return None
 
 
-def configure_inference(model: OracleModel, precision: str = "fp32", device: str = "cpu") -> OracleModel:
+def compile_problem(precision: str = "fp32", device: str = "cpu") -> Optional[str]:
+    """Why torch.compile of the image network cannot work here, or None: it runs fp32 on
+    the CPU, where inductor builds C++ kernels with the compiler of $CXX (default g++)
+    -- tried for real on a tiny function, so a compiler that cannot build is caught too."""
+    if precision != "fp32":
+        return f"torch.compile is for precision fp32 only, not {precision}"
+    if device != "cpu":
+        return f"torch.compile of the image network is for device cpu only, not {device}"
+    import torch._inductor.config as inductor_config
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    looked_for = " or ".join(c for c in inductor_config.cpp.cxx if c) or "g++"
+    try:
+        get_cpp_compiler()
+    except Exception:  # noqa: BLE001 - InvalidCxxCompiler, and whatever a broken toolchain raises
+        return f"no working C++ compiler ({looked_for}), which torch.compile (inductor) needs on the CPU"
+    try:
+        probe = torch.compile(lambda x: torch.nn.functional.gelu(x * 2.0) + 1.0, dynamic=False, fullgraph=True)
+        probe(torch.ones(4, 4))
+    except Exception as exc:  # noqa: BLE001 - a compiler that is there but cannot build
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return f"torch.compile fails with the C++ compiler {looked_for}: {text}"
+    return None
+
+
+def configure_inference(model: OracleModel, precision: str = "fp32", device: str = "cpu",
+                        compile: bool = False) -> OracleModel:
     """Move `model` to `device` and set the image network's precision (Omni; the
     light-curve networks always run in fp32). int8 packs the current weights: call it
-    after loading them. Raises ValueError naming what to fix."""
+    after loading them. `compile` (fp32 on the CPU): torch.compile the image network and
+    run it once, so the compile (~10-45 s) happens here, logged, not at the first batch;
+    no-op for models without one. Raises ValueError naming what to fix."""
     problem = precision_problem(precision, device) or device_problem(device)
     if problem:
         raise ValueError(problem)
@@ -204,5 +237,16 @@ def configure_inference(model: OracleModel, precision: str = "fp32", device: str
             model.image_spine.set_precision(precision)
         except RuntimeError as exc:  # a torch whose quantized ops are gone or refuse this CPU
             raise ValueError(f"precision {precision} does not work with this torch: {exc}") from exc
+        if compile:
+            problem = compile_problem(precision, device)
+            if problem:
+                raise ValueError(problem)
+            t0 = time.perf_counter()
+            try:
+                model.image_spine.compile_trunk()
+            except Exception as exc:  # noqa: BLE001 - inductor's errors are many and long
+                text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"torch.compile of the image network failed: {text}") from exc
+            log.info("compiled Omni's image network (torch.compile, fp32, %d stamps per pass) in %.1f s",
+                     TRUNK_CHUNK, time.perf_counter() - t0)
     return model
-
