@@ -35,6 +35,7 @@ import fastavro  # noqa: E402
 from bench.measure import STATS, Stats  # noqa: E402
 from operators.samples.load import SYNTHETIC_CANDID_BASE, read_sample  # noqa: E402
 from operators.oracle.store import Collections, Documents, _project  # noqa: E402
+from operators.runtime.routing import mix  # noqa: E402
 
 SYNC = b"alertflow-bench!"  # 16-byte Avro sync marker of synthesized messages
 OTHER_FILTER = "ztf_other_filter"
@@ -45,20 +46,14 @@ OTHER_FILTER = "ztf_other_filter"
 
 def _varint(n: int) -> bytes:
     """An Avro long (zig-zag varint)."""
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    return _uvarint((n << 1) ^ (n >> 63))
 
 
 def _passes(i: int) -> bool:
     """~90% of messages pass, spread evenly (a multiplicative hash of the index)."""
-    # The high bits of a Fibonacci hash: the low bits of `i * odd` keep i's parity, which put
+    # Mixed (high bits of a Fibonacci hash): the low bits of `i * odd` keep i's parity, which put
     # every failing message in the even partition of a 2-partition run (work split 4:5).
-    return (((i * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 32) % 10 != 0
+    return mix(i) % 10 != 0
 
 
 def _uvarint(n: int) -> bytes:

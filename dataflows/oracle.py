@@ -144,13 +144,15 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     if source is None and settings.kafka is not None:
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
-        from operators.io.kafka import consumer_config, kafka_input, topic_partitions, wait_for_kafka
+        from operators.io.kafka import consumer_config, kafka_input, wait_for_kafka
 
         k = settings.kafka
         where = ",".join(k.brokers)
+        partitions = None  # the topic's, when known: where batches go (operators/runtime/routing.py)
         if _run_by_bytewax():  # about to run: wait here, where Ctrl-C works (building alone never connects)
-            wait_for_kafka({"bootstrap.servers": where, **k.client_config}, k.topic, where=where,
-                           topic_var="KAFKA_TOPIC", exit_after_s=k.unreachable_exit_s, redact=settings.redact)
+            partitions = wait_for_kafka({"bootstrap.servers": where, **k.client_config}, k.topic, where=where,
+                                        topic_var="KAFKA_TOPIC", exit_after_s=k.unreachable_exit_s,
+                                        redact=settings.redact)
         consumed = kafka_input(
             "kafka", flow, brokers=list(k.brokers), topics=[k.topic], tail=True,
             starting_offset=OFFSET_BEGINNING if k.starting_offset == "beginning" else OFFSET_END,
@@ -158,8 +160,6 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
                                        settings.redact),
         )
         messages, consumer_errors = consumed.oks, op.filter_map("consumer_error", consumed.errs, consumer_error)
-        partitions = topic_partitions({"bootstrap.servers": where, **k.client_config}, k.topic) \
-            if _run_by_bytewax() else None
     else:
         source = source or SampleSource(settings.sample_dir, survey.topic)
         messages = op.input("sample", flow, source)

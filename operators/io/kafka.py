@@ -92,35 +92,28 @@ def admin_config(client_config: Mapping[str, object]) -> dict:
     return {k: v for k, v in client_config.items() if k not in CONSUMER_ONLY and k not in {"error_cb", "stats_cb"}}
 
 
-def _probe(admin: AdminClient, topic: Optional[str]) -> Optional[str]:
-    """None when the brokers answer (and hold `topic`); else what is wrong."""
+def _probe(admin: AdminClient, topic: Optional[str]) -> tuple[Optional[str], int]:
+    """(None, the topic's partition count) when the brokers answer (and hold `topic`); else
+    (what is wrong, 0)."""
     try:
         md = admin.list_topics(topic, timeout=ATTEMPT_TIMEOUT_S) if topic else admin.list_topics(
             timeout=ATTEMPT_TIMEOUT_S)
     except KafkaException as exc:
         err = exc.args[0] if exc.args else exc
-        return err.str() if hasattr(err, "str") else str(err)
+        return (err.str() if hasattr(err, "str") else str(err)), 0
     if topic:
         t = md.topics.get(topic)
         if t is None or t.error is not None or not t.partitions:
-            return f"topic {topic} does not exist" + (f" ({t.error.str()})" if t is not None and t.error else "")
-    return None
-
-
-def topic_partitions(client_config: Mapping[str, object], topic: str) -> Optional[int]:
-    """How many partitions `topic` has; None when the brokers do not say within a few seconds."""
-    try:
-        t = AdminClient(admin_config(client_config)).list_topics(topic, timeout=ATTEMPT_TIMEOUT_S).topics.get(topic)
-    except KafkaException:
-        return None
-    return len(t.partitions) if t is not None and t.error is None and t.partitions else None
+            return f"topic {topic} does not exist" + (f" ({t.error.str()})" if t is not None and t.error else ""), 0
+        return None, len(t.partitions)
+    return None, 0
 
 
 def wait_for_kafka(client_config: Mapping[str, object], topic: str, *, where: str, topic_var: str,
                    exit_after_s: Optional[float] = None, every_s: float = LINE_EVERY_S,
                    redact: Callable[[str], str] = lambda s: s, clock: Callable[[], float] = time.monotonic,
-                   sleep: Callable[[float], None] = time.sleep) -> None:
-    """Return once the brokers answer and hold `topic`. Meant for the main thread before
+                   sleep: Callable[[float], None] = time.sleep) -> int:
+    """Return once the brokers answer and hold `topic`, with its partition count. Meant for the main thread before
     the dataflow exists: Ctrl-C ends the process (130), `exit_after_s` without an
     answer ends it with status 3; in between one line every `every_s`."""
     conf = {**admin_config(client_config), "logger": RateLimitedLog(redact=redact, every_s=3600)}
@@ -128,12 +121,12 @@ def wait_for_kafka(client_config: Mapping[str, object], topic: str, *, where: st
     started, last_line = clock(), None
     try:
         while True:
-            problem = _probe(admin, topic)
+            problem, partitions = _probe(admin, topic)
             waited = clock() - started
             if problem is None:
                 if last_line is not None:
                     log.info("Kafka %s reachable after %.0f s", where, waited)
-                return
+                return partitions
             if exit_after_s and waited >= exit_after_s:
                 print(f"Kafka {where} unreachable for {waited:.0f} s ({redact(problem)}); giving up as "
                       f"KAFKA_UNREACHABLE_EXIT_S={exit_after_s:g} asks", file=_stderr(), flush=True)
@@ -189,7 +182,7 @@ class BrokerWatch:
         last_line = None
         try:
             while True:
-                problem = _probe(admin, None)
+                problem, _ = _probe(admin, None)
                 down = time.monotonic() - self.down_since
                 if problem is None:
                     if last_line is not None:

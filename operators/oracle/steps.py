@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from operators.runtime import metrics
+from operators.runtime.routing import mix
 from operators.io.deadletter import DeadLetter, dead_letter
 from operators.oracle.messages import FilterResult
 from operators.oracle.results import Result
@@ -183,10 +184,10 @@ def dead_of(batch: Batch) -> list[DeadLetter]:
 def shard_of(keys: tuple[str, ...], alert: FilterResult) -> str:
     """Batches are keyed by shard so that `-w N` workers share the model work: the
     alert's batch key among `keys` (operators/runtime/routing.py `batch_keys`). The candid
-    is mixed first (Fibonacci hashing): ids can carry structure in their low digits, and
+    is mixed first (`mix`, Fibonacci hashing): ids can carry structure in their low digits, and
     with `candid % 2` a stream whose ids share a parity would go to one of two workers
     (the benchmark's did: its failing messages all had even candids, a 4:5 split)."""
-    return keys[(((alert.candid * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 32) % len(keys)]
+    return keys[mix(alert.candid) % len(keys)]
 
 
 def passed_filter(survey: str, filter_name: str, alerts: list[FilterResult]) -> list[FilterResult]:

@@ -66,6 +66,12 @@ def siphash13(data: bytes, k0: int = 0, k1: int = 0) -> int:
     return v0 ^ v1 ^ v2 ^ v3
 
 
+def mix(n: int) -> int:
+    """`n` scrambled (Fibonacci hashing: the high 32 bits of n × 2^64/φ mod 2^64), so that
+    `mix(n) % k` splits ids evenly even when their low digits carry structure (a parity)."""
+    return ((n * 0x9E3779B97F4A7C15) & _MASK) >> 32
+
+
 def worker_of(key: str, workers: int) -> int:
     """The worker (0 .. workers-1, in bytewax's order) that a keyed step sends `key` to."""
     return siphash13(key.encode() + b"\xff") % workers
