@@ -37,6 +37,8 @@ class Result:
     fritz_classifications: str = ""  # people's classifications on Fritz
     fritz_ml_classifications: str = ""  # machine classifiers' classifications on Fritz
     stamp: str = ""  # stamp status of image models (operators/oracle/stamps.py); "" otherwise
+    ra: float = float("nan")  # degrees (J2000): the results record and collection carry the position
+    dec: float = float("nan")
     fritz_link: str = field(default="", compare=False)  # Fritz page to show people (not in the CSV)
     received_ms: Optional[int] = field(default=None, compare=False)  # Kafka append time
 

@@ -135,7 +135,7 @@ def classify(model, predict: Callable, model_name: str, survey: str, batch: Batc
                                     a.payload))
             continue
         results.append(Result(
-            candid=a.candid, objectId=a.objectId, jd=a.jd, survey=survey,
+            candid=a.candid, objectId=a.objectId, jd=a.jd, survey=survey, ra=a.ra, dec=a.dec,
             probabilities=dict(zip(names, p.tolist())),
             predicted=leaf, model=model_name, processed_at=now,
             received_ms=a.origin.timestamp_ms, stamp=x.stamp_status,
