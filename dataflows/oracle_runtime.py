@@ -1,0 +1,168 @@
+"""Everything an ORACLE flow needs before its first step, made once: `prepare(survey) -> Runtime`.
+
+`dataflows/oracle.py` only wires named steps; what those steps use is here,
+built in this order:
+
+1. the settings, read once (operators/runtime/config.py), and the local checks
+   (dataflows/preflight.py): a problem is one line and exit status 2, before any
+   dataflow exists; the checks load the models, which are kept (never loaded twice);
+2. the process hooks: logging, metrics, recovery defaults, Ctrl-C handling,
+   torch threads, compilation of the image network, the metrics exporter;
+3. the clients and stores the steps use (the store lazily, once per process);
+4. run by `python -m bytewax.run` with Kafka: waiting for the brokers, where
+   Ctrl-C works (building alone connects nowhere).
+
+A new output is a field of `Outputs` (and a step in `write_outputs`); a new
+setting is a field of its concern's model in operators/runtime/config.py.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Optional
+
+from dataflows.preflight import CheckResult, checked_models, exit_on_failures, read_or_exit
+from models.oracle.loading import configure_inference, model_label
+from operators.oracle import steps
+from operators.oracle.store import EmbeddedStore
+from operators.oracle.surveys import Survey, configured
+from operators.runtime import metrics
+from operators.runtime.config import Settings
+from operators.runtime.logs import quiet_interrupt, setup_logging, watch_sigint
+from operators.runtime.recovery import enable_default_recovery, run_by_bytewax
+from operators.runtime.fritz_settings import FritzConfig
+from operators.runtime.slack_settings import SlackConfig
+
+log = logging.getLogger("alertflow.oracle")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded ORACLE model and its provenance label (the CSV's `model` column)."""
+
+    model: Any
+    name: str
+
+
+@dataclass(frozen=True)
+class Models:
+    """The model that classifies, and the shadow model run on the same batches (or None)."""
+
+    main: Loaded
+    shadow: Optional[Loaded] = None
+
+    @property
+    def needs_stamp(self) -> bool:
+        return self.main.model.needs_stamp or (self.shadow is not None and self.shadow.model.needs_stamp)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where `write_outputs` writes: the results CSV and dead letters always; Fritz
+    (a client: reads and annotations), Slack and the shadow CSV when set."""
+
+    survey: Survey
+    results_csv: Path
+    deadletters: Path
+    fritz: Optional[Any] = None  # operators.sinks.fritz.FritzClient
+    fritz_config: Optional[FritzConfig] = None
+    slack: Optional[SlackConfig] = None  # posts when set
+    shadow_csv: Optional[Path] = None  # shadow rows (with a shadow model)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What `prepare` made: the flow's steps take their pieces from here."""
+
+    survey: Survey  # with its input builder's options bound (`configured`)
+    settings: Settings
+    models: Models
+    store: steps.OncePerProcess  # the alert store, made on first use in each process
+    outputs: Outputs
+    partitions: Optional[int] = None  # the input topic's, when known: where batches go
+
+
+def make_store(settings: Settings, survey: Survey):
+    if settings.mongo is not None:
+        from operators.oracle.mongo_store import MongoStore
+
+        return MongoStore(settings.mongo, survey.collections)
+    return EmbeddedStore(settings.outputs.sample_dir, survey.collections)
+
+
+def prepare(survey: Survey, settings: Optional[Settings] = None, *, store=None, source_given: bool = False) -> Runtime:
+    """The runtime of `survey`'s flow (see the module doc); `store` replaces the configured
+    store and `source_given` says the input is not the configured one (tests)."""
+    if settings is None:
+        settings = read_or_exit(lambda: Settings.from_env(survey))
+    survey, settings = configured(survey, settings)
+    checks, model, shadow_model = checked_models(settings, survey)
+    exit_on_failures(c for c in checks if not source_given or c.name != "input")  # a given source needs no sample
+    start_process(settings, survey)
+    models = Models(Loaded(model, model_label(model, settings.oracle.weights)),
+                    Loaded(shadow_model, model_label(shadow_model, settings.oracle.shadow_weights))
+                    if shadow_model is not None else None)
+    compile_models(settings, models)
+    lazy_store = steps.OncePerProcess((lambda: store) if store is not None else partial(make_store, settings, survey))
+    metrics.start_exporter(settings.metrics.port)
+    fritz = None
+    if settings.fritz.enabled and survey.fritz:
+        from operators.sinks.fritz import FritzClient
+
+        fritz = FritzClient(settings.fritz)
+    outputs = Outputs(survey, settings.results_csv, settings.deadletters, fritz=fritz, fritz_config=settings.fritz,
+                      slack=settings.slack if settings.slack.enabled else None,
+                      shadow_csv=settings.shadow_results_csv if models.shadow else None)
+    k = settings.kafka
+    log.info("%s flow: filter %r, model %s%s, input %s, store %s", survey.name, settings.oracle.filter_name,
+             models.main.name, f" (shadow {models.shadow.name} -> {outputs.shadow_csv})" if models.shadow else "",
+             "kafka " + ",".join(k.brokers) + f" topic {k.topic}" if k else "bundled sample",
+             settings.mongo.describe() if settings.mongo else "bundled documents")
+    partitions = None
+    if k is not None and not source_given and run_by_bytewax():  # about to run: wait here, where Ctrl-C works
+        from operators.io.kafka import wait_for_kafka
+
+        where = ",".join(k.brokers)
+        partitions = wait_for_kafka({"bootstrap.servers": where, **k.client_config}, k.topic, where=where,
+                                    topic_var="KAFKA_TOPIC", exit_after_s=k.unreachable_exit_s,
+                                    redact=settings.redact)
+    if run_by_bytewax():  # the process is this run: its totals are the run's
+        atexit.register(lambda: log.info("%s", metrics.run_summary(survey.name)))
+    return Runtime(survey, settings, models, lazy_store, outputs, partitions)
+
+
+def start_process(settings: Settings, survey: Survey) -> None:
+    """The process-wide hooks: logging, metrics, recovery defaults, Ctrl-C, torch threads."""
+    import torch
+
+    setup_logging(settings.log_file, settings.outputs.log_level)
+    metrics.begin(survey.name)
+    r = settings.recovery
+    if r.enabled:
+        enable_default_recovery(r.directory, r.partitions, r.snapshot_interval_s, r.backup_interval_s)
+    watch_sigint()
+    if settings.kafka is not None:
+        quiet_interrupt(on_stop=lambda: log.info("%s", metrics.run_summary(survey.name)))
+        if not r.enabled:
+            log.warning("recovery is off: a restart replays %s from its %s offset (rows already in the CSV are "
+                        "skipped)", settings.kafka.topic, settings.kafka.starting_offset)
+    # Workers are threads sharing the model; more intra-op threads per forward pass mostly
+    # contend with them. Processes (-i/-a) are the way to use more cores.
+    torch.set_num_threads(settings.oracle.torch_threads)
+
+
+def compile_models(settings: Settings, models: Models) -> None:
+    """Device, precision and the compiler (checked by preflight); a failing compile ends here."""
+    o = settings.oracle
+    for loaded in [models.main] + ([models.shadow] if models.shadow else []):
+        try:
+            configure_inference(loaded.model, o.precision, o.device, compile=o.compile)
+        except ValueError as exc:
+            if not o.compile:
+                raise
+            exit_on_failures([CheckResult("compile", False, f"ORACLE_COMPILE=true: {exc}",
+                                          "unset ORACLE_COMPILE (eager fp32 gives the same probabilities)", exc)])
