@@ -253,7 +253,7 @@ def test_lsst_survey_configuration():
     assert LSST.taxonomy is LSST_TAXONOMY and len(LSST_TAXONOMY) == 26
     settings = settings_for(LSST, DATA_DIR)
     assert settings.results_csv.name == "oracle_lsst_results.csv" and settings.log_file.name == "oracle_lsst.log"
-    assert settings.weights == DATA_DIR / "best_model_f1_lsst.pth"
+    assert settings.oracle.weights == DATA_DIR / "best_model_f1_lsst.pth"
 
 
 def test_sample_documents_are_boom_shaped():

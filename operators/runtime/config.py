@@ -107,7 +107,7 @@ class OutputSettings(EnvModel):
     sample_dir: Path = Field(DATA_DIR, validation_alias="ALERTFLOW_SAMPLE_DIR",
                              description="bundled sample replayed without Kafka")
     log_level: LogLevel = Field("INFO", validation_alias="ALERTFLOW_LOG_LEVEL",
-                                description="DEBUG, INFO, WARNING, ERROR or CRITICAL")
+                                description="DEBUG, INFO, WARNING")
 
     _upper = field_validator("log_level", mode="before")(upper)
 
