@@ -32,7 +32,7 @@ from operators.oracle.store import EmbeddedStore
 from operators.oracle.surveys import Survey, configured
 from operators.runtime import metrics
 from operators.runtime.config import Settings
-from operators.runtime.logs import quiet_interrupt, setup_logging, watch_sigint
+from operators.runtime.logs import exit_130_if_stopped, quiet_interrupt, setup_logging, watch_sigint
 from operators.runtime.recovery import enable_default_recovery, run_by_bytewax
 from operators.runtime.fritz_settings import FritzConfig
 from operators.runtime.slack_settings import SlackConfig
@@ -145,8 +145,12 @@ def start_process(settings: Settings, survey: Survey) -> None:
     if r.enabled:
         enable_default_recovery(r.directory, r.partitions, r.snapshot_interval_s, r.backup_interval_s)
     watch_sigint()
+    # Ctrl-C is a clean stop: one line and status 130, not a traceback (the bundled replay
+    # too: its Slack or Fritz sink may be waiting for a service at the end).
+    quiet_interrupt(on_stop=lambda: log.info("%s", metrics.run_summary(survey.name)))
+    if run_by_bytewax():  # the process is this run (atexit: LIFO, after the run summary)
+        atexit.register(exit_130_if_stopped)
     if settings.kafka is not None:
-        quiet_interrupt(on_stop=lambda: log.info("%s", metrics.run_summary(survey.name)))
         if not r.enabled:
             log.warning("recovery is off: a restart replays %s from its %s offset (rows already in the CSV are "
                         "skipped)", settings.kafka.topic, settings.kafka.starting_offset)

@@ -73,6 +73,16 @@ def quiet_interrupt(on_stop=None) -> None:
         sys.excepthook = alertflow_excepthook
 
 
+def exit_130_if_stopped() -> None:
+    """For `atexit` in a process that is the run: Ctrl-C caught where a traceback would
+    help nobody (a sink's close waiting for a service, operators/sinks/background.py)
+    lets the flow close normally; the process still ends as a Ctrl-C stop, status 130."""
+    if STOPPING.is_set():
+        logging.getLogger("alertflow").info("stopped by Ctrl-C (SIGINT)")
+        logging.shutdown()
+        os._exit(130)
+
+
 def setup_logging(log_file: Path, level: str = "INFO") -> None:
     """Idempotent: a second call (another flow in the same process) adds only its file."""
     root = logging.getLogger()

@@ -127,6 +127,7 @@ class Delivery:
     items not sent at close are kept (for the close line)."""
 
     what = "items"
+    service = "the service"
     kept = "not kept"
 
     def __init__(self, name: str, *, max_pending: int, workers: int = 1, retry_base: float = 1.0,
@@ -186,8 +187,8 @@ class Delivery:
         waiting = len(self)
         if waiting and timeout > 0 and not STOPPING.is_set():
             why = f" ({self.last_failure})" if self.last_failure else ""
-            log.info("%s: %d %s not sent yet%s; waiting up to %.0f s for them before the flow ends "
-                     "(Ctrl-C stops now; %s)", self.name, waiting, self.what, why, timeout, self.kept)
+            log.info("%s: %d %s not sent yet%s; waiting up to %.0f s for %s before the flow ends "
+                     "(Ctrl-C stops now; %s)", self.name, waiting, self.what, why, timeout, self.service, self.kept)
         interrupted = False
         try:
             self._drain(timeout)

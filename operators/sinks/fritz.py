@@ -116,6 +116,7 @@ class FritzAnnotator(Delivery):
     """
 
     what = "annotations"
+    service = "Fritz"
     kept = "the next alert of each object annotates it again"
 
     def __init__(self, client: FritzClient):

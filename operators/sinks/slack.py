@@ -96,6 +96,7 @@ class SlackPoster(Delivery):
     their order and a transient failure keeps the alert at the head, retried with backoff."""
 
     what = "alerts"
+    service = "Slack"
     kept = "they are in the recovery state (with ALERTFLOW_RECOVERY on) and posted after a restart"
 
     def __init__(self, sink: "SlackSink", client: WebClient, posted: FIFOCache):
