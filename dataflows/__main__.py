@@ -257,7 +257,8 @@ def check_fritz(env: Mapping[str, str], timeout_s: float = 5.0) -> CheckResult:
     except ImportError:
         return CheckResult("fritz", True, "client not installed in this tree (operators/sinks/fritz_client.py)")
     except ValueError as exc:
-        return CheckResult("fritz", False, str(exc), "fix the FRITZ_* variable named")
+        detail, _, fix = str(exc).partition(" -> ")
+        return CheckResult("fritz", False, detail, fix or "fix the FRITZ_* variable named")
     if not cfg.enabled:
         return CheckResult("fritz", True, "off (FRITZ_TOKEN unset)")
     client = FritzClient(cfg.model_copy(update={"timeout": timeout_s, "max_retries": 1, "backoff_429": 0.5}))
