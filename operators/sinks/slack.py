@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Mapping, Optional, Union
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from cachetools import FIFOCache
