@@ -196,6 +196,9 @@ def export_onnx(model: OracleModel, out: str | os.PathLike, *, survey: str, labe
         proto.doc_string = (f"ORACLE {model.kind} ({model.taxonomy.name} taxonomy, {len(model.taxonomy)} nodes), "
                             f"{label}. Inputs, units and outputs: metadata_props oracle.inputs, oracle.outputs.")
         onnx.save(proto, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the file is as readable as any other
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
