@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from models.oracle.loading import model_label, weights_sha256
-from models.oracle.networks import OracleModel, predict_proba
+from models.oracle.networks import LENGTH_BUCKETS, OracleModel, predict_proba
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,21 @@ class OnnxRuntimePredict:
         self._models = list(models)  # kept alive: sessions are found by the model's id()
 
     def __call__(self, model: OracleModel, ts, lengths, static=None, stamps=None) -> np.ndarray:
-        if len(ts) == 0:
-            return np.zeros((0, model.n_nodes))
-        probs = self._sessions[id(model)].run(["probabilities"], feeds(model, ts, lengths, static, stamps))[0]
-        return probs.astype(np.float64)
+        """Probabilities `[B, n_nodes]` (float64), one run per length group (`LENGTH_BUCKETS`, as
+        torch): ONNX's GRU steps every row up to the run's longest series, so one long light
+        curve in a batch of short ones would multiply their cost (5x on the bundled ZTF alerts)."""
+        lengths = np.asarray(lengths).astype(np.int64, copy=False).reshape(-1)
+        out = np.zeros((len(lengths), model.n_nodes))
+        if len(lengths) == 0:
+            return out
+        session = self._sessions[id(model)]
+        bucket = np.searchsorted(LENGTH_BUCKETS, lengths)  # torch.bucketize's groups
+        for b in np.unique(bucket):
+            rows = np.flatnonzero(bucket == b)
+            part = [None if a is None else np.asarray(a)[rows] for a in (ts, lengths, static, stamps)]
+            part[0] = part[0][:, :int(part[1].max())]
+            out[rows] = session.run(["probabilities"], feeds(model, *part))[0]
+        return out
 
 
 def check_parity(model: OracleModel, run, tolerance: float = PARITY) -> float:
