@@ -56,12 +56,33 @@ class UsageError(Exception):
     """One line for the user; exit 2."""
 
 
-class Stopped(Exception):
-    """A signal asked us to stop; `code` is the exit status."""
+class StopRequest:
+    """SIGINT/SIGTERM handler that only takes note: the poll loop looks at it after every poll
+    (at most `POLL_S` later) and closes the consumer. A handler that raised instead could
+    raise inside a librdkafka callback, where confluent-kafka loses the exception."""
 
-    def __init__(self, code: int):
-        super().__init__(code)
-        self.code = code
+    CODES = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
+    NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+
+    def __call__(self, signum, frame) -> None:
+        if self.signum is not None:  # asked twice: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def code(self) -> int:
+        return self.CODES.get(self.signum, EXIT_INTERRUPTED)
+
+    @property
+    def name(self) -> str:
+        return self.NAMES.get(self.signum, "a signal")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -148,9 +169,11 @@ def configure(argv: Sequence[str], env: Mapping[str, str]) -> ListenConfig:
 # ------------------------------------------------------------------ Kafka
 
 
-def find_topic(cfg: ListenConfig, clock: Callable[[], float] = time.monotonic) -> int:
-    """The topic's partition count, once the brokers answer (at most `cfg.wait_s`); else `UsageError`.
-    All topics are listed (a request naming the topic could create it on a broker that auto-creates)."""
+def find_topic(cfg: ListenConfig, stop: Optional[StopRequest] = None,
+               clock: Callable[[], float] = time.monotonic) -> Optional[int]:
+    """The topic's partition count, once the brokers answer (at most `cfg.wait_s`); else `UsageError`;
+    None when `stop` was requested meanwhile. All topics are listed (a request naming the topic
+    could create it on a broker that auto-creates)."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
@@ -159,6 +182,8 @@ def find_topic(cfg: ListenConfig, clock: Callable[[], float] = time.monotonic) -
     admin = AdminClient(admin_config({"bootstrap.servers": cfg.brokers, **cfg.client_config, "log_level": 0}))
     deadline, problem = clock() + cfg.wait_s, ""
     while True:
+        if stop is not None and stop.requested:
+            return None
         try:
             meta = admin.list_topics(timeout=max(0.1, min(1.0, deadline - clock())))
             break
@@ -206,7 +231,12 @@ class _Reporter:
         print(f"listen: {self.redact(text)}", file=self.err, flush=True)
 
     def kafka_error(self, err) -> None:  # librdkafka's error_cb (its thread)
-        self.say(f"Kafka {err.name()}: {err.str()}; still retrying (Ctrl-C to stop)", kind=err.name())
+        from operators.io.kafka import DOWN_CODES
+
+        if err.code() in DOWN_CODES:  # one kind: at most one line per interval however librdkafka words it
+            self.say(f"Kafka unreachable ({err.str()}); still retrying (Ctrl-C to stop)", kind="down")
+        else:
+            self.say(f"Kafka {err.name()}: {err.str()}; still retrying (Ctrl-C to stop)", kind=err.name())
 
 
 def subscribe(consumer, cfg: ListenConfig, partitions: int) -> None:
@@ -244,15 +274,19 @@ def write_batch(cfg: ListenConfig, records: list[dict], first) -> Path:
     return path
 
 
-def listen(cfg: ListenConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """The poll loop. Returns the exit status; a KeyboardInterrupt or `Stopped` ends it
-    with the consumer closed (the caller turns them into 130 / 143)."""
+def listen(cfg: ListenConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+           stop: Optional[StopRequest] = None) -> int:
+    """The poll loop, until `--limit` results or a `stop` request. Returns the exit status,
+    the consumer closed (and, with a group, what was shown committed)."""
     from confluent_kafka import Consumer
 
     from operators.oracle.result_record import decode
 
     report = _Reporter(err, cfg.redact)
-    partitions = find_topic(cfg)
+    stop = stop or StopRequest()
+    partitions = find_topic(cfg, stop)
+    if partitions is None:
+        return stop.code
     consumer = Consumer(consumer_settings(cfg, report.kafka_error))
     shown = messages = files = 0
     try:
@@ -261,7 +295,7 @@ def listen(cfg: ListenConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr
         cuts = f", where {' and '.join(map(str, cfg.cuts))}" if cfg.cuts else ""
         report.say(f"listening to {cfg.topic} on {cfg.brokers} ({partitions} partition(s), from {start}"
                    f"{cuts}{', group ' + cfg.group_id if cfg.group_id else ''}); Ctrl-C to stop")
-        while cfg.limit is None or shown < cfg.limit:
+        while not stop.requested and (cfg.limit is None or shown < cfg.limit):
             batch, handled = [], []
             for msg in consumer.consume(num_messages=BATCH, timeout=POLL_S):
                 if cfg.limit is not None and shown >= cfg.limit:
@@ -292,29 +326,11 @@ def listen(cfg: ListenConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr
             if cfg.group_id is not None:
                 for msg in handled:
                     consumer.store_offsets(msg)  # committed by the consumer (auto-commit, and at close)
-        return 0
+        return stop.code if stop.requested else 0
     finally:
-        with _ignoring_signals():
-            consumer.close()
+        consumer.close()
         saved = f"; {files} Parquet file(s) in {cfg.save_dir}" if cfg.save_dir is not None else ""
         report.say(f"{shown} result(s) shown of {messages} message(s) read{saved}; consumer closed")
-
-
-class _ignoring_signals:
-    """Ctrl-C pressed again while the consumer closes must not leave a traceback."""
-
-    def __enter__(self):
-        self._saved = None
-        if threading.current_thread() is threading.main_thread():
-            self._saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def __exit__(self, *exc):
-        for s, handler in (self._saved or {}).items():
-            signal.signal(s, handler)
-
-
-def _raise_stopped(signum, frame):
-    raise Stopped(EXIT_TERMINATED)
 
 
 def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] = None,
@@ -324,27 +340,28 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] 
     if any(a in {"-h", "--help"} for a in argv):
         out.write(parser().format_help())
         return 0
+    stop = StopRequest()
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_stopped) if main_thread else None
+    previous = {sig: signal.signal(sig, stop) for sig in StopRequest.CODES} if main_thread else {}
     try:
         cfg = configure(argv, os.environ if env is None else env)
-        return listen(cfg, out, err)
+        status = listen(cfg, out, err, stop)
+        if stop.requested:
+            print(f"listen: stopped by {stop.name}", file=err, flush=True)
+        return status
     except UsageError as exc:
         print(f"listen: {exc}", file=err, flush=True)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C pressed twice, or before the handlers were in place
         print("listen: stopped by Ctrl-C", file=err, flush=True)
         return EXIT_INTERRUPTED
-    except Stopped as exc:
-        print("listen: stopped by SIGTERM", file=err, flush=True)
-        return exc.code
     except BrokenPipeError:  # `listen ztf | head`: the reader has gone; stop quietly
         if out is sys.stdout:  # so that Python's flush at exit does not complain either
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,27 @@ def test_one_line_per_result():
         "313853702468468736  170000000000000042  2025-12-01 03:00:00  SNIa       0.700  (TDE 0.200, SNII 0.050)")
 
 
+def test_rows_have_the_csv_columns_and_follow_them(monkeypatch):
+    import operators.oracle.listening as listening
+
+    lsst = Result(candid=42, objectId="313853702468468736", jd=61010.125 + 2400000.5, survey="LSST", ra=10.5,
+                  dec=-3.25, probabilities={n: 0.0 for n in LSST_TAXONOMY.nodes} | {"Alert": 1.0, "SNIa": 0.7},
+                  predicted="SNIa", model="m", processed_at="t", stamp="template")
+    row = listening.csv_row(to_record(lsst, "ELAsTiCC"), LSST_TAXONOMY)
+    assert list(row) == csv_columns(LSST_TAXONOMY)
+    assert row["jd"] == 2461010.625 and row["SNIa"] == 0.7 and row["stamp"] == "template"  # the CSV's JD, not MJD
+    # another helper may add columns to the CSV: the saved rows follow, typed from the schema
+    extended = lambda taxonomy: [*csv_columns(taxonomy), "ra", "dec", "predicted_probability"]  # noqa: E731
+    monkeypatch.setattr(listening, "csv_columns", extended)
+    row = listening.csv_row(to_record(lsst, "ELAsTiCC"), LSST_TAXONOMY)
+    assert (row["ra"], row["dec"], row["predicted_probability"]) == (10.5, -3.25, 0.7)
+    kinds = listening.column_kinds(LSST_TAXONOMY)
+    assert kinds["ra"] == kinds["predicted_probability"] == kinds["jd"] == kinds["SNIa"] == "double"
+    assert kinds["candid"] == "long" and kinds["objectId"] == kinds["fritz_classifications"] == "string"
+    table = listening.parquet_table([to_record(lsst, "ELAsTiCC")], LSST_TAXONOMY)
+    assert table.column_names == extended(LSST_TAXONOMY) and table.to_pylist()[0]["dec"] == -3.25
+
+
 # ------------------------------------------------------------------ against the broker
 
 @pytest.mark.services
@@ -191,7 +212,8 @@ def test_bad_options_are_one_line_exit_2(args, says):
 
 
 @pytest.mark.services
-def test_ctrl_c_closes_the_consumer_without_a_traceback(kafka, create_topic):
+@pytest.mark.parametrize("sig, status, says", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_ctrl_c_closes_the_consumer_without_a_traceback(kafka, create_topic, sig, status, says):
     topic = create_topic("results", partitions=2)
     publish(kafka, topic, A, C)
     proc = subprocess.Popen([sys.executable, "-m", "dataflows", "listen", "ztf", "--from-beginning"], cwd=REPO,
@@ -199,15 +221,15 @@ def test_ctrl_c_closes_the_consumer_without_a_traceback(kafka, create_topic):
     try:
         lines = [proc.stdout.readline(), proc.stdout.readline()]  # both results, then it waits for more
         assert sorted(line.split()[0] for line in lines) == ["ZTF26aaaaaaa", "ZTF26aaaaaac"]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130
+    assert proc.returncode == status
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert "2 result(s) shown of 2 message(s) read; consumer closed" in err
-    assert err.strip().splitlines()[-1] == "listen: stopped by Ctrl-C"
+    assert err.strip().splitlines()[-1] == f"listen: stopped by {says}"
 
 
 @pytest.mark.services
@@ -223,3 +245,21 @@ def test_in_process_entry_and_undecodable_messages(kafka, create_topic):
     assert main(["ztf", "--from-beginning", "--limit", "1"], env_for(kafka, topic), out, err) == 0
     assert out.getvalue().splitlines() == [LINE_A]
     assert "skipped a message that is not a results record (partition 0 offset 0" in err.getvalue()
+
+
+def test_ctrl_c_while_waiting_for_the_brokers():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "ORACLE_"))}
+    env.update(KAFKA_BROKERS=f"127.0.0.1:{free_port()}", ORACLE_RESULTS_TOPIC="ZTF_alerts_oracle")
+    proc = subprocess.Popen([sys.executable, "-m", "dataflows", "listen", "ztf", "--wait", "60"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # imports done, probing
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.monotonic() - started < 5
+    assert proc.returncode == 130 and out == ""
+    assert err.strip().splitlines() == ["listen: stopped by Ctrl-C"]
