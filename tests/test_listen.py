@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -145,8 +146,7 @@ def test_lines_cuts_limit_and_parquet(kafka, create_topic, tmp_path):
     assert "2 result(s) shown of 5 message(s) read" in proc.stderr  # stopped at D, the last B unread
     files = sorted(save.glob("*.parquet"))
     assert files and all(f.name.startswith("oracle_ztf_") for f in files)
-    table = pq.read_table(files) if len(files) == 1 else __import__("pyarrow").concat_tables(
-        [pq.read_table(f) for f in files])
+    table = pa.concat_tables([pq.read_table(f) for f in files])
     assert table.column_names == csv_columns(ZTF_TAXONOMY)
     rows = table.to_pylist()
     assert [r["candid"] for r in rows] == [1000000000000001, 1000000000000004]
