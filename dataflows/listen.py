@@ -18,7 +18,7 @@ it split the partitions.
 
 Exit status: 0 when `--limit` results were shown; 2 for a bad option, a topic
 that does not exist or brokers that do not answer within `--wait` seconds (one
-line saying which); 1 when a Parquet file cannot be written; 130 on Ctrl-C and
+line saying which); 1 when a Parquet file cannot be written or Kafka fails for good (one line); 130 on Ctrl-C and
 143 on SIGTERM, after closing the consumer: the shell convention for a run
 stopped by a signal (the project's flows do the same), so that `listen ... &&
 next` and `set -e` scripts stop when the user stopped it. `--limit` is the
@@ -43,7 +43,7 @@ from typing import Callable, Mapping, Optional, Sequence, TextIO
 from operators.oracle.listening import Cut, CutError, batch_file_name, parquet_table, parse_cut, passes, result_line
 
 EXIT_USAGE = 2
-EXIT_WRITE = 1
+EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 TOPIC_VAR = "ORACLE_RESULTS_TOPIC"
@@ -278,7 +278,7 @@ def listen(cfg: ListenConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr
            stop: Optional[StopRequest] = None) -> int:
     """The poll loop, until `--limit` results or a `stop` request. Returns the exit status,
     the consumer closed (and, with a group, what was shown committed)."""
-    from confluent_kafka import Consumer
+    from confluent_kafka import Consumer, KafkaException
 
     from operators.oracle.result_record import decode
 
@@ -291,7 +291,7 @@ def listen(cfg: ListenConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr
     shown = messages = files = 0
     try:
         subscribe(consumer, cfg, partitions)
-        start = "the beginning" if cfg.from_beginning else ("where the group stopped" if cfg.group_id else "now")
+        start = "the beginning" if cfg.from_beginning else ("the group's last commit (a new group: now)" if cfg.group_id else "now")
         cuts = f", where {' and '.join(map(str, cfg.cuts))}" if cfg.cuts else ""
         report.say(f"listening to {cfg.topic} on {cfg.brokers} ({partitions} partition(s), from {start}"
                    f"{cuts}{', group ' + cfg.group_id if cfg.group_id else ''}); Ctrl-C to stop")
@@ -321,11 +321,14 @@ def listen(cfg: ListenConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr
                     write_batch(cfg, batch, handled[0])
                 except OSError as exc:
                     report.say(f"cannot write Parquet under {cfg.save_dir}: {exc}; check --save")
-                    return EXIT_WRITE
+                    return EXIT_FAILED
                 files += 1
             if cfg.group_id is not None:
                 for msg in handled:
-                    consumer.store_offsets(msg)  # committed by the consumer (auto-commit, and at close)
+                    try:
+                        consumer.store_offsets(msg)  # committed by the consumer (auto-commit, and at close)
+                    except KafkaException:  # the partition moved to another member meanwhile: it reads it again
+                        pass
         return stop.code if stop.requested else 0
     finally:
         consumer.close()
@@ -343,6 +346,7 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] 
     stop = StopRequest()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, stop) for sig in StopRequest.CODES} if main_thread else {}
+    cfg = None
     try:
         cfg = configure(argv, os.environ if env is None else env)
         status = listen(cfg, out, err, stop)
@@ -359,6 +363,13 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] 
         if out is sys.stdout:  # so that Python's flush at exit does not complain either
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # a fatal Kafka error: one line (the consumer is closed); anything else is a bug
+        from confluent_kafka import KafkaException
+
+        if not isinstance(exc, KafkaException):
+            raise
+        print(f"listen: Kafka: {cfg.redact(str(exc)) if cfg else exc}", file=err, flush=True)
+        return EXIT_FAILED
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
