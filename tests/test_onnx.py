@@ -26,7 +26,7 @@ from models.oracle import model_card
 from models.oracle.export import main as export_main
 from models.oracle.loading import load_oracle
 from models.oracle.networks import predict_proba
-from models.oracle.onnx_backend import cached_export, onnxruntime_predict
+from models.oracle.onnx_backend import cached_export, check_parity, onnxruntime_predict, session
 from operators.oracle import lsst_inputs, ztf_inputs
 from operators.oracle.results import read_results
 from operators.oracle.steps import pad
@@ -187,6 +187,16 @@ def test_exports_are_cached_by_the_weights_sha256(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.suffix != ".onnx" and p.suffix != ".pth"]
 
 
+def test_a_file_that_does_not_compute_the_loaded_weights_is_refused_at_load(tmp_path):
+    """The check every session gets when it is opened: another checkpoint's graph fails it."""
+    model = load_oracle(WEIGHTS["ZTF"])
+    other = perturbed_weights(WEIGHTS["ZTF"], tmp_path / "retrained.pth")
+    wrong = session(cached_export(load_oracle(other), other, "ZTF", tmp_path), threads=1)
+    assert check_parity(model, session(cached_export(model, WEIGHTS["ZTF"], "ZTF", tmp_path))) <= TORCH_TOLERANCE
+    with pytest.raises(ValueError, match="differs from torch"):
+        check_parity(model, wrong)
+
+
 # ---------------------------------------------------------------- Omni, both image-head layouts
 
 
@@ -242,3 +252,16 @@ def test_without_onnxruntime_installed_the_flow_exits_2_with_one_line(tmp_path):
     assert lines[0].startswith("configuration error: ORACLE_BACKEND=onnxruntime needs onnxruntime") and \
         "pip install" in lines[0], lines[0]
     assert not (tmp_path / "results" / "oracle_ztf_results.csv").exists()
+
+
+def test_the_backend_benchmark_measures_both_backends_on_the_same_batches(tmp_path):
+    """bench/backends.py (the `backends` part of bench/bench_flow.py) still runs: a short round."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from bench.backends import bundled_inputs, compare, cpu_flags, flags_line
+
+    model = load_oracle(WEIGHTS["ZTF"])
+    res = compare(model, WEIGHTS["ZTF"], "ZTF", bundled_inputs(ZTF), batch=16, seconds=0.05, cache=tmp_path, rounds=1)
+    assert res["max_abs_dp"] <= TORCH_TOLERANCE
+    assert res["torch"]["cpu_us_per_alert"] > 0 and res["onnxruntime"]["cpu_us_per_alert"] > 0
+    assert res["torch_over_onnxruntime"] > 0
+    assert "avx2" in flags_line(cpu_flags())

@@ -38,7 +38,10 @@ from models.oracle.networks import LENGTH_BUCKETS, OracleModel, predict_proba
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime")
-PARITY = 1e-5  # largest |probability difference| from torch that a loaded export may show
+# Largest |probability difference| from torch that a loaded export may show: a guard against a
+# wrong graph (those differ by 1e-2 and more), with room for another CPU's rounding; the
+# tests hold the exports to 1e-5 (seen here: below 1e-6).
+PARITY = 1e-4
 
 
 def default_cache_dir(env=os.environ) -> Path:
