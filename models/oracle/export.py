@@ -184,8 +184,9 @@ def export_onnx(model: OracleModel, out: str | os.PathLike, *, survey: str, labe
     os.close(fd)
     try:
         with warnings.catch_warnings(), torch.no_grad():
-            # The TorchScript exporter's deprecation notice, and its GRU batch-size warning
-            # (about an initial state fixed at export; ORACLE's starts at zero, built per batch).
+            # The TorchScript exporter's deprecation notice, and its warning that a GRU over packed
+            # sequences may fix the batch size: not here, the graph shapes the GRU's zero initial
+            # state from each run's batch (the flow tests run batches of 1 to 35 through one file).
             warnings.simplefilter("ignore")
             with _without_packing_notices():
                 torch.onnx.export(graph, args, tmp, dynamo=False, input_names=names,
