@@ -8,6 +8,8 @@ half-written line, and compare bytes with an uninterrupted run."""
 
 from __future__ import annotations
 
+import pytest
+
 from models.oracle.taxonomy import ZTF_TAXONOMY
 from operators.oracle.results import Result, results_csv_sink
 
@@ -44,7 +46,7 @@ def run_until_crash(path, before: list[int], after: list[int], partial: int | No
     return snapshot
 
 
-def resume(path, snapshot: int, replay: list[int]) -> bytes:
+def resume(path, snapshot: int | None, replay: list[int]) -> bytes:
     part = results_csv_sink(path, ZTF_TAXONOMY).build_part("results", path.name, snapshot)
     at_resume = path.read_bytes()
     part.write_batch([[result(c) for c in replay]])
@@ -69,3 +71,38 @@ def test_resume_with_rows_beyond_the_snapshot_rewrites_them_in_the_replayed_orde
     expected = uninterrupted(tmp_path / "clean.csv", [1, 2], [4, 3, 5])
     assert at_resume == expected[:snapshot]
     assert path.read_bytes() == expected
+
+
+def test_resume_from_a_snapshot_taken_when_the_file_ended_mid_line(tmp_path):
+    """A snapshot taken before anything was written to a file a crash had left mid-line."""
+    path = tmp_path / "results.csv"
+    expected = uninterrupted(tmp_path / "clean.csv", [1], [2, 3])
+    uninterrupted(path, [1], [2, 3])
+    snapshot = expected.index(b"\n2,") + 20  # inside row 2
+    at_resume = resume(path, snapshot, [2, 3])
+    assert at_resume == expected[: expected.index(b"\n2,") + 1]  # the unfinished row 2 went too
+    assert path.read_bytes() == expected
+
+
+def test_restart_without_recovery_after_a_half_written_line_loses_nothing(tmp_path):
+    """No snapshot to cut back to: the unfinished line must not count as written, nor
+    have the next row glued onto it."""
+    path = tmp_path / "results.csv"
+    expected = uninterrupted(tmp_path / "clean.csv", [1], [2, 3])
+    path.write_bytes(expected[: expected.index(b"\n2,") + 30])  # header, row 1, half of row 2
+    resume(path, None, [1, 2, 3])  # the source starts over; row 1 is skipped as already written
+    assert path.read_bytes() == expected
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4, 1 << 16])
+@pytest.mark.parametrize("text, kept", [
+    (b"h\nrow one\nrow tw", b"h\nrow one\n"), (b"h\nrow one\n", b"h\nrow one\n"), (b"partial head", b""),
+    (b"\n", b"\n"), (b"h\nrow one\nrow two, long enough to span chunks", b"h\nrow one\n"),
+])
+def test_cut_partial_line_keeps_whole_lines_only(tmp_path, chunk, text, kept):
+    from operators.io.files import _cut_partial_line
+
+    path = tmp_path / "f"
+    path.write_bytes(text)
+    assert _cut_partial_line(path, chunk) == len(text) - len(kept)
+    assert path.read_bytes() == kept
