@@ -151,7 +151,7 @@ def test_sample_builder_keeps_one_point_per_jd_the_first_ingested(tmp_path):
 
 
 def test_boom_series_rules_on_literal_points():
-    from operators.samples.bundle import boom_merged, boom_packet_series, boom_sanitized
+    from operators.samples.boom_series import boom_merged, boom_packet_series, boom_sanitized
 
     def pts(*pairs):
         return [{"jd": jd, "m": m} for jd, m in pairs]

@@ -6,9 +6,12 @@ A sample directory (`data/ztf_sample/`, `data/lsst_sample/`) holds
 - `{SURVEY}_alerts.jsonl`, `{SURVEY}_alerts_aux.jsonl`, `{SURVEY}_alerts_cutouts.jsonl`:
   the matching BOOM documents, MongoDB Extended JSON, one per line.
 
-`python -m operators.samples.bundle` rebuilds both samples from the real alerts under
-`data/fink/` (Fink Avro) and the real BOOM documents under `data/boom/`
-(`build_ztf_sample`, `build_lsst_sample`).
+`python -m operators.samples.bundle [--out-dir DIR] [--survey ztf|lsst|all]` rebuilds
+the samples from the real alerts under `data/fink/` (Fink Avro) and the real BOOM
+documents under `data/boom/` (`build_ztf_sample`, `build_lsst_sample`), byte for byte
+the same while those are unchanged (tests/test_sample_bundle.py). Aux documents are
+built as BOOM builds them, alert after alert in time order: one point per jd, the
+first ingested kept (`boom_sanitized`, `boom_packet_series`, `boom_merged`).
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import math
 from pathlib import Path
 from typing import Callable, Iterable, Optional
+
+from operators.samples.boom_series import boom_merged, boom_packet_series, boom_sanitized
 
 
 def read_messages(sample_dir: Path) -> list[bytes]:
@@ -219,48 +223,6 @@ def _boomify(point: dict) -> dict:
         out["isdiffpos"] = out["isdiffpos"] in ("t", "1")
     out["band"] = {1: "g", 2: "r", 3: "i"}.get(out.get("fid"), "g")
     return out
-
-
-# --- aux time series exactly as BOOM keeps them: one point per jd -------------------
-# boom-astro/boom, src/alert/base.rs `sanitize_timeseries`, src/alert/ztf.rs and
-# src/alert/lsst.rs `process_alert`, src/utils/db.rs `update_timeseries_op` (and
-# `prepare_timeseries_update`, its fast path, which keeps the same points).
-
-
-def _finite_jd(point: dict) -> bool:
-    jd = point.get("jd")
-    return isinstance(jd, (int, float)) and math.isfinite(jd)
-
-
-def boom_sanitized(points: Iterable[dict]) -> list[dict]:
-    """`sanitize_timeseries`: sorted by jd (a stable sort), the first point of each
-    jd kept, points with a non-finite jd dropped."""
-    out: list[dict] = []
-    for point in sorted((p for p in points if _finite_jd(p)), key=lambda p: p["jd"]):
-        if not out or out[-1]["jd"] != point["jd"]:
-            out.append(point)
-    return out
-
-
-def boom_packet_series(detections: Iterable[dict], candidate: dict) -> list[dict]:
-    """A packet's detections as BOOM stores them: the candidate is appended only if
-    no detection has its jd (`process_alert`), then `sanitize_timeseries`."""
-    detections = list(detections)
-    if not any(p["jd"] == candidate["jd"] for p in detections):
-        detections.append(candidate)
-    return boom_sanitized(detections)
-
-
-def boom_merged(stored: Iterable[dict], new: Iterable[dict]) -> list[dict]:
-    """`update_timeseries_op`: stored points then the new ones, a point dropped when
-    its jd is already there (the stored one wins), non-finite jd dropped, sorted by jd."""
-    out: list[dict] = []
-    seen: set[float] = set()
-    for point in [*stored, *new]:
-        if point.get("jd") not in seen:
-            seen.add(point.get("jd"))
-            out.append(point)
-    return sorted((p for p in out if _finite_jd(p)), key=lambda p: p["jd"])
 
 
 def _alert_time_order(alerts: list[dict], jd: Callable[[dict], float]) -> list[dict]:
