@@ -76,3 +76,15 @@ def test_targets_cover_the_issue_from_given_figures():
     kafka_rss = next(t for w, t in rows.items() if w.startswith("Kafka-mode peak RSS"))
     assert kafka_rss["verdict"] == "met" and "kafka 520" in kafka_rss["value"] and "embedded 400" in kafka_rss["value"]
     assert abs(res["ratios"]["embedded_over_loop"] - 7.75) < 1e-9
+
+
+def test_the_one_core_target_is_met_from_3000_messages_per_second():
+    from bench.report import targets
+
+    for rate, expected in ((2_999.0, "MISSED"), (3_000.0, "met"), (30_000.0, "met")):
+        res = {"workload": {"n": 1000, "pass_fraction": 0.9}, "settings": {}, "machine": {"cores": 2},
+               "ratios": {}, "modes": {"embedded": {"msgs_per_s": rate, "rows_per_s": 0.9 * rate},
+                                       "embedded-loop": {"msgs_per_s": 300.0}}}
+        verdict = {t["what"].split(" (")[0]: t["verdict"] for t in targets(res)}
+        assert verdict["flow ≥ 3,000 messages/s on one core"] == expected, rate
+        assert verdict["flow ≥ 10× the per-message loop"] == ("met" if rate / 300.0 >= 10 else "MISSED"), rate
