@@ -30,7 +30,7 @@ from bytewax.dataflow import Dataflow, Stream, operator
 
 from dataflows.oracle_runtime import Models, Outputs, Runtime, make_store, prepare  # noqa: F401 - make_store: callers
 from models.oracle.loading import load_oracle
-from models.oracle.networks import ModelLoadError, TaxonomyMismatch, predict_proba
+from models.oracle.networks import ModelLoadError, TaxonomyMismatch
 from operators.io.deadletter import DeadLetter, dead_letter, dead_letter_sink
 from operators.oracle import steps
 from operators.oracle.messages import FilterResult, origin_of, parse_message
@@ -122,15 +122,15 @@ def is_alert(item) -> bool:
 
 @operator
 def classify_steps(step_id: str, batches: Stream, survey: Survey, models: Models, store: steps.OncePerProcess) -> Stream:
-    """Batches (`Batch`) → enrich → build inputs → [shadow] → classify → log line.
-    Shared by the live flow and backfills (dataflows/backfill.py)."""
+    """Batches (`Batch`) → enrich → build inputs → [shadow] → classify → log line, with the
+    backend's `models.predict`. Shared by the live flow and backfills (dataflows/backfill.py)."""
     stamp = models.needs_stamp
     batches = op.map("enrich", batches, partial(steps.enrich, store.get, with_cutouts=stamp))
     batches = op.map("build_inputs", batches, partial(steps.build_inputs, survey.build_inputs, with_stamp=stamp))
     if models.shadow is not None:
-        batches = op.map("shadow", batches, partial(steps.shadow, models.shadow.model, predict_proba,
+        batches = op.map("shadow", batches, partial(steps.shadow, models.shadow.model, models.predict,
                                                     models.shadow.name, survey.name))
-    batches = op.map("classify", batches, partial(steps.classify, models.main.model, predict_proba, models.main.name,
+    batches = op.map("classify", batches, partial(steps.classify, models.main.model, models.predict, models.main.name,
                                                   survey.name))
     return op.map("log_batch", batches, partial(steps.log_batch, survey.name))
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import atexit
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from dataflows.preflight import CheckResult, checked_models, exit_on_failures, read_or_exit
+from dataflows.preflight import CheckResult, checked_models, exit_on_failures, predict_or_exit, read_or_exit
 from models.oracle.loading import configure_inference, model_label
+from models.oracle.networks import predict_proba
 from operators.oracle import steps
 from operators.oracle.store import EmbeddedStore
 from operators.oracle.surveys import Survey, configured
@@ -50,10 +51,12 @@ class Loaded:
 
 @dataclass(frozen=True)
 class Models:
-    """The model that classifies, and the shadow model run on the same batches (or None)."""
+    """The model that classifies, the shadow model run on the same batches (or None), and
+    the backend's `predict` for both."""
 
     main: Loaded
     shadow: Optional[Loaded] = None
+    predict: Callable = predict_proba  # the backend's (ORACLE_BACKEND: torch, or ONNX Runtime's)
 
     @property
     def needs_stamp(self) -> bool:
@@ -107,6 +110,9 @@ def prepare(survey: Survey, settings: Optional[Settings] = None, *, store=None, 
                     Loaded(shadow_model, model_label(shadow_model, settings.oracle.shadow_weights))
                     if shadow_model is not None else None)
     compile_models(settings, models)
+    o = settings.oracle
+    models = replace(models, predict=predict_or_exit(settings, survey, [(model, o.weights)] + (
+        [(shadow_model, o.shadow_weights)] if shadow_model is not None else [])))
     lazy_store = steps.OncePerProcess((lambda: store) if store is not None else partial(make_store, settings, survey))
     metrics.start_exporter(settings.metrics.port)
     fritz = None

@@ -91,6 +91,14 @@ class OracleSettings(EnvModel):
     device: Literal["cpu", "cuda", "mps"] = Field(
         "cpu", validation_alias="ORACLE_DEVICE",
         description="where the model runs: cpu, cuda or mps (the model and each batch move there)")
+    backend: Literal["torch", "onnxruntime"] = Field(
+        "torch", validation_alias="ORACLE_BACKEND",
+        description="torch, or onnxruntime: the same networks exported to ONNX (cached by the weights' sha256) "
+                    "on ONNX Runtime's CPU provider, fp32; needs the [onnx] extra (docs/onnx.md)")
+    onnx_cache_dir: Optional[Path] = Field(
+        None, validation_alias="ORACLE_ONNX_CACHE_DIR",
+        description="where ORACLE_BACKEND=onnxruntime keeps its exports; unset: alertflow/onnx in the user's "
+                    "cache directory ($XDG_CACHE_HOME or ~/.cache)")
     forced_photometry: bool = Field(False, validation_alias="ORACLE_{survey}_FORCED_PHOTOMETRY",
                                     description="add BOOM's forced photometry (fp_hists) as flag-0 epochs")
 
