@@ -105,3 +105,24 @@ def test_ctrl_c_while_the_flow_waits_for_an_unreachable_slack_is_a_clean_stop(tm
     assert "slack-poster: stopped by Ctrl-C with 27 alerts not sent" in out, out[-3000:]
     assert "27 alerts not posted" in out and "stopped by Ctrl-C (SIGINT)" in out
     assert len((tmp_path / "r" / "oracle_ztf_results.csv").read_text().splitlines()) == 28  # the CSV is whole
+
+
+def test_each_checkpoint_is_loaded_once_when_the_flow_is_built(tmp_path, monkeypatch):
+    """The checks load the models and the flow keeps them: the shadow model was loaded twice."""
+    import torch
+
+    from dataflows.oracle import build_flow
+    from tests.helpers import perturbed_weights, settings_for
+
+    shadow = perturbed_weights(ZTF.weights, tmp_path / "retrained_ztf.pth", scale=0.02)
+    settings = settings_for(ZTF, tmp_path, ORACLE_ZTF_SHADOW_WEIGHTS=shadow)
+    loaded = []
+    real = torch.load
+
+    def counting(f, *args, **kwargs):
+        loaded.append(Path(f).name if isinstance(f, (str, Path)) else repr(f))
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting)
+    build_flow(ZTF, settings)
+    assert sorted(loaded) == sorted([Path(ZTF.weights).name, "retrained_ztf.pth"]), loaded
