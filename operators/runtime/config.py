@@ -1,13 +1,18 @@
-"""The ORACLE flows' settings: one model per concern, composed into `Settings`.
+"""The ORACLE flows' settings: one frozen root (`Settings`) nesting one model per concern.
 
 `Settings.from_env(survey)` is the only reader of the environment for the
-ORACLE flows; every other module receives the pieces it needs. Each concern is
-an `EnvModel` (operators/runtime/settings.py): ORACLE, outputs and logging, recovery,
-metrics here; Kafka and MongoDB in operators/runtime/service_settings.py; Fritz in
-operators/runtime/fritz_settings.py; Slack in operators/runtime/slack_settings.py. Survey-dependent names and defaults
-(`ORACLE_ZTF_WEIGHTS`, the topic, the group id, ...) come from `for_survey`,
-which derives a survey's own model from the generic one.
+ORACLE flows, read once; every other module receives the pieces it needs
+(`settings.oracle.batch_size`, `settings.kafka`, ...). Each concern is an
+`EnvModel` (operators/runtime/settings.py): ORACLE, outputs and logging,
+recovery, metrics here; Kafka and MongoDB in operators/runtime/service_settings.py;
+Fritz in operators/runtime/fritz_settings.py; Slack in operators/runtime/slack_settings.py.
+A value's range is its field's type (`AtLeastOne`, `PositiveSeconds`, `Literal[...]`),
+so the flow and `python -m dataflows check` refuse the same values with the same line;
+only what depends on this machine (a GPU, a compiler) is left to dataflows/preflight.py.
+Survey-dependent names and defaults (`ORACLE_ZTF_WEIGHTS`, the topic, the group id, ...)
+come from `for_survey`, which derives a survey's own model from the generic one.
 
+A new concern is a model, a field of `Settings` and a line in `_make_survey_models`.
 `python -m dataflows --help` and the README's configuration table list these
 models' fields (`oracle_models`).
 """
@@ -15,8 +20,8 @@ models' fields (`oracle_models`).
 from __future__ import annotations
 
 import copy
-from functools import partial
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Mapping, Optional
 
