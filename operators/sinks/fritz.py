@@ -268,7 +268,7 @@ class FritzAnnotationSink(DynamicSink):
         self._annotator: Optional[FritzAnnotator] = None
         self._users = 0
         self._lock = threading.Lock()
-        self._warned: set[str] = set()
+        self._warned: set[str] = set()  # "disabled", said once per sink (no delivery exists then)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _FritzPartition:
         with self._lock:
@@ -292,16 +292,13 @@ class FritzAnnotationSink(DynamicSink):
                 return
             data = annotation_data(record.probabilities, self.taxonomy, self.config.decimals)
             if all(v is None for v in data.values()):
-                if "taxonomy" not in self._warned:
-                    self._warned.add("taxonomy")
-                    log.error("Fritz sink: record %s has none of the %s taxonomy's classes; skipped",
-                              getattr(record, "candid", "?"), self.taxonomy.name)
+                annotator.once("taxonomy", logging.ERROR, "Fritz sink: record %s has none of the %s taxonomy's "
+                               "classes; skipped", getattr(record, "candid", "?"), self.taxonomy.name)
                 return
             annotator.submit(str(record.objectId), data, _jd(record))
         except Exception:  # noqa: BLE001 - never raise out of the sink
-            if "record" not in self._warned:
-                self._warned.add("record")
-                log.exception("Fritz sink: cannot annotate record %r", getattr(record, "candid", record))
+            annotator.once("record", logging.ERROR, "Fritz sink: cannot annotate record %r",
+                           getattr(record, "candid", record), exc_info=True)
 
     def _release(self) -> None:
         with self._lock:
