@@ -1,0 +1,82 @@
+"""The first hour's traps (issue 27): each is one clear line or a clean stop."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import pytest
+from bytewax.testing import run_main
+
+from dataflows.oracle import build_flow
+from operators.io.deadletter import Origin
+from operators.oracle import filter_names
+from operators.oracle.messages import FilterResult
+from operators.oracle.surveys import ZTF
+from operators.samples import load as load_sample
+from tests.helpers import settings_for
+
+# ---------------------------------------------------------------- trap 4: a filter no alert passed
+
+
+def _alert(i: int, *filters: str) -> FilterResult:
+    return FilterResult(candid=i, objectId=f"ZTF{i}", jd=2460000.5, ra=1.0, dec=2.0, filters=frozenset(filters),
+                        origin=Origin())
+
+
+def test_filter_watch_warns_once_with_the_filters_seen():
+    watch = filter_names.FilterWatch("nonexistent_filter", after=5)
+    batch = [_alert(1, "a"), _alert(2, "a"), _alert(3, "b")]
+    assert watch.observe(batch, 0) is None  # 3 alerts: not yet "many"
+    hint = watch.observe(batch, 0)
+    assert hint == ("ORACLE_FILTER='nonexistent_filter': none of the first 6 alerts passed it; the filters they "
+                    "passed: a (4), b (2) -> set ORACLE_FILTER to the BOOM filter whose alerts should be classified")
+    assert watch.observe(batch, 0) is None  # once
+
+
+def test_filter_watch_is_silent_once_an_alert_passed():
+    watch = filter_names.FilterWatch("a", after=2)
+    assert watch.observe([_alert(1, "a")], 1) is None
+    assert watch.observe([_alert(i, "b") for i in range(10)], 0) is None
+
+
+def test_a_misspelt_filter_on_the_bundled_replay_names_the_filters_seen(tmp_path, caplog):
+    filter_names._watches.clear()  # per process: another test may have run this filter
+    settings = settings_for(ZTF, tmp_path, ORACLE_FILTER="nonexistent_filter")
+    with caplog.at_level(logging.WARNING, logger="alertflow.oracle"):
+        run_main(build_flow(ZTF, settings))
+    hints = [r.getMessage() for r in caplog.records if "ORACLE_FILTER=" in r.getMessage()]
+    assert len(hints) == 1, hints
+    # The sample: 28 alerts passed rcfdeep_partnership_ztf, 9 passed ztf_other_filter (tests/helpers.py SAMPLE_TRUTH).
+    assert "'nonexistent_filter'" in hints[0] and "rcfdeep_partnership_ztf (28)" in hints[0]
+    assert "ztf_other_filter (9)" in hints[0]
+
+
+def test_the_configured_filter_on_the_bundled_replay_gives_no_hint(tmp_path, caplog):
+    filter_names._watches.clear()
+    with caplog.at_level(logging.WARNING, logger="alertflow.oracle"):
+        run_main(build_flow(ZTF, settings_for(ZTF, tmp_path)))
+    assert not [r for r in caplog.records if "ORACLE_FILTER=" in r.getMessage()]
+
+
+def test_filter_check_lines():
+    seen = Counter({"a": 3, "b": 1})
+    assert filter_names.filter_result("a", seen, 4, "t")[0]
+    ok, detail, fix = filter_names.filter_result("x", seen, 4, "t")
+    assert not ok and "ORACLE_FILTER='x'" in detail and "a (3), b (1)" in detail and "ORACLE_FILTER" in fix
+    assert filter_names.filter_result("x", Counter(), 0, "t")[0]  # an empty topic proves nothing
+
+
+@pytest.mark.services
+def test_check_lists_the_filters_in_the_topics_recent_messages(kafka, create_topic, tmp_path):
+    from dataflows.__main__ import run_checks
+
+    topic = create_topic("ZTF_alerts_results", partitions=2)
+    kafka.produce(topic, load_sample.read_sample(ZTF.sample_dir, ZTF.collections).messages)
+    env = {**kafka.env(topic), "ALERTFLOW_RESULTS_DIR": str(tmp_path / "r"), "ALERTFLOW_LOGS_DIR": str(tmp_path / "l"),
+           "ALERTFLOW_RECOVERY_DIR": str(tmp_path / "rec")}
+    bad = next(r for r in run_checks("ztf", {**env, "ORACLE_FILTER": "nonexistent_filter"}) if r.name == "filter")
+    assert not bad.ok and "rcfdeep_partnership_ztf (28)" in bad.line() and "ztf_other_filter (9)" in bad.line()
+    assert "-> set ORACLE_FILTER" in bad.line()
+    good = next(r for r in run_checks("ztf", env) if r.name == "filter")
+    assert good.ok and "passed by 28 of the 37 most recent alerts" in good.detail, good.line()
