@@ -80,3 +80,65 @@ def test_check_lists_the_filters_in_the_topics_recent_messages(kafka, create_top
     assert "-> set ORACLE_FILTER" in bad.line()
     good = next(r for r in run_checks("ztf", env) if r.name == "filter")
     assert good.ok and "passed by 28 of the 37 most recent alerts" in good.detail, good.line()
+
+
+# ---------------------------------------------------------------- trap 5: a backfill window without alerts
+
+# The example the documentation shows: the night of 2026-03-22, which the bundled ZTF documents cover.
+BACKFILL_EXAMPLE = ["ztf", "--since", "2026-03-22", "--until", "2026-03-23"]
+
+
+@pytest.fixture
+def backfill_dirs(tmp_path, monkeypatch):
+    for var, sub in (("ALERTFLOW_RESULTS_DIR", "results"), ("ALERTFLOW_LOGS_DIR", "logs"),
+                     ("ALERTFLOW_RECOVERY_DIR", "recovery")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    for var in ("MONGODB_URI", "BOOM_DATABASE__HOST", "KAFKA_BROKERS"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def test_a_window_without_alerts_says_what_the_store_holds(backfill_dirs, caplog):
+    from dataflows.backfill import main
+
+    with caplog.at_level(logging.WARNING, logger="alertflow.backfill"):
+        assert main(["ztf", "--since", "2026-11-01", "--until", "2026-11-08"]) == 0
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "no ZTF_alerts document has candidate.jd in [2026-11-01, 2026-11-08)" in said, said
+    # The bundled ZTF documents: 5 from 2019-11-15, 31 from 2026-03-22, one from 2026-04-04.
+    assert "37 ZTF_alerts documents from 2019-11-15T02:12:39 to 2026-04-04T05:46:39" in said, said
+    assert "-> give --since/--until inside that range" in said
+    assert not (backfill_dirs / "results" / "backfill").exists()
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="alertflow.backfill"):
+        assert main([*BACKFILL_EXAMPLE, "--query", '{"candidate.drb": {"$gt": 2}}']) == 0
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "none of the 31 ZTF_alerts documents" in said and "loosen --query/--candids" in said, said
+
+
+def test_the_documented_backfill_example_classifies_the_bundled_night(backfill_dirs):
+    from dataflows.backfill import main
+    from operators.oracle.results import read_results
+    from tests.helpers import SAMPLE_TRUTH
+
+    assert main(BACKFILL_EXAMPLE) == 0
+    csvs = list((backfill_dirs / "results" / "backfill").glob("oracle_ztf_*_2026-03-22_2026-03-23.csv"))
+    assert len(csvs) == 1
+    truth = SAMPLE_TRUTH["ZTF"]
+    # ZTF candids begin with the night number (nights since 2017-01-01): 3367 is 2026-03-22.
+    night = {c for c in truth["passing"] | truth["failing"] if str(c).startswith("3367")}
+    assert len(night) == 31 and set(read_results(csvs[0]).candid) == night
+
+
+@pytest.mark.services
+def test_mongodb_reports_the_same_range_as_the_bundled_documents(mongo, mongo_db):
+    from operators.oracle.backfill_source import EmbeddedScanner, MongoScanner
+    from operators.oracle.store import read_documents
+    from operators.samples.load import upsert_documents
+
+    c = ZTF.collections
+    upsert_documents(mongo.client()[mongo_db][c.alerts], read_documents(ZTF.sample_dir / f"{c.alerts}.jsonl"))
+    on_mongo = MongoScanner(mongo.settings(mongo_db), c.alerts, ZTF.time_field).time_range()
+    assert on_mongo == EmbeddedScanner(ZTF.sample_dir, c.alerts, ZTF.time_field).time_range()
+    assert on_mongo[2] == 37
