@@ -89,6 +89,7 @@ def check_directories(name: str, dirs: Iterable[tuple[str, Path]]) -> CheckResul
 def check_weights(settings, survey, shadow: bool = False):
     """(result, model): the checkpoint (the shadow one with `shadow`) loads and its
     classes are the survey's."""
+    from models.oracle.checkpoint_format import NotACheckpoint
     from models.oracle.loading import load_oracle
     from models.oracle.networks import TaxonomyMismatch
 
@@ -104,6 +105,9 @@ def check_weights(settings, survey, shadow: bool = False):
         return CheckResult(name, False, f"{var}={path} is not a model of the {survey.name} classes "
                                         f"({str(exc).split(': ', 1)[-1]})",
                            f"point {var} at a {survey.name} checkpoint", exc), None
+    except NotACheckpoint as exc:
+        return CheckResult(name, False, f"{var}={path} is not a PyTorch checkpoint ({exc.what})",
+                           f"point {var} at an ORACLE {survey.name} checkpoint (.pth)", exc), None
     except ValueError as exc:  # ORACLE_MODEL_KIND is not a kind
         return CheckResult(name, False, f"ORACLE_MODEL_KIND={settings.model_kind}: {exc}",
                            "unset ORACLE_MODEL_KIND (detected from the checkpoint) or give one of the kinds",

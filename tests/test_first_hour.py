@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections import Counter
 
@@ -142,3 +143,54 @@ def test_mongodb_reports_the_same_range_as_the_bundled_documents(mongo, mongo_db
     on_mongo = MongoScanner(mongo.settings(mongo_db), c.alerts, ZTF.time_field).time_range()
     assert on_mongo == EmbeddedScanner(ZTF.sample_dir, c.alerts, ZTF.time_field).time_range()
     assert on_mongo[2] == 37
+
+
+# ---------------------------------------------------------------- trap 6: weights that are not a checkpoint
+
+
+def test_what_a_file_is_from_its_first_bytes():
+    from models.oracle.checkpoint_format import LEGACY_MAGIC, what_it_is
+
+    assert what_it_is(b"# alertflow\n\nBytewax dataflows") == "a text file beginning '# alertflow'"
+    assert what_it_is(b"") == "an empty file"
+    assert what_it_is(b"\xff\xd8\xff\xe0\x00\x10JFIF") == "binary data beginning b'\\xff\\xd8\\xff\\xe0\\x00\\x10JF'"
+    assert what_it_is(b"PK\x03\x04rest", ["weights/data.pkl", "weights/data/0"]) is None
+    assert what_it_is(b"PK\x03\x04rest", ["notes.txt"]) == "a zip archive without the data.pkl torch.save writes"
+    assert what_it_is(LEGACY_MAGIC + b"\x2e\x80\x02") is None
+    assert what_it_is(b"\x80\x04\x95\x0a\x00") == "a Python pickle, not one torch.save wrote"
+
+
+def test_real_files_from_torch_save_pass_the_sniff(tmp_path):
+    import torch
+
+    from models.oracle.checkpoint_format import sniff
+
+    for new in (True, False):
+        path = tmp_path / f"w{new}.pth"
+        torch.save({"a": torch.zeros(2)}, path, _use_new_zipfile_serialization=new)
+        sniff(path)  # raises when refused
+
+
+def test_the_readme_as_weights_is_one_line_naming_the_variable(tmp_path):
+    from operators.runtime.config import REPO_ROOT
+    from tests.test_operator_experience import run_flow
+
+    code, out = run_flow("dataflows.ztf", tmp_path, ORACLE_ZTF_WEIGHTS=REPO_ROOT / "README.md")
+    assert code == 2 and len(out.strip().splitlines()) == 1, out
+    assert out.startswith(f"configuration error: ORACLE_ZTF_WEIGHTS={REPO_ROOT / 'README.md'} is not a PyTorch "
+                          "checkpoint (a text file beginning '# "), out
+    assert "weights_only" not in out and out.rstrip().endswith("-> point ORACLE_ZTF_WEIGHTS at an ORACLE ZTF "
+                                                               "checkpoint (.pth)"), out
+
+
+def test_pickled_objects_beyond_tensors_are_one_short_sentence(tmp_path):
+    import torch
+
+    from models.oracle.loading import load_oracle
+    from models.oracle.networks import ModelLoadError
+
+    path = tmp_path / "objects.pth"
+    torch.save({"a": argparse.Namespace(x=1)}, path)  # what an old training script saved beside its tensors
+    with pytest.raises(ModelLoadError) as info:
+        load_oracle(path)
+    assert "holds Python objects besides tensors" in str(info.value) and len(str(info.value)) < 300
