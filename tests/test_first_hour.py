@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from collections import Counter
 
 import pytest
@@ -194,3 +195,83 @@ def test_pickled_objects_beyond_tensors_are_one_short_sentence(tmp_path):
     with pytest.raises(ModelLoadError) as info:
         load_oracle(path)
     assert "holds Python objects besides tensors" in str(info.value) and len(str(info.value)) < 300
+
+
+# ---------------------------------------------------------------- trap 7: --repeat copies the broken messages
+
+
+def test_repeated_copies_leave_out_the_broken_messages_unless_asked():
+    from operators.oracle.messages import decode_avro
+    from operators.samples.load import SYNTHETIC_CANDID_BASE, iter_repeated
+    from tests.helpers import SAMPLE_TRUTH
+
+    sample = load_sample.read_sample(ZTF.sample_dir, ZTF.collections)
+    truth = SAMPLE_TRUTH["ZTF"]
+    sound = len(truth["passing"] | truth["failing"]) - len(truth["no_aux"])  # 36 of the 40 messages
+    items = list(iter_repeated(sample, 3))
+    assert len(items) == 40 + 2 * sound
+    aux_ids = {d["_id"] for d in sample.aux}
+    copies = [decode_avro(i.value) for i in items[40:]]
+    assert all(c["candid"] >= SYNTHETIC_CANDID_BASE and c["objectId"] in aux_ids for c in copies)
+    assert all(i.alert is not None for i in items[40:])
+    assert len(list(iter_repeated(sample, 3, broken=True))) == 3 * 40
+
+
+# ---------------------------------------------------------------- trap 8: too few labels, too small a pool
+
+
+def test_night_with_too_few_labels_says_so_before_the_bar(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    from models.vetting.cli import main as al_main
+    from models.vetting.labeling import proxy_labels_table, read_alerts
+    from operators.runtime.config import REPO_ROOT
+    from operators.vra.features import features_table
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    files = [REPO_ROOT / "data/fink/fink_ztf_sample.avro",
+             *sorted((REPO_ROOT / "data/fink").glob("fink_ztf_2019_alert_*.avro"))]
+    alerts = read_alerts(files)
+    features_table(alerts).to_parquet(tmp_path / "fink_vra.parquet")
+    labels = tmp_path / "labeled.csv"
+    proxy_labels_table(alerts).to_csv(labels, index=False)
+    n_labels = len(pd.read_csv(labels))
+    assert n_labels < 500
+    code = al_main(["night", "--features", str(tmp_path / "fink_vra.parquet"), "--labels", str(labels),
+                    "--first-batch", "500", "--batch-size", "3", "--no-label",
+                    "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "al")])
+    assert code == 0
+    out = capsys.readouterr()
+    first = out.out.splitlines()[0]
+    assert first.startswith("Cold start: ") and "needs 500 labels" in first and "nothing is logged to MLflow" in first
+    assert "log to MLflow" not in out.err and "pick a random first batch" in out.err
+    assert not (tmp_path / "mlflow.db").exists()
+    assert (tmp_path / "al" / "next_batch_galactic.csv").exists()
+
+
+def test_experiments_on_a_pool_smaller_than_its_first_batch_warn():
+    from models.vetting.active_learning import LoopConfig
+    from models.vetting.classifier import get_target
+    from models.vetting.experiments import small_pool_warning
+    from models.vetting.synthetic import synthetic_pool
+
+    pool = synthetic_pool(40, seed=0)
+    usable = int(get_target("galactic").encode(pool["label"]).notna().sum())  # bogus rows say nothing of it
+    rest = usable - math.ceil(0.3 * usable)  # scikit-learn rounds the held-out part up
+    base = LoopConfig(first_batch=30, holdout_fraction=0.3)
+    said = small_pool_warning(pool, base, [], validated=False)
+    assert said.startswith(f"warning: the pool leaves {rest} rows to label for galactic after the 30% held out")
+    assert "first batch (30)" in said and f"below {rest}" in said, said
+    assert small_pool_warning(pool, base, [rest - 1], validated=False) is None
+    assert f"({rest}, 45)" in small_pool_warning(pool, base, [rest - 1, rest, 45], validated=False)
+    assert small_pool_warning(synthetic_pool(400, seed=0), base, [], validated=False) is None
+
+
+def test_the_experiments_command_warns_on_a_small_pool(tmp_path, capsys):
+    from models.vetting.cli import main as al_main
+
+    code = al_main(["experiments", "--pool", "synthetic:40", "--strategies", "random", "--seeds", "1",
+                    "--max-labels", "50", "--out", str(tmp_path / "exp")])
+    assert code == 0
+    assert "warning: the pool leaves" in capsys.readouterr().err
