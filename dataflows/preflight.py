@@ -211,6 +211,20 @@ def check_numbers(settings) -> list[CheckResult]:
     return out
 
 
+def check_cpu_precision(settings, model) -> Optional[CheckResult]:
+    """bf16/int8 refused on a CPU where they run slower than fp32 (models/oracle/cpu_features.py);
+    None when not asked for, not on the CPU, or the model has no image network to run in them."""
+    from models.oracle.cpu_features import FIX, refusal_here
+
+    if settings.precision == "fp32" or settings.device != "cpu" or (model is not None and not model.needs_stamp):
+        return None
+    why = refusal_here(settings.precision)
+    if why is None:
+        return None
+    return CheckResult("config", False, f"ORACLE_PRECISION={settings.precision} would be slower than fp32 here: {why}",
+                       f"{FIX}, or run on a CPU with AVX512-BF16/AMX for bf16, AVX2 for int8")
+
+
 # ---------------------------------------------------------------- the one validation
 
 
@@ -226,6 +240,9 @@ def validate(settings, survey) -> tuple[list[CheckResult], Optional[object]]:
             checks.append(compiled)
     if getattr(settings, "shadow_weights", None) is not None:
         checks.append(check_weights(settings, survey, shadow=True)[0])
+    speed = check_cpu_precision(settings, model)
+    if speed is not None:
+        checks.append(speed)
     checks.append(check_input(settings))
     checks.append(check_directories("outputs", [("ALERTFLOW_RESULTS_DIR", settings.results_dir),
                                                 ("ALERTFLOW_LOGS_DIR", settings.logs_dir)]))

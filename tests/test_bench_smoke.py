@@ -41,6 +41,10 @@ def test_embedded_parts_run_and_split_by_stage(tmp_path):
     assert verdicts["flow ≥ 3,000 messages/s on one core (embedded store, BTSv2)"] in ("met", "MISSED")
     assert any(w.startswith("flow ≥ 10× the per-message loop") and v in ("met", "MISSED") for w, v in verdicts.items())
     assert "Targets (issue 19):" in proc.stdout
+    # The CPU's features beside the figures (issue 27): speed depends on the instruction set.
+    from models.oracle.cpu_features import describe, read_cpu
+
+    assert res["machine"]["cpu"] == describe(read_cpu()) and f"CPU: {res['machine']['cpu']}" in proc.stdout
 
 
 def test_targets_cover_the_issue_from_given_figures():

@@ -275,3 +275,73 @@ def test_the_experiments_command_warns_on_a_small_pool(tmp_path, capsys):
                     "--max-labels", "50", "--out", str(tmp_path / "exp")])
     assert code == 0
     assert "warning: the pool leaves" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- trap 9: bf16/int8 where they are slower
+
+
+# Literal /proc/cpuinfo flag lines (trimmed to the instruction-set part that matters, as the kernel prints it).
+ZEN5 = ("fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 bmi2 avx512f avx512dq avx512cd avx512bw avx512vl "
+        "avx512_bf16 avx512vbmi avx512_vbmi2 avx512_vnni avx512_bitalg")
+SANDY_BRIDGE = "fpu vme sse sse2 ssse3 cx16 sse4_1 sse4_2 popcnt aes xsave avx hypervisor lahf_lm"
+HASWELL = "fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 bmi1 bmi2"
+SKYLAKE_SP = "fpu sse sse2 fma sse4_2 avx f16c avx2 avx512f avx512dq avx512cd avx512bw avx512vl"
+CASCADE_LAKE = SKYLAKE_SP + " avx512_vnni"
+SAPPHIRE_RAPIDS = CASCADE_LAKE + " avx_vnni avx512_bf16 amx_bf16 amx_tile amx_int8"
+GRAVITON3 = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm asimddp sve i8mm bf16"
+
+
+def test_bf16_and_int8_are_refused_where_slower_than_fp32():
+    from models.oracle.cpu_features import precision_refusal
+
+    for flags in (ZEN5, SAPPHIRE_RAPIDS):
+        assert precision_refusal("bf16", flags) is None and precision_refusal("int8", flags) is None
+    for flags in (SANDY_BRIDGE, HASWELL):
+        assert "no bf16 instructions" in precision_refusal("bf16", flags) and "~10x slower" in \
+            precision_refusal("bf16", flags)
+    for flags in (SKYLAKE_SP, CASCADE_LAKE):
+        assert "emulates bf16 with AVX-512" in precision_refusal("bf16", flags)
+        assert precision_refusal("int8", flags) is None
+    assert precision_refusal("int8", HASWELL) is None
+    assert "no AVX2" in precision_refusal("int8", SANDY_BRIDGE) and "it has AVX)" in precision_refusal(
+        "int8", SANDY_BRIDGE)
+    assert precision_refusal("fp32", SANDY_BRIDGE) is None
+    assert precision_refusal("bf16", GRAVITON3, arch="aarch64") is None  # ARM: not refused
+    # No /proc/cpuinfo (macOS): torch's kernel level alone.
+    assert precision_refusal("bf16", "", capability="AVX2") is not None
+    assert precision_refusal("bf16", "", capability="AVX512") is None
+
+
+def test_cpu_features_line_and_cpuinfo_parsing():
+    from models.oracle.cpu_features import Cpu, describe, parse_flags
+
+    text = f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {SAPPHIRE_RAPIDS}\n\nprocessor\t: 1\n"
+    flags = parse_flags(text)
+    assert "amx_bf16" in flags and "avx512f" in flags
+    line = describe(Cpu("x86_64", flags, "AVX512", "Some CPU"))
+    assert line == ("x86_64 Some CPU: AVX AVX2 AVX-512 AVX512-VNNI AVX-VNNI AVX512-BF16 AMX-BF16 AMX-INT8 "
+                    "(torch kernels AVX512)")
+    assert describe(Cpu("aarch64", parse_flags(f"Features\t: {GRAVITON3}\n"))) == "aarch64: NEON DOTPROD I8MM BF16 SVE"
+
+
+def test_the_flow_refuses_bf16_on_an_avx_only_cpu(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from dataflows import preflight
+    from models.oracle import cpu_features
+
+    monkeypatch.setattr(cpu_features, "read_cpu",
+                        lambda: cpu_features.Cpu("x86_64", cpu_features.parse_flags(f"flags: {SANDY_BRIDGE}"),
+                                                 "DEFAULT"))
+    omni = SimpleNamespace(needs_stamp=True)
+    settings = settings_for(ZTF, tmp_path, ORACLE_PRECISION="bf16")
+    result = preflight.check_cpu_precision(settings, omni)
+    assert not result.ok
+    assert result.error_line().startswith("configuration error: ORACLE_PRECISION=bf16 would be slower than fp32 "
+                                          "here: this CPU has no bf16 instructions")
+    assert "-> unset ORACLE_PRECISION (fp32)" in result.error_line()
+    with pytest.raises(SystemExit) as stop:
+        preflight.exit_on_failures([result])
+    assert stop.value.code == 2
+    assert preflight.check_cpu_precision(settings, SimpleNamespace(needs_stamp=False)) is None  # BTSv2: no image net
+    assert preflight.check_cpu_precision(settings_for(ZTF, tmp_path), omni) is None  # fp32
