@@ -252,6 +252,8 @@ def check_cpu_precision(settings, model) -> Optional[CheckResult]:
 
     if settings.precision == "fp32" or settings.device != "cpu" or (model is not None and not model.needs_stamp):
         return None
+    if getattr(settings, "backend", "torch") != "torch":
+        return None  # ONNX Runtime runs fp32 only: check_backend says so
     why = refusal_here(settings.precision)
     if why is None:
         return None
