@@ -68,7 +68,7 @@ sys.path.insert(0, str(ROOT))
 from bench.baseline import run_baseline, run_loop  # noqa: E402
 from bench.children import base_env  # noqa: E402
 from bench.embedded import run_embedded, run_memory  # noqa: E402
-from bench.measure import Calibration, loadavg  # noqa: E402
+from bench.measure import Calibration, cpu_line, loadavg  # noqa: E402
 from bench.report import chart, cpu_split, per_msg_us, print_report, targets, unified_stages  # noqa: E402
 from bench.servers import Feed, Servers, run_kafka_flow  # noqa: E402
 from bench.synthetic import Workload  # noqa: E402
@@ -125,7 +125,8 @@ def main(argv=None) -> int:
     res: dict = {
         "started": datetime.now().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"cores": os.cpu_count(), "loadavg_start": loadavg(), "python": platform.python_version()},
+        "machine": {"cores": os.cpu_count(), "loadavg_start": loadavg(), "python": platform.python_version(),
+                    "cpu": cpu_line()},
         "settings": {"batch_size": settings.oracle.batch_size, "batch_timeout_s": settings.oracle.batch_timeout_s,
                      "shards": settings.oracle.shards, "torch_threads": settings.oracle.torch_threads,
                      "weights": settings.oracle.weights.name, "recovery_with_kafka": True,

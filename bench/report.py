@@ -76,6 +76,7 @@ def print_report(res: dict) -> None:
           f"{res['machine']['loadavg_end']:.2f} at end; calibration (fixed work: decode + inputs + forward pass "
           f"of 100 alerts) {res['machine']['calibration_ms_start']:.1f} ms at start, "
           f"{res['machine']['calibration_ms_end']:.1f} ms at end (higher = slower host; 'calib ms' per mode)")
+    print(f"CPU: {res['machine'].get('cpu', 'not recorded')} (every figure below was measured on it)")
     print()
     head = (f"{'mode':32} {'msgs/s':>8} {'classified/s':>12} {'steady cl/s':>11} {'rows':>7} {'window s':>8} {'p50 lat s':>9} "
             f"{'p99 lat s':>9} {'peak RSS MB':>14} {'flow cores':>10} {'store cores':>11} {'others':>6} {'calib ms':>8}")
@@ -156,7 +157,8 @@ def print_report(res: dict) -> None:
     if o and "error" not in o:
         print()
         print(f"Omni alone (random weights, {o.get('alerts', '?')} bundled alerts with their real stamps, "
-              f"{o.get('zero_stamps', '?')} all-zero; batch {o.get('batch', '?')}, 1 thread): "
+              f"{o.get('zero_stamps', '?')} all-zero; batch {o.get('batch', '?')}, 1 thread; "
+              f"CPU {res['machine'].get('cpu', 'not recorded')}): "
               + "; ".join(f"{k} {v['alerts_per_s']:.1f} alerts/s" + (f" (max |Δp| {v['max_abs_dp']:.1e})"
                                                                      if k != "fp32" and "max_abs_dp" in v else "")
                           for k, v in omni_rows(o).items()))
@@ -235,7 +237,8 @@ def chart(res: dict, path: Path) -> None:
         b.invert_yaxis()
         b.legend(fontsize=8)
     fig.suptitle(f"bench_flow {res['started']}: N={res['workload']['n']:,}, "
-                 f"{res['machine']['cores']} shared cores (ratios from one run)")
+                 f"{res['machine']['cores']} shared cores (ratios from one run)\n{res['machine'].get('cpu', '')}",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -37,7 +37,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from operators.oracle import steps
-from operators.oracle.backfill_source import EmbeddedScanner, MongoScanner, WindowSource, ids_query
+from operators.oracle.backfill_source import (EmbeddedScanner, MongoScanner, WindowSource, empty_window_line, ids_query,
+                                              slice_query)
 from operators.runtime.config import Settings
 from operators.oracle.messages import FilterResult
 from operators.oracle.surveys import SURVEYS, Survey, configured, survey_named
@@ -120,6 +121,33 @@ def start_batch(items: list) -> steps.Batch:
                        dead=[x for x in items if not isinstance(x, FilterResult)], size_in=len(items))
 
 
+def scanner_factory(survey: Survey, settings: Settings, scanner=None):
+    """What makes the scanner of the alert documents: `scanner` (tests), BOOM's MongoDB or the bundled documents."""
+    collection = survey.collections.alerts
+    if scanner is not None:
+        return lambda: scanner
+    if settings.mongo is not None:
+        return partial(MongoScanner, settings.mongo, collection, survey.time_field)
+    return partial(EmbeddedScanner, settings.outputs.sample_dir, collection, survey.time_field)
+
+
+def empty_window(job: Job, settings: Settings, scanner=None) -> Optional[str]:
+    """None when the window holds documents to classify; else the line saying what the store holds."""
+    survey, settings = configured(job.survey, settings)
+    scanner = scanner_factory(survey, settings, scanner)()
+    window = slice_query(survey.time_field, job.since, job.until)
+
+    def holds_any(query: dict) -> bool:  # one document read, not a count of the window
+        return next(iter(scanner.scan(query, (survey.time_field,), 1)), None) is not None
+
+    if holds_any(window if not job.narrowing else {"$and": [window, job.narrowing]}):
+        return None
+    in_window = scanner.count(window) if job.narrowing else 0
+    store = settings.mongo.describe() if settings.mongo else f"the bundled documents ({settings.outputs.sample_dir})"
+    return empty_window_line(survey.collections.alerts, survey.time_field, (job.since, job.until),
+                             (job.since_label, job.until_label), store, scanner.time_range(), in_window)
+
+
 def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=None, store=None) -> tuple[Dataflow, Path]:
     """The backfill dataflow and its results CSV; `scanner`/`store` override the configured ones (tests)."""
     import torch
@@ -147,12 +175,7 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
         fritz = FritzClient(settings.fritz)
     lazy_store = steps.OncePerProcess((lambda: store) if store is not None else partial(make_store, settings, survey))
     collection = survey.collections.alerts
-    if scanner is not None:
-        make_scanner = lambda: scanner  # noqa: E731
-    elif settings.mongo is not None:
-        make_scanner = partial(MongoScanner, settings.mongo, collection, survey.time_field)
-    else:
-        make_scanner = partial(EmbeddedScanner, settings.outputs.sample_dir, collection, survey.time_field)
+    make_scanner = scanner_factory(survey, settings, scanner)
     log.info("%s backfill %s .. %s (JD %.5f .. %.5f)%s: model %s, store %s -> %s%s", survey.name, job.since_label,
              job.until_label, job.since, job.until, f" narrowed by {json.dumps(job.narrowing, default=str)}"
              if job.narrowing else "", name, settings.mongo.describe() if settings.mongo else "bundled documents",
@@ -218,6 +241,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError, ModelLoadError) as exc:  # ConfigError is a ValueError
         print(f"backfill: {exc}", file=sys.stderr)
         return 2
+    try:
+        nothing = empty_window(job, settings)
+    except ValueError as exc:  # a --query the bundled store does not understand
+        print(f"backfill: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - MongoDB away: the flow's own reads wait and retry
+        log.warning("backfill %s: could not look into the window first (%s: %s)", survey.name,
+                    type(exc).__name__, str(exc)[:200])
+        nothing = None
+    if nothing:
+        log.warning("backfill %s: %s; nothing to classify", survey.name, nothing)
+        return 0
     rec = args.recovery_dir or recovery_dir(settings, results_csv, job)
     ensure_partitions(rec, settings.recovery.partitions)
     log.info("position kept in %s: the same command resumes after a stop; delete it to start over", rec)

@@ -89,6 +89,7 @@ def check_directories(name: str, dirs: Iterable[tuple[str, Path]]) -> CheckResul
 def check_weights(settings, survey, shadow: bool = False):
     """(result, model): the checkpoint (the shadow one with `shadow`) loads and its
     classes are the survey's."""
+    from models.oracle.checkpoint_format import NotACheckpoint
     from models.oracle.loading import load_oracle
     from models.oracle.networks import TaxonomyMismatch
 
@@ -105,6 +106,9 @@ def check_weights(settings, survey, shadow: bool = False):
         return CheckResult(name, False, f"{var}={path} is not a model of the {survey.name} classes "
                                         f"({str(exc).split(': ', 1)[-1]})",
                            f"point {var} at a {survey.name} checkpoint", exc), None
+    except NotACheckpoint as exc:
+        return CheckResult(name, False, f"{var}={path} is not a PyTorch checkpoint ({exc.what})",
+                           f"point {var} at an ORACLE {survey.name} checkpoint (.pth)", exc), None
     except ValueError as exc:  # ORACLE_MODEL_KIND is not a kind
         return CheckResult(name, False, f"ORACLE_MODEL_KIND={o.model_kind}: {exc}",
                            "unset ORACLE_MODEL_KIND (detected from the checkpoint) or give one of the kinds",
@@ -239,6 +243,23 @@ def check_numbers(settings) -> list[CheckResult]:
     return out
 
 
+def check_cpu_precision(settings, model) -> Optional[CheckResult]:
+    """bf16/int8 refused on a CPU where they run slower than fp32 (models/oracle/cpu_features.py);
+    None when not asked for, not on the CPU, or the model has no image network to run in them."""
+    from models.oracle.cpu_features import FIX, refusal_here
+
+    o = settings.oracle
+    if o.precision == "fp32" or o.device != "cpu" or (model is not None and not model.needs_stamp):
+        return None
+    if o.backend != "torch":
+        return None  # ONNX Runtime runs fp32 only: check_backend says so
+    why = refusal_here(o.precision)
+    if why is None:
+        return None
+    return CheckResult("config", False, f"ORACLE_PRECISION={o.precision} would be slower than fp32 here: {why}",
+                       f"{FIX}, or run on a CPU with AVX512-BF16/AMX for bf16, AVX2 for int8")
+
+
 # ---------------------------------------------------------------- the one validation
 
 
@@ -263,6 +284,9 @@ def checked_models(settings, survey) -> tuple[list[CheckResult], Optional[object
     if settings.oracle.shadow_weights is not None:
         shadow_check, shadow = check_weights(settings, survey, shadow=True)
         checks.append(shadow_check)
+    speed = check_cpu_precision(settings, model)
+    if speed is not None:
+        checks.append(speed)
     checks.append(check_input(settings))
     checks.append(check_directories("outputs", [("ALERTFLOW_RESULTS_DIR", settings.outputs.results_dir),
                                                 ("ALERTFLOW_LOGS_DIR", settings.outputs.logs_dir)]))
