@@ -29,6 +29,7 @@ from operators.runtime.service_settings import (  # noqa: F401 - re-exported: th
     KafkaWaitSettings,
     MongoSettings,
 )
+from operators.runtime.results_settings import ResultsSettings
 from operators.runtime.settings import ConfigError, EnvModel, redact, secret_values
 from operators.runtime.slack_settings import SlackConfig
 
@@ -209,6 +210,7 @@ def _make_survey_models(survey) -> dict[str, type[EnvModel]]:
         "fritz": FritzConfig,
         "slack": SlackConfig,
         "metrics": MetricsSettings,
+        "results": ResultsSettings,
     }
 
 
@@ -252,6 +254,7 @@ class Settings:
     slack: Optional[SlackConfig] = None
     metrics_port: Optional[int] = None
     shadow_weights: Optional[Path] = None  # a second model on the same batches; never posts
+    results: ResultsSettings = ResultsSettings()  # results topic and collection (operators/sinks/results_outputs.py)
 
     @property
     def results_csv(self) -> Path:
@@ -313,4 +316,5 @@ class Settings:
             slack=SlackConfig.from_env(env, channel_variables=(survey.slack_channel_env,)),
             metrics_port=models["metrics"].read(env).port,
             shadow_weights=oracle.shadow_weights,
+            results=models["results"].read(env),
         )

@@ -1,0 +1,205 @@
+"""The results topic and collection (issue 25): written by every worker, against the
+Kafka-protocol (Tansu) and MongoDB-protocol (nx-27017) test servers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from bytewax.testing import run_main
+from pymongo.errors import AutoReconnect, OperationFailure
+
+from dataflows.oracle import build_flow
+from models.oracle.taxonomy import ZTF_TAXONOMY
+from operators.io.deadletter import read_dead_letters
+from operators.oracle.result_record import decode, to_record
+from operators.oracle.results import Result, read_results
+from operators.oracle.store import EmbeddedStore
+from operators.oracle.surveys import ZTF
+from operators.runtime.settings import ConfigError
+from operators.sinks.results_collection import NotAllowed, ResultsCollectionSink, document, prepare_collection
+from operators.sinks.results_outputs import check_results, settings_problems
+from tests.helpers import SAMPLE_TRUTH, settings_for
+
+pytestmark = pytest.mark.services
+
+CLASSIFIED = SAMPLE_TRUTH["ZTF"]["passing"] - SAMPLE_TRUTH["ZTF"]["no_aux"]
+
+
+def run_bundled(settings):
+    """The ZTF flow over the bundled sample, enriched from the bundled documents (the MongoDB
+    named in `settings` only receives the results)."""
+    run_main(build_flow(ZTF, settings, store=EmbeddedStore(ZTF.sample_dir, ZTF.collections)))
+
+
+def result(candid=1, object_id="ZTF1", ra=10.0, dec=-5.0, model="ORACLE-btsv2:test@abc") -> Result:
+    probs = {n: 0.1 for n in ZTF_TAXONOMY.nodes}
+    return Result(candid=candid, objectId=object_id, jd=2460000.5, survey="ZTF", probabilities=probs,
+                  predicted="SN-Ia", model=model, processed_at="2026-12-07T21:00:00.000+00:00", ra=ra, dec=dec)
+
+
+# ---------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"ORACLE_RESULTS_TOPIC": "ztf results!"}, "ORACLE_RESULTS_TOPIC"),
+    ({"ORACLE_RESULTS_TOPIC": "a" * 250}, "ORACLE_RESULTS_TOPIC"),
+    ({"ALERTFLOW_DEADLETTER_TOPIC": ".."}, "ALERTFLOW_DEADLETTER_TOPIC"),
+    ({"ORACLE_RESULTS_COLLECTION": "oracle$results"}, "ORACLE_RESULTS_COLLECTION"),
+    ({"ORACLE_RESULTS_COLLECTION": "system.oracle"}, "ORACLE_RESULTS_COLLECTION"),
+    ({"ORACLE_RESULTS_COLLECTION": "x", "ORACLE_RESULTS_DATABASE": "bo/om"}, "ORACLE_RESULTS_DATABASE"),
+    ({"ALERTFLOW_RESULTS_CSV": "false"}, "ALERTFLOW_RESULTS_CSV"),
+])
+def test_names_kafka_or_mongodb_reject_are_one_line_naming_the_variable(tmp_path, env, variable):
+    with pytest.raises(ConfigError) as err:
+        settings_for(ZTF, tmp_path, **env)
+    line = str(err.value)
+    assert "\n" not in line and line.startswith(variable) and " -> " in line, line
+
+
+def test_boom_collections_and_a_collection_without_mongodb_are_refused(tmp_path, mongo):
+    s = settings_for(ZTF, tmp_path, ORACLE_RESULTS_COLLECTION="ZTF_alerts_aux", MONGODB_URI=mongo.uri)
+    (p,) = settings_problems(s, ZTF)
+    assert "one of BOOM's own collections" in p.detail and "ZTF_alerts_oracle" in p.fix
+    s = settings_for(ZTF, tmp_path, ORACLE_RESULTS_COLLECTION="ZTF_alerts_oracle")
+    (p,) = settings_problems(s, ZTF)
+    assert "needs a MongoDB" in p.detail and "MONGODB_URI" in p.fix
+    s = settings_for(ZTF, tmp_path, ORACLE_RESULTS_TOPIC="ZTF_alerts_oracle")
+    (p,) = settings_problems(s, ZTF)
+    assert "KAFKA_BROKERS is unset" in p.detail
+
+
+# ---------------------------------------------------------------- the collection
+
+
+def test_the_collection_gets_one_document_per_alert_and_a_replay_changes_nothing(tmp_path, mongo, mongo_db):
+    s = settings_for(ZTF, tmp_path, MONGODB_URI=mongo.uri, BOOM_DATABASE__NAME=mongo_db,
+                     ORACLE_RESULTS_COLLECTION="ZTF_alerts_oracle")
+    run_bundled(s)
+    coll = mongo.client()[mongo_db]["ZTF_alerts_oracle"]
+    docs = {d["_id"]: d for d in coll.find({})}
+    assert set(docs) == CLASSIFIED
+    rows = read_results(s.results_csv).set_index("candid")
+    for candid, doc in docs.items():
+        assert doc["objectId"] == rows.loc[candid, "objectId"] and doc["survey"] == "ZTF"
+        assert set(doc["probabilities"]) == set(ZTF_TAXONOMY.nodes)
+        for node in ZTF_TAXONOMY.nodes:  # the CSV keeps 6 significant digits
+            assert math.isclose(doc["probabilities"][node], rows.loc[candid, node], rel_tol=1e-5, abs_tol=1e-9)
+        assert doc["predicted"] == rows.loc[candid, "predicted"] and doc["jd"] == rows.loc[candid, "jd"]
+        assert doc["mjd"] is None and isinstance(doc["ra"], float)
+    keys = {tuple(k for k, _ in ix["key"].items()) for ix in coll.list_indexes()}
+    assert ("objectId", "jd") in keys and ("jd",) in keys
+    assert coll.count_documents({"_id": "alertflow-write-check"}) == 0
+
+    run_bundled(settings_for(ZTF, tmp_path / "again", MONGODB_URI=mongo.uri, BOOM_DATABASE__NAME=mongo_db,
+                             ORACLE_RESULTS_COLLECTION="ZTF_alerts_oracle"))
+    again = {d["_id"]: d for d in coll.find({})}
+    assert set(again) == CLASSIFIED
+    assert all(again[c]["probabilities"] == docs[c]["probabilities"] for c in CLASSIFIED)
+    assert "ZTF_alerts" not in mongo.client()[mongo_db].list_collection_names()  # BOOM's are never written
+
+
+def test_csv_off_keeps_results_in_the_collection_and_dead_letters_per_process(tmp_path, mongo, mongo_db):
+    s = settings_for(ZTF, tmp_path, MONGODB_URI=mongo.uri, BOOM_DATABASE__NAME=mongo_db,
+                     ORACLE_RESULTS_COLLECTION="ZTF_alerts_oracle", ALERTFLOW_RESULTS_CSV="false")
+    run_bundled(s)
+    assert not s.results_csv.exists()
+    assert mongo.client()[mongo_db]["ZTF_alerts_oracle"].count_documents({}) == len(CLASSIFIED)
+    assert not s.deadletters.exists()
+    letters = read_dead_letters(s.deadletters.with_name("oracle_ztf_deadletters-0.jsonl"))
+    assert sorted(d["offset"] for d in letters if d["stage"] == "parse") == sorted(SAMPLE_TRUTH["ZTF"]["malformed_offsets"])
+
+
+def test_nan_positions_are_stored_as_null(mongo, mongo_db):
+    doc = document(to_record(result(ra=float("nan"), dec=float("nan")), "BTS"))
+    assert doc["ra"] is None and doc["dec"] is None and doc["_id"] == 1
+    mongo.client()[mongo_db]["r"].replace_one({"_id": 1}, doc, upsert=True)  # nx-27017 rejects NaN
+    assert mongo.client()[mongo_db]["r"].find_one({"_id": 1})["ra"] is None
+
+
+class ReadOnly:
+    """A collection whose user may read only: what MongoDB answers (code 13, Unauthorized)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __getitem__(self, name):
+        return self
+
+    def create_index(self, *args, **kwargs):
+        raise OperationFailure("not authorized on boom to execute command { createIndexes: ... }", code=13,
+                               details={"errmsg": "not authorized on boom to execute command", "code": 13})
+
+    replace_one = bulk_write = create_index
+
+
+def test_a_read_only_user_gets_one_line_saying_so(mongo):
+    with pytest.raises(NotAllowed) as err:
+        prepare_collection(ReadOnly(), mongo.settings("boom"), "boom", "ZTF_alerts_oracle", "ZTF", wait=False)
+    line = str(err.value)
+    assert "\n" not in line and "code 13" in line and "readWrite" in line and "ORACLE_RESULTS_DATABASE" in line
+
+
+class Flaky:
+    """A collection that is unreachable for the first `down` writes (an outage), then works."""
+
+    def __init__(self, down: int):
+        self.down, self.written = down, []
+
+    def __getitem__(self, name):
+        return self
+
+    def bulk_write(self, ops, ordered):
+        if self.down:
+            self.down -= 1
+            raise AutoReconnect("connection refused")
+        self.written.extend(op._doc["_id"] for op in ops)
+
+
+def test_an_outage_during_writing_waits_and_loses_nothing(mongo):
+    from operators.sinks import results_collection
+
+    flaky, letters, pauses = Flaky(down=3), [], []
+    sink = ResultsCollectionSink(mongo.settings("boom"), "boom", "c", survey="ZTF", taxonomy="BTS",
+                                 refuse=letters.extend, client=flaky, sleep=pauses.append)
+    results_collection._prepared.add((sink.mongo.describe(), "boom", "c"))  # no indexes on the fake
+    part = sink.build("s", 0, 1)
+    part.write_batch([[result(1), result(2)], [result(3)]])
+    assert flaky.written == [1, 2, 3] and len(pauses) == 3 and letters == []
+
+
+# ---------------------------------------------------------------- the topic
+
+
+def test_the_topic_gets_one_avro_record_per_alert_keyed_by_object(tmp_path, kafka, create_topic, mongo, mongo_db):
+    topic = create_topic("oracle", partitions=2)
+    s = settings_for(ZTF, tmp_path, KAFKA_BROKERS=kafka.bootstrap, KAFKA_TOPIC="unused", ALERTFLOW_RECOVERY="false",
+                     ORACLE_RESULTS_TOPIC=topic)
+    from operators.samples.source import SampleSource
+
+    run_main(build_flow(ZTF, s, source=SampleSource(s.sample_dir, ZTF.topic),
+                        store=EmbeddedStore(ZTF.sample_dir, ZTF.collections)))
+    msgs = kafka.read(topic, len(CLASSIFIED) + 5, timeout_s=5)
+    records = [(m.key().decode(), decode(m.value())) for m in msgs]
+    assert sorted(r[0]["candid"] for _, r in records) == sorted(CLASSIFIED)
+    assert all(key == r[0]["objectId"] and len(r) == 1 for key, r in records)
+    rows = read_results(s.results_csv).set_index("candid")
+    for _, (rec,) in records:
+        assert rec["schemavsn"] == "1.0" and rec["taxonomy"] == "BTS" and rec["predicted"] == rows.loc[rec["candid"], "predicted"]
+
+
+def test_check_reports_the_topic_and_collection(tmp_path, kafka, create_topic, mongo, mongo_db):
+    present = create_topic("present")
+    s = settings_for(ZTF, tmp_path, KAFKA_BROKERS=kafka.bootstrap, KAFKA_TOPIC=present, ORACLE_RESULTS_TOPIC=present,
+                     ALERTFLOW_DEADLETTER_TOPIC=present + ".absent", MONGODB_URI=mongo.uri,
+                     BOOM_DATABASE__NAME=mongo_db, ORACLE_RESULTS_COLLECTION="ZTF_alerts_oracle")
+    # The results topic may not be the input topic: found before any server is asked.
+    (line,) = check_results(s, ZTF)
+    assert not line.ok and "KAFKA_TOPIC" in line.detail
+    s = settings_for(ZTF, tmp_path, KAFKA_BROKERS=kafka.bootstrap, KAFKA_TOPIC="in", ORACLE_RESULTS_TOPIC=present,
+                     ALERTFLOW_DEADLETTER_TOPIC=present + ".absent", MONGODB_URI=mongo.uri,
+                     BOOM_DATABASE__NAME=mongo_db, ORACLE_RESULTS_COLLECTION="ZTF_alerts_oracle")
+    lines = check_results(s, ZTF)
+    assert [c.ok for c in lines] == [True, True, True], [(c.detail, c.fix) for c in lines]
+    assert "present" in lines[0].detail and "can be created" in lines[1].detail and "writable" in lines[2].detail
+    # check asks with validate_only (a real Kafka creates nothing); Tansu ignores the flag and creates it.
