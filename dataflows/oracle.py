@@ -105,6 +105,7 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
         settings = read_or_exit(lambda: Settings.from_env(survey))
     survey, settings = configured(survey, settings)
     checks, model = validate(settings, survey)
+    checks += [CheckResult(c.name, c.ok, c.detail, c.fix) for c in results_out.settings_problems(settings, survey)]
     exit_on_failures(c for c in checks if source is None or c.name != "input")  # a given source needs no sample
     setup_logging(settings.log_file, settings.log_level)
     metrics.begin(survey.name)
@@ -141,10 +142,9 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
              "kafka " + ",".join(settings.kafka.brokers) + f" topic {settings.kafka.topic}" if settings.kafka else "bundled sample",
              settings.mongo.describe() if settings.mongo else "bundled documents")
 
-    # The results topic and collection: settings always, servers when about to run (waits, creates, proves writes).
-    results_checks = (results_out.check_results(settings, survey, start=True) if _run_by_bytewax()
-                      else results_out.settings_problems(settings, survey))
-    exit_on_failures(CheckResult(c.name, c.ok, c.detail, c.fix) for c in results_checks)
+    if _run_by_bytewax():  # the results topic and collection: wait for the servers, create, prove the right to write
+        exit_on_failures(CheckResult(c.name, c.ok, c.detail, c.fix)
+                         for c in results_out.check_results(settings, survey, start=True))
     flow = Dataflow(f"oracle_{survey.name.lower()}")
     if source is None and settings.kafka is not None:
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
