@@ -36,10 +36,16 @@ def published(kafka, topic: str, at_least: int, timeout_s: float = 20.0) -> dict
     return out
 
 
+VARYING = {"processed_at", "probabilities", "predicted_probability"}
+
+
 def same_classification(records: list[dict]) -> bool:
-    """Duplicates of a re-classified alert: identical but for when they were classified."""
-    first = {k: v for k, v in records[0].items() if k != "processed_at"}
-    return all({k: v for k, v in r.items() if k != "processed_at"} == first for r in records[1:])
+    """Duplicates of a re-classified alert: the same record but for when it was classified and
+    float32 noise in the probabilities (a batch of another size sums in another order: ~1e-7)."""
+    first = records[0]
+    return all({k: v for k, v in r.items() if k not in VARYING} == {k: v for k, v in first.items() if k not in VARYING}
+               and all(abs(r["probabilities"][n] - p) < 1e-5 for n, p in first["probabilities"].items())
+               for r in records[1:])
 
 
 def wait_until(done, procs, timeout_s: float, what: str) -> None:
@@ -57,7 +63,7 @@ def test_kill_9_loses_nothing_on_the_topic_and_duplicates_nothing_in_the_collect
         tmp_path, kafka, create_topic, mongo, mongo_db):
     topic = create_topic("in", partitions=2)
     results_topic = create_topic("oracle", partitions=2)
-    repeat = 20  # 20 × 41 messages
+    repeat = 60  # 60 × 41 messages
     load(SAMPLE, ZTF.collections, mongo.settings(mongo_db),
          KafkaSettings(brokers=(kafka.bootstrap,), topic=topic, group_id="x", starting_offset="beginning"),
          partitions=2, repeat=repeat)
@@ -71,8 +77,8 @@ def test_kill_9_loses_nothing_on_the_topic_and_duplicates_nothing_in_the_collect
     for attempt in range(2):
         proc = start_flow(env, "-w", str(1 + attempt), log=tmp_path / "flow.log")
         try:  # kill -9 once the run has made progress, at a random moment
-            wait_until(lambda: coll.count_documents({}) >= 100 * (attempt + 1), [proc], 120, "progress")
-            time.sleep(rng.uniform(0.0, 1.0))
+            wait_until(lambda: coll.count_documents({}) >= 150 * (attempt + 1), [proc], 120, "progress")
+            time.sleep(rng.uniform(0.0, 0.5))
             proc.send_signal(signal.SIGKILL)
             kills += 1
             proc.wait()
@@ -93,10 +99,14 @@ def test_kill_9_loses_nothing_on_the_topic_and_duplicates_nothing_in_the_collect
     on_topic = published(kafka, results_topic, len(expected))
     assert set(on_topic) == expected, "an alert classified before a kill is missing from the topic"
     duplicated = {c: recs for c, recs in on_topic.items() if len(recs) > 1}
-    assert all(same_classification(recs) for recs in duplicated.values())
+    differing = {c: [{k: v for k, v in r.items() if v != recs[0][k]} for r in recs[1:]]
+                 for c, recs in duplicated.items() if not same_classification(recs)}
+    assert not differing, list(differing.items())[:3]
     extra = sum(len(r) - 1 for r in duplicated.values())
+    identical = sum(r == {**recs[0], "processed_at": r["processed_at"]} for recs in duplicated.values() for r in recs[1:])
     print(f"\nkill -9 x{kills}: {len(expected)} alerts, {len(duplicated)} re-classified after the last snapshot "
-          f"published twice or more ({extra} extra records), collection {len(ids)} documents")
+          f"published twice or more ({extra} extra records, {identical} identical but for processed_at), "
+          f"collection {len(ids)} documents")
     assert "Traceback" not in (tmp_path / "flow.log").read_text().split("Killed")[-1]
 
 
