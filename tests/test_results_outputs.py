@@ -203,3 +203,64 @@ def test_check_reports_the_topic_and_collection(tmp_path, kafka, create_topic, m
     assert [c.ok for c in lines] == [True, True, True], [(c.detail, c.fix) for c in lines]
     assert "present" in lines[0].detail and "can be created" in lines[1].detail and "writable" in lines[2].detail
     # check asks with validate_only (a real Kafka creates nothing); Tansu ignores the flag and creates it.
+
+
+# ---------------------------------------------------------------- shadow and backfill
+
+
+def test_the_shadow_model_writes_its_own_collection_and_never_the_topic(tmp_path, kafka, create_topic, mongo,
+                                                                          mongo_db):
+    from operators.samples.source import SampleSource
+    from tests.helpers import perturbed_weights
+
+    topic = create_topic("oracle")
+    other = perturbed_weights(ZTF.weights, tmp_path / "retrained_ztf.pth", scale=0.02)
+    s = settings_for(ZTF, tmp_path, KAFKA_BROKERS=kafka.bootstrap, KAFKA_TOPIC="unused", ALERTFLOW_RECOVERY="false",
+                     ORACLE_RESULTS_TOPIC=topic, MONGODB_URI=mongo.uri, BOOM_DATABASE__NAME=mongo_db,
+                     ORACLE_RESULTS_COLLECTION="ZTF_alerts_oracle", ORACLE_ZTF_SHADOW_WEIGHTS=other)
+    run_main(build_flow(ZTF, s, source=SampleSource(s.sample_dir, ZTF.topic),
+                        store=EmbeddedStore(ZTF.sample_dir, ZTF.collections)))
+    db = mongo.client()[mongo_db]
+    main = {d["_id"]: d for d in db["ZTF_alerts_oracle"].find({})}
+    shadow = {d["_id"]: d for d in db["ZTF_alerts_oracle_shadow"].find({})}
+    assert set(main) == set(shadow) == CLASSIFIED
+    assert all(d["model"].startswith("ORACLE-btsv2:retrained_ztf.pth@") for d in shadow.values())
+    assert not any(d["model"].startswith("ORACLE-btsv2:retrained_ztf.pth@") for d in main.values())
+    on_topic = [decode(m.value())[0] for m in kafka.read(topic, 2 * len(CLASSIFIED), timeout_s=5)]
+    assert len(on_topic) == len(CLASSIFIED) and {r["model"] for r in on_topic} == {next(iter(main.values()))["model"]}
+
+
+def test_a_backfill_upserts_into_the_collection_and_publishes_only_when_asked(tmp_path, kafka, create_topic, mongo,
+                                                                              mongo_db):
+    from dataflows.backfill import Job, build_backfill_flow
+    from operators.oracle.store import read_documents
+    from operators.samples.load import upsert_documents
+    from tests.helpers import perturbed_weights
+
+    db = mongo.client()[mongo_db]
+    for name in (ZTF.collections.alerts, ZTF.collections.aux):
+        upsert_documents(db[name], read_documents(ZTF.sample_dir / f"{name}.jsonl"))
+    topic = create_topic("oracle")
+    env = dict(KAFKA_BROKERS=kafka.bootstrap, KAFKA_TOPIC="unused", ORACLE_RESULTS_TOPIC=topic,
+               MONGODB_URI=mongo.uri, BOOM_DATABASE__NAME=mongo_db, ORACLE_RESULTS_COLLECTION="ZTF_alerts_oracle")
+
+    def backfill(home, publish=False, weights=None):
+        job = Job(ZTF, 2_400_001.0, 2_500_000.0, "a", "b", weights=weights, slices=4, publish=publish)
+        flow, csv = build_backfill_flow(job, settings_for(ZTF, home, **env))
+        run_main(flow)
+        return read_results(csv)
+
+    rows = backfill(tmp_path / "first")
+    coll = db["ZTF_alerts_oracle"]
+    first = {d["_id"]: d for d in coll.find({})}
+    assert set(first) == set(rows.candid) and len(first) > 30
+    assert kafka.read(topic, 1, timeout_s=2) == []  # no --publish: nothing on the topic
+
+    other = perturbed_weights(ZTF.weights, tmp_path / "retrained_ztf.pth", scale=0.05)
+    backfill(tmp_path / "second", publish=True, weights=other)
+    second = {d["_id"]: d for d in coll.find({})}
+    assert set(second) == set(first)  # overwritten in place: same _id, no second document
+    assert all(d["model"].startswith("ORACLE-btsv2:retrained_ztf.pth@") for d in second.values())
+    assert any(second[c]["probabilities"] != first[c]["probabilities"] for c in first)
+    on_topic = [decode(m.value())[0] for m in kafka.read(topic, 2 * len(first), timeout_s=5)]
+    assert sorted(r["candid"] for r in on_topic) == sorted(first)
