@@ -264,3 +264,130 @@ def test_a_backfill_upserts_into_the_collection_and_publishes_only_when_asked(tm
     assert any(second[c]["probabilities"] != first[c]["probabilities"] for c in first)
     on_topic = [decode(m.value())[0] for m in kafka.read(topic, 2 * len(first), timeout_s=5)]
     assert sorted(r["candid"] for r in on_topic) == sorted(first)
+
+
+# ---------------------------------------------------------------- delivery: refusals, outages, dead-letter topic
+
+
+def test_dead_letters_also_go_to_the_dead_letter_topic(tmp_path, kafka, create_topic):
+    import json
+
+    from operators.samples.source import SampleSource
+
+    topic, dead_topic = create_topic("oracle"), create_topic("dead")
+    s = settings_for(ZTF, tmp_path, KAFKA_BROKERS=kafka.bootstrap, KAFKA_TOPIC="unused", ALERTFLOW_RECOVERY="false",
+                     ORACLE_RESULTS_TOPIC=topic, ALERTFLOW_DEADLETTER_TOPIC=dead_topic)
+    run_main(build_flow(ZTF, s, source=SampleSource(s.sample_dir, ZTF.topic),
+                        store=EmbeddedStore(ZTF.sample_dir, ZTF.collections)))
+    in_file = sorted(json.dumps(d, sort_keys=True) for d in read_dead_letters(s.deadletters))
+    on_topic = sorted(m.value().decode() for m in kafka.read(dead_topic, len(in_file) + 5, timeout_s=5))
+    assert len(in_file) == 4 and on_topic == in_file  # 3 malformed messages, 1 alert without documents
+
+
+def topic_sink(kafka, topic, letters, **config):
+    from operators.sinks.results_topic import ResultsTopicSink
+
+    return ResultsTopicSink(kafka.bootstrap, topic, config, survey="ZTF", refuse=letters.extend,
+                            backoff_initial_s=0.2, backoff_max_s=0.5)
+
+
+def test_a_record_larger_than_kafka_takes_is_a_dead_letter_and_the_rest_is_delivered(kafka, create_topic):
+    from operators.sinks.results_topic import result_message
+
+    topic, letters = create_topic("oracle"), []
+    part = topic_sink(kafka, topic, letters, **{"message.max.bytes": "5000"}).build("s", 0, 1)
+    big = result(candid=7, object_id="ZTF" + "x" * 6000)
+    part.write_batch([result_message("BTS", result(1)), result_message("BTS", big), result_message("BTS", result(2))])
+    part.close()
+    assert sorted(decode(m.value())[0]["candid"] for m in kafka.read(topic, 3, timeout_s=5)) == [1, 2]
+    (letter,) = letters
+    assert letter.candid == 7 and letter.stage == "results_topic" and "too large" in letter.reason.lower()
+    assert decode(__import__("base64").b64decode(letter.payload_b64))[0]["objectId"] == big.objectId
+
+
+class RefusingProducer:
+    """Kafka's answer in a delivery report (a broker whose topic takes smaller records than we
+    send; Tansu does not enforce max.message.bytes): every message with "big" in its key fails."""
+
+    def __init__(self):
+        self.reports, self.sent = [], []
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None):
+        self.reports.append((key, value, on_delivery))
+
+    def poll(self, timeout=0):
+        return 0
+
+    def flush(self, timeout=None):
+        from confluent_kafka import KafkaError
+
+        for key, value, report in self.reports:
+            if b"big" in key:
+                report(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large"), None)
+            else:
+                self.sent.append(key)
+        self.reports = []
+        return 0
+
+
+def test_a_refusal_in_a_delivery_report_is_a_dead_letter_with_kafkas_reason(kafka):
+    from operators.sinks.results_topic import _ResultsTopicPartition, result_message
+
+    letters = []
+    sink = topic_sink(kafka, "t", letters)
+    producer = RefusingProducer()
+    part = _ResultsTopicPartition(sink, producer)
+    part.write_batch([result_message("BTS", result(1, "ZTFa")), result_message("BTS", result(2, "ZTFbig"))])
+    assert producer.sent == [b"ZTFa"]
+    (letter,) = letters
+    assert letter.candid == 2 and letter.reason == "results topic refused: Broker: Message size too large"
+
+
+def test_a_broker_outage_while_writing_is_waited_out_and_nothing_is_lost(tmp_path):
+    import threading
+    import time
+
+    from operators.runtime.logs import STOPPING
+    from operators.sinks.results_topic import result_message
+    from tests.conftest import KafkaService
+
+    broker = KafkaService(tmp_path)
+    broker.start()
+    try:
+        topic = broker.create_topic("oracle", unique=False)
+        letters = []
+        part = topic_sink(broker, topic, letters, **{"message.timeout.ms": "1500"}).build("s", 0, 1)
+        part.write_batch([result_message("BTS", result(0))])
+        broker.stop()
+        done = threading.Event()
+        writer = threading.Thread(target=lambda: (part.write_batch(
+            [result_message("BTS", result(c)) for c in (1, 2, 3)]), done.set()), daemon=True)
+        writer.start()
+        time.sleep(4.0)  # several 1.5 s delivery timeouts: produced again each time
+        assert not done.is_set(), "write_batch returned while the broker was down"
+        broker.start()
+        broker._admin = None
+        broker.create_topic("oracle", unique=False)  # memory storage: the topic went with the broker
+        assert done.wait(60), "not delivered after the broker came back"
+        got = sorted(decode(m.value())[0]["candid"] for m in broker.read(topic, 3, timeout_s=10))
+        assert got == [1, 2, 3] and letters == []
+
+        # Ctrl-C during an outage ends the wait at once.
+        broker.stop()
+        stopped = []
+        writer = threading.Thread(target=lambda: _catch(stopped, part.write_batch, [result_message("BTS", result(4))]))
+        writer.start()
+        time.sleep(2.0)
+        STOPPING.set()
+        writer.join(5)
+        assert stopped == ["KeyboardInterrupt"]
+    finally:
+        STOPPING.clear()
+        broker.stop()
+
+
+def _catch(out: list, fn, *args):
+    try:
+        fn(*args)
+    except KeyboardInterrupt:
+        out.append("KeyboardInterrupt")

@@ -76,7 +76,16 @@ def letter_message(letter: DeadLetter) -> KafkaSinkMessage:
 
 
 def transient(err: KafkaError) -> bool:
-    return err.code() in TRANSIENT or (err.retriable() and not err.fatal())
+    """Sent again after a pause (an outage; a fatal producer error, after a new producer)."""
+    return err.code() in TRANSIENT or err.retriable() or err.fatal()
+
+
+def fatal_of(exc: BaseException) -> Optional[KafkaError]:
+    """The fatal KafkaError behind `exc` (itself or its cause), if any."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if isinstance(e, KafkaException) and e.args and isinstance(e.args[0], KafkaError) and e.args[0].fatal():
+            return e.args[0]
+    return None
 
 
 def why(failed: list) -> str:
@@ -85,9 +94,21 @@ def why(failed: list) -> str:
 
 
 class _ResultsTopicPartition(_KafkaSinkPartition):
-    def __init__(self, sink: "ResultsTopicSink", producer: Producer):
-        super().__init__(producer, sink.topic)
+    def __init__(self, sink: "ResultsTopicSink", producer: Optional[Producer] = None):
         self._sink = sink
+        self._fatal: Optional[KafkaError] = None
+        super().__init__(producer if producer is not None else self._new_producer(), sink.topic)
+
+    def _new_producer(self) -> Producer:
+        return Producer({**self._sink._add_config, "error_cb": self._on_error})
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's client-level errors: a fatal one retires the producer (see `_deliver`);
+        the others (a broker away) are retried by librdkafka and said once in a while."""
+        if err.fatal():
+            self._fatal = err
+        else:
+            self._sink.lines.log(logging.WARNING, "%s", f"error {err.name()}", f"topic {self._sink.topic}: {err.str()}")
 
     def write_batch(self, items: list[KafkaSinkMessage]) -> None:
         pending, pause = list(items), self._sink.backoff_initial_s
@@ -115,27 +136,48 @@ class _ResultsTopicPartition(_KafkaSinkPartition):
             pending = again
 
     def _deliver(self, items: list[KafkaSinkMessage]) -> list[tuple[KafkaSinkMessage, KafkaError]]:
-        """Produce `items`, wait for every delivery report; the (message, error) pairs that failed."""
-        failed: list[tuple[KafkaSinkMessage, KafkaError]] = []
+        """Produce `items`, wait for every delivery report; the (message, error) pairs that failed.
+        A fatal producer error (the idempotent producer lost its id: a broker that forgot its
+        state) replaces the producer; what was not acknowledged fails as transient, to be sent again."""
+        outcome: dict[int, Optional[KafkaError]] = {}
 
-        def report(msg: KafkaSinkMessage):
-            return lambda err, _m: failed.append((msg, err)) if err is not None else None
+        def report(i: int):
+            return lambda err, _m: outcome.__setitem__(i, err)
 
-        for msg in items:
-            while True:
-                try:
-                    self._producer.produce(self._topic if msg.topic is None else msg.topic, value=msg.value,
-                                           key=msg.key, headers=msg.headers, on_delivery=report(msg))
-                    break
-                except BufferError:  # librdkafka's queue is full: let it send, then go on
-                    self._poll(FLUSH_STEP_S)
-                except KafkaException as exc:  # refused before sending (larger than message.max.bytes, ...)
-                    failed.append((msg, exc.args[0]))
-                    break
-            self._producer.poll(0)
-        while self._producer.flush(FLUSH_STEP_S):
-            if STOPPING.is_set():
-                raise KeyboardInterrupt("Ctrl-C while delivering to Kafka")
+        try:
+            for i, msg in enumerate(items):
+                while True:
+                    try:
+                        self._producer.produce(self._topic if msg.topic is None else msg.topic, value=msg.value,
+                                               key=msg.key, headers=msg.headers, on_delivery=report(i))
+                        break
+                    except BufferError:  # librdkafka's queue is full: let it send, then go on
+                        self._poll(FLUSH_STEP_S)
+                    except KafkaException as exc:  # refused before sending (larger than message.max.bytes, ...)
+                        if exc.args[0].fatal():
+                            raise
+                        outcome[i] = exc.args[0]
+                        break
+                self._producer.poll(0)
+            while self._producer.flush(FLUSH_STEP_S) and self._fatal is None:
+                if STOPPING.is_set():
+                    raise KeyboardInterrupt("Ctrl-C while delivering to Kafka")
+        except (KafkaException, SystemError) as exc:
+            # confluent-kafka raises a fatal error from flush() even with an error_cb, and when it
+            # does so inside a delivery callback it surfaces as a SystemError caused by it.
+            fatal = fatal_of(exc)
+            if fatal is None:
+                raise
+            self._fatal = fatal
+        if self._fatal is not None:  # whatever was not acknowledged goes again, with a new producer
+            outcome = {i: self._fatal for i in range(len(items)) if outcome.get(i, self._fatal) is not None}
+            self._fatal = None
+        failed = [(items[i], err) for i, err in sorted(outcome.items()) if err is not None]
+        fatal = next((err for _, err in failed if err.fatal()), None)
+        if fatal is not None:
+            log.warning("topic %s: the producer failed for good (%s); a new producer sends the %d undelivered "
+                        "message(s) again", self._sink.topic, fatal.str(), len(failed))
+            self._producer = self._new_producer()
         return failed
 
     def _poll(self, seconds: float) -> None:
@@ -162,7 +204,7 @@ class ResultsTopicSink(KafkaSink):
         self.lines = RateLimitedLog(log, every_s=30.0, redact=redact)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ResultsTopicPartition:
-        return _ResultsTopicPartition(self, Producer(self._add_config))
+        return _ResultsTopicPartition(self)
 
     def letter(self, msg: KafkaSinkMessage, reason: str) -> DeadLetter:
         """The dead letter of a refused message: the record's candid and objectId when it is one."""
