@@ -116,17 +116,17 @@ class _ResultsTopicPartition(_KafkaSinkPartition):
         while pending:
             failed = self._deliver(pending)
             delivered = len(pending) - len(failed)
-            metrics.results_published(self._sink.survey, self._sink.label, delivered)
+            metrics.results_published(self._sink.survey, self._sink.metric, delivered)
             again = [m for m, err in failed if transient(err)]
             refused = [(m, err) for m, err in failed if not transient(err)]
             if refused:
-                metrics.results_delivery_failed(self._sink.survey, self._sink.label, "refused", len(refused))
+                metrics.results_delivery_failed(self._sink.survey, self._sink.metric, "refused", len(refused))
                 self._sink.refuse([self._sink.letter(m, f"{self._sink.label} refused: {err.str()}")
                                    for m, err in refused])
             if not again:
                 return
             started = started or time.monotonic()
-            metrics.results_delivery_failed(self._sink.survey, self._sink.label, "retried", len(again))
+            metrics.results_delivery_failed(self._sink.survey, self._sink.metric, "retried", len(again))
             self._sink.lines.log(logging.WARNING, "%s", "outage",
                                  f"topic {self._sink.topic}: {len(again)} message(s) not delivered for "
                                  f"{time.monotonic() - started:.0f} s ({why(failed)}); producing "
@@ -200,6 +200,7 @@ class ResultsTopicSink(KafkaSink):
         conf["logger"] = RateLimitedLog(logging.getLogger("alertflow.results_topic"), redact=redact)
         super().__init__(brokers.split(","), topic, conf)
         self.topic, self.survey, self.refuse, self.label = topic, survey, refuse, label
+        self.metric = "topic" if label == "results topic" else label.replace("-", "").replace(" ", "_")
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
         self.lines = RateLimitedLog(log, every_s=30.0, redact=redact)
 
