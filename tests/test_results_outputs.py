@@ -175,10 +175,18 @@ def test_the_topic_gets_one_avro_record_per_alert_keyed_by_object(tmp_path, kafk
     topic = create_topic("oracle", partitions=2)
     s = settings_for(ZTF, tmp_path, KAFKA_BROKERS=kafka.bootstrap, KAFKA_TOPIC="unused", ALERTFLOW_RECOVERY="false",
                      ORACLE_RESULTS_TOPIC=topic)
+    from prometheus_client import REGISTRY
+
     from operators.samples.source import SampleSource
 
+    def published():
+        return REGISTRY.get_sample_value("alertflow_results_published_total",
+                                         {"flow": "oracle_ztf", "survey": "ZTF", "sink": "topic"}) or 0.0
+
+    before = published()
     run_main(build_flow(ZTF, s, source=SampleSource(s.sample_dir, ZTF.topic),
                         store=EmbeddedStore(ZTF.sample_dir, ZTF.collections)))
+    assert published() - before == len(CLASSIFIED)
     msgs = kafka.read(topic, len(CLASSIFIED) + 5, timeout_s=5)
     records = [(m.key().decode(), decode(m.value())) for m in msgs]
     assert sorted(r[0]["candid"] for _, r in records) == sorted(CLASSIFIED)
@@ -203,6 +211,17 @@ def test_check_reports_the_topic_and_collection(tmp_path, kafka, create_topic, m
     assert [c.ok for c in lines] == [True, True, True], [(c.detail, c.fix) for c in lines]
     assert "present" in lines[0].detail and "can be created" in lines[1].detail and "writable" in lines[2].detail
     # check asks with validate_only (a real Kafka creates nothing); Tansu ignores the flag and creates it.
+
+    # `python -m dataflows check ztf` prints them among its lines.
+    from dataflows.__main__ import run_checks
+
+    env = {"KAFKA_BROKERS": kafka.bootstrap, "KAFKA_TOPIC": present, "ORACLE_RESULTS_TOPIC": present + ".out",
+           "MONGODB_URI": mongo.uri, "BOOM_DATABASE__NAME": mongo_db, "ORACLE_RESULTS_COLLECTION": "ZTF_alerts_aux"}
+    lines = {c.name: c for c in run_checks("ztf", env)}
+    assert not lines["results"].ok and "BOOM's own" in lines["results"].detail
+    env["ORACLE_RESULTS_COLLECTION"] = "ZTF_alerts_oracle"
+    lines = {c.name: c for c in run_checks("ztf", env)}
+    assert lines["results"].ok and lines["oracle_results_topic"].ok, [c.line() for c in lines.values()]
 
 
 # ---------------------------------------------------------------- shadow and backfill
