@@ -128,16 +128,18 @@ class ReadOnly:
 
     def create_index(self, *args, **kwargs):
         raise OperationFailure("not authorized on boom to execute command { createIndexes: ... }", code=13,
-                               details={"errmsg": "not authorized on boom to execute command", "code": 13})
+                               details={"errmsg": "not authorized on boom (user reader, pwd s3cret-pw)", "code": 13})
 
     replace_one = bulk_write = create_index
 
 
 def test_a_read_only_user_gets_one_line_saying_so(mongo):
     with pytest.raises(NotAllowed) as err:
-        prepare_collection(ReadOnly(), mongo.settings("boom"), "boom", "ZTF_alerts_oracle", "ZTF", wait=False)
+        prepare_collection(ReadOnly(), mongo.settings("boom", uri="mongodb://reader:s3cret-pw@127.0.0.1:1/"), "boom",
+                           "ZTF_alerts_oracle", "ZTF", wait=False)
     line = str(err.value)
     assert "\n" not in line and "code 13" in line and "readWrite" in line and "ORACLE_RESULTS_DATABASE" in line
+    assert "s3cret" not in line  # a server echoing the password: scrubbed
 
 
 class Flaky:

@@ -60,11 +60,12 @@ def document(record: dict) -> dict:
     return {"_id": record["candid"], **nan_to_none(record)}
 
 
-def not_allowed(exc: OperationFailure, database: str, collection: str, what: str) -> NotAllowed:
-    return NotAllowed(f"MongoDB refuses to let this user {what} {database}.{collection} (code {exc.code}: "
+def not_allowed(exc: OperationFailure, mongo: MongoSettings, database: str, collection: str, what: str) -> NotAllowed:
+    """The one line for a refused write, scrubbed of credentials (a server may echo the URI)."""
+    return NotAllowed(mongo.redact(f"MongoDB refuses to let this user {what} {database}.{collection} (code {exc.code}: "
                       f"{exc.details.get('errmsg', '') if exc.details else exc}) -> give the user readWrite on "
                       f"{database}, or set ORACLE_RESULTS_DATABASE to a database it may write "
-                      f"(BOOM deployments often hand out read-only users)")
+                      f"(BOOM deployments often hand out read-only users)"))
 
 
 def with_retries(what: str, action: Callable, mongo: MongoSettings, *, initial_s: float = 0.25,
@@ -107,7 +108,7 @@ def prepare_collection(client, mongo: MongoSettings, database: str, collection: 
         run(f"write check on {collection}", probe)
     except OperationFailure as exc:
         if exc.code in AUTH_CODES:
-            raise not_allowed(exc, database, collection, "write to") from None
+            raise not_allowed(exc, mongo, database, collection, "write to") from None
         raise
     return names
 
@@ -154,7 +155,8 @@ class _CollectionPartition(StatelessSinkPartition):
                                                                           "retried", len(ops)))
         except OperationFailure as exc:
             if exc.code in AUTH_CODES:
-                raise not_allowed(exc, self._sink.database, self._sink.collection, "write to") from None
+                raise not_allowed(exc, self._sink.mongo, self._sink.database, self._sink.collection,
+                                  "write to") from None
             raise
         metrics.results_published(self._sink.survey, self._sink.metric, len(ops) - len(refused))
         if refused:
