@@ -412,3 +412,20 @@ def _catch(out: list, fn, *args):
         fn(*args)
     except KeyboardInterrupt:
         out.append("KeyboardInterrupt")
+
+
+def test_a_mongodb_outage_while_writing_is_waited_out_on_a_real_server(restartable_mongo):
+    import time
+
+    server = restartable_mongo
+    letters, pauses = [], []
+    sink = ResultsCollectionSink(server.settings("boom", timeout_ms=500), "boom", "ZTF_alerts_oracle", survey="ZTF",
+                                 taxonomy="BTS", refuse=letters.extend,
+                                 sleep=lambda s: (pauses.append(s), time.sleep(min(s, 0.5))))
+    part = sink.build("c", 0, 1)  # indexes created while the server is up
+    server.stop()
+    back = server.start_later(2.0)
+    part.write_batch([[result(1), result(2)], [result(3)]])
+    back.join()
+    assert sorted(d["_id"] for d in server.client()["boom"]["ZTF_alerts_oracle"].find({})) == [1, 2, 3]
+    assert pauses and letters == []
