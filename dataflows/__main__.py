@@ -233,6 +233,8 @@ def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0)
     out.append(check_mongo(settings, survey, model) if settings.mongo is not None else
                CheckResult("store", True, f"bundled documents in {settings.outputs.sample_dir} "
                                           f"(set MONGODB_URI or BOOM_DATABASE__HOST for BOOM's MongoDB)"))
+    from operators.sinks.results_outputs import check_results  # the results topic and collection (issue 25)
+    out.extend(CheckResult(c.name, c.ok, c.detail, c.fix) for c in check_results(settings, survey))
     if survey.fritz:
         out.append(check_fritz(env, timeout_s))
     out.append(check_slack(env, survey.slack_channel_env))

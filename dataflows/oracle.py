@@ -31,7 +31,7 @@ from bytewax.dataflow import Dataflow, Stream, operator
 from dataflows.oracle_runtime import Models, Outputs, Runtime, make_store, prepare  # noqa: F401 - make_store: callers
 from models.oracle.loading import load_oracle
 from models.oracle.networks import ModelLoadError, TaxonomyMismatch
-from operators.io.deadletter import DeadLetter, dead_letter, dead_letter_sink
+from operators.io.deadletter import DeadLetter, dead_letter
 from operators.oracle import steps
 from operators.oracle.messages import FilterResult, origin_of, parse_message
 from operators.oracle.results import results_csv_sink
@@ -41,6 +41,7 @@ from operators.runtime.batching import batch, group_by_key
 from operators.runtime.config import Settings
 from operators.runtime.routing import batch_keys, bytewax_cluster
 from operators.samples.source import SampleSource
+from operators.sinks import results_outputs as results_out
 
 log = logging.getLogger("alertflow.oracle")
 
@@ -137,8 +138,8 @@ def classify_steps(step_id: str, batches: Stream, survey: Survey, models: Models
 
 @operator
 def write_outputs(step_id: str, batches: Stream, out: Outputs, *dead: Stream) -> None:
-    """Results CSV (+ Fritz annotations, Slack posts, the shadow CSV) and the dead-letter
-    file, which also takes the `dead` streams (unparsable messages, consumer errors)."""
+    """Results CSV, topic and collection (+ Fritz annotations, Slack posts, the shadow outputs)
+    and the dead letters, which also take the `dead` streams (unparsable messages, consumer errors)."""
     survey = out.survey
     result_lists = op.map("result_lists", batches, steps.results_of)
     if out.fritz is not None:
@@ -151,10 +152,11 @@ def write_outputs(step_id: str, batches: Stream, out: Outputs, *dead: Stream) ->
         with_context = op.stateful_map("fritz_context", to_fritz,
                                        partial(add_fritz_context, out.fritz, out.fritz_config.context_timeout))
         result_lists = op.key_rm("from_fritz", with_context)
-    # The single CSV writer receives one list per model batch: fewer items to move.
-    op.output("csv", op.key_on("key_results", result_lists, under_one_key), results_csv_sink(
-        out.results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name),
-        after_skip=partial(metrics.count_skipped, survey.name)))
+    if out.settings.results.csv:  # the single CSV writer receives one list per model batch: fewer items to move
+        op.output("csv", op.key_on("key_results", result_lists, under_one_key), results_csv_sink(
+            out.results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name),
+            after_skip=partial(metrics.count_skipped, survey.name)))
+    results_out.results_outputs(result_lists, survey, out.settings, out.deadletters)  # every worker writes its own
     if out.fritz is not None or out.slack is not None:
         results = op.flatten("results", result_lists)
     if out.fritz is not None:
@@ -167,11 +169,13 @@ def write_outputs(step_id: str, batches: Stream, out: Outputs, *dead: Stream) ->
         op.output("slack", op.key_on("key_slack", results, under_one_key), SlackSink(out.slack, survey))
     if out.shadow_csv is not None:
         shadow = op.map("shadow_results", batches, steps.shadow_of)
-        op.output("shadow_csv", op.key_on("key_shadow", shadow, under_one_key),
-                  results_csv_sink(out.shadow_csv, survey.taxonomy))
+        if results_out.shadow_csv_wanted(out.settings):
+            op.output("shadow_csv", op.key_on("key_shadow", shadow, under_one_key),
+                      results_csv_sink(out.shadow_csv, survey.taxonomy))
+        results_out.shadow_outputs(shadow, survey, out.settings, out.deadletters)
     letters = op.merge("dead", *dead, op.flat_map("batch_dead", batches, steps.dead_of))
     letters = op.inspect("count_dead", letters, partial(count_dead_letter, survey.name))
-    op.output("dead_letters", op.key_on("key_dead", letters, under_one_key), dead_letter_sink(out.deadletters))
+    results_out.dead_letter_outputs(letters, out.deadletters, out.settings, survey.name)
 
 
 def under_one_key(_item) -> str:

@@ -37,6 +37,7 @@ from operators.runtime.logs import exit_130_if_stopped, quiet_interrupt, setup_l
 from operators.runtime.recovery import enable_default_recovery, run_by_bytewax
 from operators.runtime.fritz_settings import FritzConfig
 from operators.runtime.slack_settings import SlackConfig
+from operators.sinks import results_outputs as results_out
 
 log = logging.getLogger("alertflow.oracle")
 
@@ -65,16 +66,18 @@ class Models:
 
 @dataclass(frozen=True)
 class Outputs:
-    """Where `write_outputs` writes: the results CSV and dead letters always; Fritz
-    (a client: reads and annotations), Slack and the shadow CSV when set."""
+    """Where `write_outputs` writes: the results CSV (unless ALERTFLOW_RESULTS_CSV=false),
+    the results topic and collection (`settings.results`), dead letters; Fritz (a client:
+    reads and annotations), Slack and the shadow outputs when set."""
 
     survey: Survey
     results_csv: Path
     deadletters: Path
+    settings: Settings  # the results topic/collection, dead-letter topic and the services they are on
     fritz: Optional[Any] = None  # operators.sinks.fritz.FritzClient
     fritz_config: Optional[FritzConfig] = None
     slack: Optional[SlackConfig] = None  # posts when set
-    shadow_csv: Optional[Path] = None  # shadow rows (with a shadow model)
+    shadow_csv: Optional[Path] = None  # shadow rows (with a shadow model; also its collection when configured)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ def prepare(survey: Survey, settings: Optional[Settings] = None, *, store=None, 
         settings = read_or_exit(lambda: Settings.from_env(survey))
     survey, settings = configured(survey, settings)
     checks, model, shadow_model = checked_models(settings, survey)
+    checks += [CheckResult(c.name, c.ok, c.detail, c.fix) for c in results_out.settings_problems(settings, survey)]
     exit_on_failures(c for c in checks if not source_given or c.name != "input")  # a given source needs no sample
     start_process(settings, survey)
     models = Models(Loaded(model, model_label(model, settings.oracle.weights)),
@@ -120,7 +124,7 @@ def prepare(survey: Survey, settings: Optional[Settings] = None, *, store=None, 
         from operators.sinks.fritz import FritzClient
 
         fritz = FritzClient(settings.fritz)
-    outputs = Outputs(survey, settings.results_csv, settings.deadletters, fritz=fritz, fritz_config=settings.fritz,
+    outputs = Outputs(survey, settings.results_csv, settings.deadletters, settings, fritz=fritz, fritz_config=settings.fritz,
                       slack=settings.slack if settings.slack.enabled else None,
                       shadow_csv=settings.shadow_results_csv if models.shadow else None)
     k = settings.kafka
@@ -128,6 +132,9 @@ def prepare(survey: Survey, settings: Optional[Settings] = None, *, store=None, 
              models.main.name, f" (shadow {models.shadow.name} -> {outputs.shadow_csv})" if models.shadow else "",
              "kafka " + ",".join(k.brokers) + f" topic {k.topic}" if k else "bundled sample",
              settings.mongo.describe() if settings.mongo else "bundled documents")
+    if run_by_bytewax():  # the results topic and collection: wait for the servers, create, prove the right to write
+        exit_on_failures(CheckResult(c.name, c.ok, c.detail, c.fix)
+                         for c in results_out.check_results(settings, survey, start=True))
     partitions = None
     if k is not None and not source_given and run_by_bytewax():  # about to run: wait here, where Ctrl-C works
         from operators.io.kafka import wait_for_kafka

@@ -34,6 +34,7 @@ from operators.runtime.service_settings import (  # noqa: F401 - re-exported: th
     KafkaWaitSettings,
     MongoSettings,
 )
+from operators.runtime.results_settings import ResultsSettings
 from operators.runtime.settings import ConfigError, EnvModel, redact, secret_values
 from operators.runtime.slack_settings import SlackConfig
 
@@ -208,6 +209,7 @@ def _make_survey_models(survey) -> dict[str, type[EnvModel]]:
         "fritz": FritzConfig,
         "slack": SlackConfig,
         "metrics": MetricsSettings,
+        "results": ResultsSettings,
     }
 
 
@@ -236,6 +238,7 @@ class Settings(BaseModel):
     fritz: FritzConfig = Field(default_factory=FritzConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    results: ResultsSettings = Field(default_factory=ResultsSettings)  # topic, collection (operators/sinks/results_outputs.py)
 
     # -- file names derived from the survey and the output directories
 
