@@ -7,6 +7,7 @@ settings models."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import runpy
@@ -128,6 +129,23 @@ def _split(line: str) -> list[str]:
     return result
 
 
+def _refuse_unparsed(source: Path) -> None:
+    """Only a command whose arguments go through argparse can be stopped before it works:
+    anything else would really run here (and, e.g., rebuild the bundled samples)."""
+    assert _parses(source, depth=2), f"{source.name} parses no arguments with argparse"
+
+
+def _parses(source: Path, depth: int) -> bool:
+    if source.name == "__init__.py":
+        source = source.with_name("__main__.py")
+    text = source.read_text() if source.is_file() else ""
+    if "parse_args(" in text or "cli_main" in text:
+        return True
+    # A module that hands over to another's CLI (runpy.run_module, or `from X import main`).
+    handed = re.findall(r"run_module\(\"([\w.]+)\"", text) + re.findall(r"from ([\w.]+) import [^\n]*\bmain\b", text)
+    return depth > 0 and any(_parses(Path(importlib.util.find_spec(m).origin), depth - 1) for m in handed)
+
+
 class Parsed(Exception):
     """Raised where a command would start its work: its arguments were accepted."""
 
@@ -159,7 +177,9 @@ def parse_only(command: str, monkeypatch) -> None:
         module, args = tokens[2], tokens[3:]
         if module == "bytewax.run":
             target = next((a for a in args if not a.startswith("-")), "")
-            assert __import__("importlib").util.find_spec(target.split(":")[0]), f"no module {target}"
+            assert importlib.util.find_spec(target.split(":")[0]), f"no module {target}"
+
+        _refuse_unparsed(Path(importlib.util.find_spec(module).origin))
 
         def run(a, module=module):
             monkeypatch.setattr(sys, "argv", [module, *a])
@@ -167,6 +187,7 @@ def parse_only(command: str, monkeypatch) -> None:
     else:
         script, args = REPO_ROOT / tokens[1], tokens[2:]
         assert script.is_file(), f"no {tokens[1]}"
+        _refuse_unparsed(script)
 
         def run(a, script=script):
             monkeypatch.setattr(sys, "argv", [str(script), *a])
@@ -202,7 +223,8 @@ def test_every_command_shown_parses(doc, command, monkeypatch, tmp_path):
 
 
 def test_the_command_check_refuses_a_bad_command(monkeypatch):
-    for bad in ("alertflow ztf -w many", "python -m dataflows check nosuchflow", "alertflow nosuchcommand",
+    for bad in ("python -m operators.samples.bundle --out x",  # no argparse: would rebuild the samples
+                "alertflow ztf -w many", "python -m dataflows check nosuchflow", "alertflow nosuchcommand",
                 "python -m dataflows backfill ztf --sinse 2026-01-01", "python -m bytewax.run dataflows.nosuch"):
         with pytest.raises(AssertionError):
             parse_only(bad, monkeypatch)
