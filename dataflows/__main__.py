@@ -102,7 +102,7 @@ def flow_available(info: FlowInfo) -> tuple[bool, str]:
 # ------------------------------------------------------------------ help
 
 USAGE = """\
-usage: python -m dataflows (or: alertflow) [--help | --version | --markdown-table] {check,run,backfill,compare} FLOW [ARGS...]
+usage: python -m dataflows (or: alertflow) [--help | --version | --markdown-table] {check,run,backfill,compare,listen} FLOW [ARGS...]
        python -m dataflows replay-dead-letters FILE
        python -m dataflows FLOW [ARGS...]          (= run FLOW)
 
@@ -112,6 +112,7 @@ usage: python -m dataflows (or: alertflow) [--help | --version | --markdown-tabl
                      FLOW --help: one flow's options and variables
   backfill SURVEY --since T --until T [...]   classify past alert documents (backfill --help)
   compare A.csv B.csv [--html out.html]       what changed between two results files (compare --help)
+  listen ztf|lsst [--where "SN-Ia>0.8"] [--save DIR] [...]   print the results topic (listen --help)
   replay-dead-letters FILE [--survey ztf|lsst]
                      publish the dead letters' payloads back to KAFKA_TOPIC (KAFKA_BROKERS set),
                      or re-run them through the flow here
@@ -424,6 +425,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from dataflows.backfill import main as backfill
 
         return backfill(rest)
+    if command == "listen":
+        from dataflows.listen import main as listen
+
+        return listen(rest)
     if command == "compare":
         from operators.oracle.compare import main as compare
 
