@@ -25,6 +25,7 @@ DOCS = sorted([REPO_ROOT / "README.md", REPO_ROOT / "CHANGELOG.md", *(REPO_ROOT 
 CONFIGURATION = REPO_ROOT / "docs" / "configuration.md"
 # Commands shown that are not ours to parse: the installer, the test runner, a shell.
 NOT_OURS = {"pip", "venv", "pytest", "mlflow"}
+SUBCOMMANDS = {"check", "run", "backfill", "compare", "listen", "replay-dead-letters"}
 
 
 def _rel(path: Path) -> str:
@@ -103,8 +104,11 @@ def commands(path: Path) -> list[str]:
             found.extend(_split(line))
     prose = re.sub(r"```.*?```", "", text, flags=re.S)
     for span in re.findall(r"`((?:python3? (?:-m |bench/)|alertflow )[^`]*)`", prose):
-        # A module named in prose, or a usage synopsis (`[--option X]`), is no command to run.
-        if len(span.split()) > (3 if span.startswith("python") else 1) and "[" not in span:
+        # A module or subcommand named in prose (`python -m dataflows backfill`), or a usage
+        # synopsis (`[--option X]`), is no command to run.
+        words = span.split()
+        named = words[-1] in SUBCOMMANDS and len(words) == (4 if span.startswith("python") else 2)
+        if len(words) > (3 if span.startswith("python") else 1) and "[" not in span and not named:
             found.extend(_split(span))
     return found
 
