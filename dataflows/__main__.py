@@ -9,7 +9,7 @@
 The variables listed are the fields of the flows' settings models
 (operators/runtime/config.py, operators/runtime/fritz_settings.py, operators/runtime/slack_settings.py,
 operators/vra/config.py), with their defaults and descriptions, so the list
-cannot drift from what the flows read; `--markdown-table` prints the README's
+cannot drift from what the flows read; `--markdown-table` prints docs/configuration.md's
 configuration table from the same models. Flows are imported lazily: `--help`
 never loads torch, and a flow whose module is not there yet is shown as missing.
 Secret values are never printed.
@@ -79,7 +79,7 @@ def describe(name: str, info: FlowInfo) -> str:
 
 
 def markdown_table() -> str:
-    """The README's configuration table, from the models of every available flow."""
+    """docs/configuration.md's table, from the models of every available flow."""
     from operators.runtime.settings import markdown_table as table
 
     return table({info.name: settings_models(info) for info in FLOWS.values() if flow_available(info)[0]})

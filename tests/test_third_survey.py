@@ -1,6 +1,6 @@
 """A third survey, defined here alone: one `Survey`, one input builder, one taxonomy.
 
-The README promises that a new survey is one more `Survey` and one input builder.
+The architecture guide (docs/architecture.md) promises that a new survey is one more `Survey` and one input builder.
 This module holds the proof: a DECam-like survey with its own small taxonomy
 (Alert -> {Transient -> {SN, Other}, Variable}), its own input builder, a tiny
 random ORACLE checkpoint of that taxonomy and a tiny BOOM-shaped sample, run
