@@ -157,6 +157,7 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
 
     from dataflows.oracle import classify_steps, load_survey_model, write_outputs
     from dataflows.oracle_runtime import Loaded, Models, Outputs, make_store
+    from operators.oracle.results import CsvLayout
     from models.oracle.loading import model_label, weights_sha12
     from operators.sinks.fritz import FritzClient
     from operators.runtime.logs import setup_logging
@@ -197,7 +198,8 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     batch_stream = classify_steps("classify_steps", batch_stream, survey, Models(Loaded(model, name)), lazy_store)
     slack = settings.slack if job.annotate and settings.slack.enabled else None
     write_outputs("write_outputs", batch_stream, Outputs(survey, results_csv, deadletters, settings, fritz=fritz,
-                                                         fritz_config=settings.fritz, slack=slack))
+                                                         fritz_config=settings.fritz, slack=slack,
+                                                         layout=CsvLayout.of(survey, model)))
     return flow, results_csv
 
 

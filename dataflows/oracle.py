@@ -34,7 +34,7 @@ from models.oracle.networks import ModelLoadError, TaxonomyMismatch
 from operators.io.deadletter import DeadLetter, dead_letter
 from operators.oracle import steps
 from operators.oracle.messages import FilterResult, origin_of, parse_message
-from operators.oracle.results import results_csv_sink
+from operators.oracle.results import CsvLayout, results_csv_sink
 from operators.oracle.surveys import Survey
 from operators.runtime import metrics
 from operators.runtime.batching import batch, group_by_key
@@ -154,7 +154,8 @@ def write_outputs(step_id: str, batches: Stream, out: Outputs, *dead: Stream) ->
         result_lists = op.key_rm("from_fritz", with_context)
     if out.settings.results.csv:  # the single CSV writer receives one list per model batch: fewer items to move
         op.output("csv", op.key_on("key_results", result_lists, under_one_key), results_csv_sink(
-            out.results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name),
+            out.results_csv, survey.taxonomy, out.layout or CsvLayout.of(survey, None),
+            after_write=partial(metrics.observe_written, survey.name),
             after_skip=partial(metrics.count_skipped, survey.name)))
     results_out.results_outputs(result_lists, survey, out.settings, out.deadletters)  # every worker writes its own
     if out.fritz is not None or out.slack is not None:
@@ -171,7 +172,7 @@ def write_outputs(step_id: str, batches: Stream, out: Outputs, *dead: Stream) ->
         shadow = op.map("shadow_results", batches, steps.shadow_of)
         if results_out.shadow_csv_wanted(out.settings):
             op.output("shadow_csv", op.key_on("key_shadow", shadow, under_one_key),
-                      results_csv_sink(out.shadow_csv, survey.taxonomy))
+                      results_csv_sink(out.shadow_csv, survey.taxonomy, out.shadow_layout or CsvLayout.of(survey, None)))
         results_out.shadow_outputs(shadow, survey, out.settings, out.deadletters)
     letters = op.merge("dead", *dead, op.flat_map("batch_dead", batches, steps.dead_of))
     letters = op.inspect("count_dead", letters, partial(count_dead_letter, survey.name))

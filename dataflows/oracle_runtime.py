@@ -29,6 +29,7 @@ from dataflows.preflight import CheckResult, checked_models, exit_on_failures, p
 from models.oracle.loading import configure_inference, model_label
 from models.oracle.networks import predict_proba
 from operators.oracle import steps
+from operators.oracle.results import CsvLayout
 from operators.oracle.store import EmbeddedStore
 from operators.oracle.surveys import Survey, configured
 from operators.runtime import metrics
@@ -78,6 +79,8 @@ class Outputs:
     fritz_config: Optional[FritzConfig] = None
     slack: Optional[SlackConfig] = None  # posts when set
     shadow_csv: Optional[Path] = None  # shadow rows (with a shadow model; also its collection when configured)
+    layout: Optional[CsvLayout] = None  # the CSV's survey- and model-dependent columns (None: the survey's, no stamp)
+    shadow_layout: Optional[CsvLayout] = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,9 @@ def prepare(survey: Survey, settings: Optional[Settings] = None, *, store=None, 
         fritz = FritzClient(settings.fritz)
     outputs = Outputs(survey, settings.results_csv, settings.deadletters, settings, fritz=fritz, fritz_config=settings.fritz,
                       slack=settings.slack if settings.slack.enabled else None,
-                      shadow_csv=settings.shadow_results_csv if models.shadow else None)
+                      shadow_csv=settings.shadow_results_csv if models.shadow else None,
+                      layout=CsvLayout.of(survey, model),
+                      shadow_layout=CsvLayout.of(survey, shadow_model) if shadow_model is not None else None)
     k = settings.kafka
     log.info("%s flow: filter %r, model %s%s, input %s, store %s", survey.name, settings.oracle.filter_name,
              models.main.name, f" (shadow {models.shadow.name} -> {outputs.shadow_csv})" if models.shadow else "",

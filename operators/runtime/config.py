@@ -13,7 +13,7 @@ Survey-dependent names and defaults (`ORACLE_ZTF_WEIGHTS`, the topic, the group 
 come from `for_survey`, which derives a survey's own model from the generic one.
 
 A new concern is a model, a field of `Settings` and a line in `_make_survey_models`.
-`python -m dataflows --help` and the README's configuration table list these
+`python -m dataflows --help` and docs/configuration.md's table list these
 models' fields (`oracle_models`).
 """
 
