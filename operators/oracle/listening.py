@@ -18,8 +18,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, Optional, Sequence
 
 from models.oracle.taxonomy import Taxonomy
-from operators.oracle.result_record import MJD_OFFSET, schema
-from operators.oracle.results import CsvLayout, csv_columns, time_field
+from operators.oracle.result_record import schema
+from operators.oracle.results import CsvLayout, csv_columns, jd_utc, mjd_tai, time_field
 
 # ------------------------------------------------------------------ cuts
 
@@ -86,8 +86,8 @@ def alert_jd(record: dict) -> Optional[float]:
     """The alert's time as a JD, whichever of `jd` (ZTF) or `mjd` (LSST) the record carries."""
     if record.get("jd") is not None:
         return float(record["jd"])
-    if record.get("mjd") is not None:
-        return float(record["mjd"]) + MJD_OFFSET
+    if record.get("mjd") is not None:  # Rubin's MJD is TAI
+        return jd_utc(float(record["mjd"]))
     return None
 
 
@@ -170,7 +170,7 @@ def csv_row(record: dict, taxonomy: Taxonomy) -> dict:
             row[name] = alert_jd(record)
         elif name == "mjd":
             jd = alert_jd(record)
-            row[name] = record.get("mjd") if record.get("mjd") is not None else (None if jd is None else jd - MJD_OFFSET)
+            row[name] = record.get("mjd") if record.get("mjd") is not None else (None if jd is None else mjd_tai(jd))
         elif name in taxonomy.nodes:
             row[name] = probabilities.get(name)
         elif name in NOT_IN_RECORD:

@@ -18,7 +18,7 @@ from typing import Optional
 
 import fastavro
 
-from operators.oracle.results import MJD_OFFSET, TIME_FIELD, Result, time_field  # noqa: F401 - the time convention is the CSV's
+from operators.oracle.results import MJD_OFFSET, TIME_FIELD, Result, survey_time, time_field  # noqa: F401 - the time convention is the CSV's
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "data" / "schemas" / "oracle_result.avsc"
 SCHEMA_VERSION = "1.0"
@@ -39,7 +39,7 @@ def to_record(result: Result, taxonomy: str) -> dict:
         "objectId": str(result.objectId),
         "survey": result.survey,
         "jd": float(result.jd) if field == "jd" else None,
-        "mjd": float(result.jd) - MJD_OFFSET if field == "mjd" else None,
+        "mjd": survey_time(result) if field == "mjd" else None,
         "ra": float(result.ra),
         "dec": float(result.dec),
         "model": result.model,

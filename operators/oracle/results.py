@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Optional
+
+import erfa
 
 from models.oracle.taxonomy import Taxonomy
 from operators.io.files import AppendFileSink
@@ -49,8 +53,9 @@ class Result:
 
 MJD_OFFSET = 2400000.5  # MJD = JD - 2400000.5
 
-# The survey's own time: ZTF's alerts carry a JD, Rubin's an MJD (`midpointMjdTai`).
-# `Result.jd` is a JD for every survey (BOOM writes `candidate.jd` on LSST documents too).
+# The survey's own time: ZTF's alerts carry a JD (UTC), Rubin's an MJD in TAI
+# (`midpointMjdTai`). `Result.jd` is a UTC JD for every survey: BOOM writes `candidate.jd`
+# on LSST documents too, 37 s behind `midpointMjdTai` (TAI - UTC since 2017).
 TIME_FIELD = {"ZTF": "jd", "LSST": "mjd"}
 
 
@@ -59,11 +64,33 @@ def time_field(survey: str) -> str:
     return TIME_FIELD.get(survey.upper(), "jd")
 
 
+@lru_cache(maxsize=4096)
+def _tai_minus_utc_s(civil_day: int) -> float:
+    y, m, d, _ = erfa.jd2cal(civil_day - 0.5, 0.0)  # leap seconds step at UTC midnight: one value a civil day
+    return float(erfa.dat(y, m, d, 0.0))
+
+
+def tai_minus_utc_days(jd_utc: float) -> float:
+    """TAI - UTC at a UTC JD, in days (IERS leap-second table via erfa, as astropy uses)."""
+    return _tai_minus_utc_s(int(math.floor(jd_utc + 0.5))) / 86400.0
+
+
+def mjd_tai(jd: float) -> float:
+    """A UTC JD as an MJD in TAI, Rubin's `midpointMjdTai` scale (float noise below 1e-9
+    day, 0.1 ms, rounded off)."""
+    return round(jd - MJD_OFFSET + tai_minus_utc_days(jd), 9)
+
+
+def jd_utc(mjd_tai_value: float) -> float:
+    """An MJD in TAI back to a UTC JD (the inverse of `mjd_tai`)."""
+    jd = mjd_tai_value + MJD_OFFSET
+    return jd - tai_minus_utc_days(jd)
+
+
 def survey_time(result: Result) -> float:
-    """The result's time in its survey's convention (`time_field`)."""
-    if time_field(result.survey) == "mjd":  # JD -> MJD adds float noise below 1e-9 day (0.1 ms): round it off
-        return round(float(result.jd) - MJD_OFFSET, 9)
-    return float(result.jd)
+    """The result's time in its survey's convention (`time_field`): a UTC JD, or Rubin's
+    MJD (TAI)."""
+    return mjd_tai(float(result.jd)) if time_field(result.survey) == "mjd" else float(result.jd)
 
 
 @dataclass(frozen=True)

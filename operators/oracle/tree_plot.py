@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
 from models.oracle.taxonomy import Taxonomy
-from operators.oracle.results import MJD_OFFSET
+from operators.oracle.results import jd_utc
 
 log = logging.getLogger(__name__)
 
@@ -341,8 +341,8 @@ class _Row:
     def __init__(self, row: Mapping[str, str], taxonomy: Taxonomy):
         self.candid = row.get("candid", "")
         self.objectId = row.get("objectId", "") or "unknown"
-        mjd = _as_float(row.get("mjd"))  # LSST files carry an MJD
-        self.jd = row.get("jd") or (mjd + MJD_OFFSET if mjd is not None else None)
+        mjd = _as_float(row.get("mjd"))  # LSST files carry Rubin's MJD (TAI)
+        self.jd = row.get("jd") or (jd_utc(mjd) if mjd is not None else None)
         self.model = row.get("model") or None
         self.predicted = row.get("predicted") or None
         self.probabilities = {name: row.get(name) for name in taxonomy.nodes}
