@@ -35,7 +35,8 @@ from operators.runtime.batching import batch, group_by_key
 from operators.runtime.config import Settings
 from operators.io.deadletter import DeadLetter, dead_letter, dead_letter_sink
 from operators.sinks.fritz import FritzAnnotationSink, FritzClient, add_fritz_context, fritz_key
-from operators.runtime.logs import quiet_interrupt, setup_logging, watch_sigint
+from operators.runtime import exits
+from operators.runtime.logs import STOPPING, quiet_interrupt, setup_logging, watch_sigint
 from operators.oracle.messages import FilterResult, origin_of, parse_message
 from dataflows.preflight import CheckResult, exit_on_failures, read_or_exit, validate
 from operators.oracle.results import results_csv_sink
@@ -107,12 +108,13 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     exit_on_failures(c for c in checks if source is None or c.name != "input")  # a given source needs no sample
     setup_logging(settings.log_file, settings.log_level)
     metrics.begin(survey.name)
-    if settings.recovery:
-        enable_default_recovery(settings.recovery_dir, settings.recovery_partitions,
-                                settings.snapshot_interval_s, settings.backup_interval_s)
+    recovery_dir = enable_default_recovery(settings.recovery_dir, settings.recovery_partitions,
+                                           settings.snapshot_interval_s, settings.backup_interval_s) \
+        if settings.recovery else None
     watch_sigint()
     if settings.kafka is not None:
         quiet_interrupt(on_stop=lambda: log.info("%s", metrics.run_summary(survey.name)))
+    exits.install_for_bytewax_run(recovery_dir, STOPPING)  # a lost peer, a full disk: one line, status 4/5
     if settings.kafka is not None and not settings.recovery:
         log.warning("recovery is off: a restart replays %s from its %s offset (rows already in the CSV are "
                     "skipped)", settings.kafka.topic, settings.kafka.starting_offset)

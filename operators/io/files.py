@@ -77,8 +77,11 @@ class _AppendPartition(StatefulSinkPartition):
             self._sink.after_skip(skipped)
         items = fresh
         if items:
-            self._f.write(self._sink.encode(items))
-            self._f.flush()
+            try:
+                self._f.write(self._sink.encode(items))
+                self._f.flush()
+            except OSError as exc:  # a full or read-only disk: name the file (operators/runtime/exits.py)
+                raise OSError(exc.errno, exc.strerror, str(self._sink.path)) from exc
         self._sink.after_write(items)
 
     def _remember(self, keys: Iterable[Hashable]) -> None:
@@ -86,7 +89,10 @@ class _AppendPartition(StatefulSinkPartition):
             self._seen[key] = None
 
     def snapshot(self) -> int:
-        self._f.flush()
+        try:
+            self._f.flush()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self._sink.path)) from exc
         return self._f.tell()
 
     def close(self) -> None:
