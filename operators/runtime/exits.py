@@ -142,4 +142,10 @@ def install_for_bytewax_run(recovery_dir: Optional[Path], stopping=None) -> None
     kwargs = getattr(main, "kwargs", None)
     if spec is None or spec.name != "bytewax.run" or not isinstance(kwargs, dict):
         return
+    if kwargs.get("addresses") is None and "workers_per_process" in kwargs:
+        # One process: run it as a cluster of one (`cli_main` picks `cluster_main` for a
+        # non-None address list). `run_main` keeps Rust's default panic hook, which prints
+        # "thread '<unnamed>' panicked at ..." and a backtrace for a failed write before
+        # Python gets the error; `cluster_main`'s hook only hands the error to Python.
+        kwargs["addresses"] = []
     install(kwargs.get("addresses"), int(kwargs.get("process_id") or 0), recovery_dir, stopping)
