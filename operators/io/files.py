@@ -25,6 +25,8 @@ from typing import Callable, Hashable, Iterable, Optional
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from cachetools import FIFOCache
 
+from operators.runtime import bounds
+
 log = logging.getLogger(__name__)
 
 
@@ -45,6 +47,7 @@ class _AppendPartition(StatefulSinkPartition):
                      path, path.stat().st_size - resume_offset)
             os.truncate(path, resume_offset)
         self._seen: FIFOCache = FIFOCache(maxsize=max(1, sink.window))  # the last `window` keys written
+        bounds.track(f"{sink.bound_name}_dedup_window", self._seen, self._seen.maxsize)
         if sink.header and path.exists() and not _starts_with(path, sink.header):
             # Columns changed (an upgrade added one): appending would put rows under a header
             # that does not describe them. Keep the old file whole beside the new one.
@@ -133,6 +136,7 @@ class AppendFileSink(FixedPartitionedSink):
         self.window = window
         self.grouped = grouped
         self.after_skip = after_skip  # called with how many items of a batch were written before
+        self.bound_name = self.path.stem  # its dedup window's name in operators/runtime/bounds.py
 
     def list_parts(self) -> list[str]:
         return [self.path.name]
