@@ -14,6 +14,7 @@ one run so that ratios share the machine's conditions:
 
   embedded                 1. the real flow, embedded-style store, 1 worker (synthesized source + store)
   cluster-embedded            the same as 1, 2-process cluster (the flow's own scaling, no servers)
+  embedded-onnx               1 with ORACLE_BACKEND=onnxruntime (docs/onnx.md; its export is made before the timing)
   embedded-loop               the per-message design of part 3 on the embedded store: dictionary lookups in
                               place of find_one, no Kafka (the ratio where the store is not the bottleneck;
                               capped by --baseline-seconds)
@@ -25,6 +26,8 @@ one run so that ratios share the machine's conditions:
   cluster2                 4. `dataflows.ztf` on the servers, 2-process cluster (`-i 0/1 -a ...`)
   kafka-shards, cluster2-shards   kafka, cluster2 with ORACLE_SHARDS=--alt-shards            [--only]
   memory                      embedded replay of --memory-n messages, generated lazily, RSS sampled
+  backends                 torch vs ONNX Runtime per network (bench/backends.py): model CPU µs per alert of
+                              BTSv2 and LSST-lite (batches and single alerts) and Omni fp32, their ratio, max |Δp|
   omni                     Omni alone on the bundled alerts' real stamps, 1 thread (bench/omni.py): fp32 and
                               each opt-in precision's alerts/s with its largest probability change (random
                               weights: no Omni checkpoint is shipped)
@@ -70,7 +73,7 @@ from bench.report import chart, cpu_split, per_msg_us, print_report, targets, un
 from bench.servers import Feed, Servers, run_kafka_flow  # noqa: E402
 from bench.synthetic import Workload  # noqa: E402
 
-PARTS = ("omni", "embedded", "cluster-embedded", "embedded-loop", "embedded-shards", "cluster-embedded-shards",
+PARTS = ("omni", "backends", "embedded", "embedded-onnx", "cluster-embedded", "embedded-loop", "embedded-shards", "cluster-embedded-shards",
          "kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards", "memory")
 OPT_IN = ("embedded-shards", "cluster-embedded-shards", "kafka-shards", "cluster2-shards")  # only with --only
 SERVER_PARTS = {"kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards"}
@@ -162,8 +165,15 @@ def main(argv=None) -> int:
             from bench.omni import omni_rates
 
             attempt("omni", lambda: {"label": "omni", **omni_rates(4.0 if args.quick else 10.0)})
+        if "backends" in parts:
+            from bench.backends import backend_rates
+
+            attempt("backends", lambda: {"label": "backends", **backend_rates(1.5 if args.quick else 3.0)})
         if "embedded" in parts:
             attempt("embedded", lambda: run_embedded("embedded", n, work))
+        if "embedded-onnx" in parts:
+            attempt("embedded-onnx", lambda: run_embedded("embedded-onnx", n, work, env={
+                "ORACLE_BACKEND": "onnxruntime", "ORACLE_ONNX_CACHE_DIR": work / "onnx"}))
         if "cluster-embedded" in parts:
             attempt("cluster-embedded", lambda: run_embedded("cluster-embedded", n, work, processes=2))
         if "embedded-loop" in parts:

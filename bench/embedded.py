@@ -73,7 +73,7 @@ def embedded_flow(n: int, out_dir: str, parts: int = 1, sample_every_s: float = 
 
 
 def run_embedded(label: str, n: int, work: Path, processes: int = 1, sample_every_s: float = 1.0,
-                 timeout_s: float = 3600.0, shards: Optional[int] = None) -> dict:
+                 timeout_s: float = 3600.0, shards: Optional[int] = None, env: Optional[dict] = None) -> dict:
     """The real flow over `n` synthesized messages (bench.embedded.embedded_flow), in 1 or more processes."""
     out = work / label
     shutil.rmtree(out, ignore_errors=True)
@@ -81,7 +81,7 @@ def run_embedded(label: str, n: int, work: Path, processes: int = 1, sample_ever
     parts = max(1, processes)
     flow = f"bench.embedded:embedded_flow({n}, {str(out)!r}, {parts}, {sample_every_s})"
     env = base_env(ALERTFLOW_RESULTS_DIR=out / "results", ALERTFLOW_LOGS_DIR=out / "logs",
-                   **({"ORACLE_SHARDS": shards} if shards else {}))
+                   **({"ORACLE_SHARDS": shards} if shards else {}), **(env or {}))
     if processes == 1:
         children = [Child([PY, "-m", "bytewax.run", flow], env, out / "flow.log", label)]
     else:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 # ---------------------------------------------------------------- report
 
-MODE_ORDER = ("embedded", "cluster-embedded", "embedded-shards", "cluster-embedded-shards", "embedded-loop",
+MODE_ORDER = ("embedded", "embedded-onnx", "cluster-embedded", "embedded-shards", "cluster-embedded-shards", "embedded-loop",
               "kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards", "memory")
 STAGES = ("input", "parse", "enrich", "features", "model", "outputs", "commit")
 
@@ -60,6 +60,7 @@ def print_report(res: dict) -> None:
     modes = res["modes"]
     shards = res["settings"].get("alt_shards")
     names = {"embedded": "1 embedded store, 1 worker",
+             "embedded-onnx": "  embedded, 1 worker, onnxruntime",
              "cluster-embedded": "  embedded store, 2 processes",
              "embedded-shards": "  embedded, 1 worker, shards=S", "cluster-embedded-shards": "  embedded, 2 processes, shards=S",
              "embedded-loop": "  per-message loop, embedded",
@@ -164,6 +165,12 @@ def print_report(res: dict) -> None:
                   f"(weights: {o.get('weights', 'random')})")
     elif o:
         print(f"\nOmni: FAILED: {o['error'][:200]}")
+    if modes.get("backends") and "error" not in modes["backends"]:
+        from bench.backends import print_backends
+
+        print_backends(modes["backends"])
+    elif modes.get("backends"):
+        print(f"\nBackends: FAILED: {modes['backends']['error'][:200]}")
     print()
     print("Targets (issue 19):")
     for t in res["targets"]:
@@ -277,6 +284,11 @@ def targets(res: dict) -> list[dict]:
             ratios[key] = rate(two) / rate(one)
             add(f"  2 processes ÷ 1 with ORACLE_SHARDS={alt} ({two})", f"{ratios[key]:.2f}× (model work split "
                 f"{'/'.join(map(str, m[two].get('classified_each') or []))})", "info")
+    if "embedded-onnx" in m and "embedded" in m:
+        ratios["embedded_onnx_over_embedded"] = rate("embedded-onnx") / rate("embedded")
+        add("  ORACLE_BACKEND=onnxruntime ÷ torch (embedded store, 1 worker)",
+            f"{ratios['embedded_onnx_over_embedded']:.2f}× ({rate('embedded-onnx'):,.0f} vs "
+            f"{rate('embedded'):,.0f} messages/s)", "info")
     # Item 4: the per-message design.
     if "embedded-loop" in m and "embedded" in m:
         ratio = ratios["embedded_over_loop"] = rate("embedded") / rate("embedded-loop")

@@ -102,7 +102,7 @@ def flow_available(info: FlowInfo) -> tuple[bool, str]:
 # ------------------------------------------------------------------ help
 
 USAGE = """\
-usage: python -m dataflows [--help | --markdown-table] {check,run,backfill,compare} FLOW [ARGS...]
+usage: python -m dataflows [--help | --markdown-table] {check,run,backfill,compare,listen} FLOW [ARGS...]
        python -m dataflows replay-dead-letters FILE
        python -m dataflows FLOW [ARGS...]          (= run FLOW)
 
@@ -111,6 +111,7 @@ usage: python -m dataflows [--help | --markdown-table] {check,run,backfill,compa
                      (-w N workers per process; -i ID -a "hostA:2101;hostB:2101" for a cluster)
   backfill SURVEY --since T --until T [...]   classify past alert documents (backfill --help)
   compare A.csv B.csv [--html out.html]       what changed between two results files (compare --help)
+  listen ztf|lsst [--where "SN-Ia>0.8"] [--save DIR] [...]   print the results topic (listen --help)
   replay-dead-letters FILE [--survey ztf|lsst]
                      publish the dead letters' payloads back to KAFKA_TOPIC (KAFKA_BROKERS set),
                      or re-run them through the flow here
@@ -410,6 +411,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from dataflows.backfill import main as backfill
 
         return backfill(rest)
+    if command == "listen":
+        from dataflows.listen import main as listen
+
+        return listen(rest)
     if command == "compare":
         from operators.oracle.compare import main as compare
 

@@ -38,7 +38,7 @@ from operators.sinks.fritz import FritzAnnotationSink, FritzClient, add_fritz_co
 from operators.runtime import exits
 from operators.runtime.logs import STOPPING, quiet_interrupt, setup_logging, watch_sigint
 from operators.oracle.messages import FilterResult, origin_of, parse_message
-from dataflows.preflight import CheckResult, exit_on_failures, read_or_exit, validate
+from dataflows.preflight import CheckResult, exit_on_failures, predict_or_exit, read_or_exit, validate
 from operators.oracle.results import results_csv_sink
 from operators.runtime.recovery import enable_default_recovery, run_by_bytewax as _run_by_bytewax
 from operators.runtime.routing import batch_keys, bytewax_cluster
@@ -134,6 +134,8 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
                 raise
             exit_on_failures([CheckResult("compile", False, f"ORACLE_COMPILE=true: {exc}",
                                           "unset ORACLE_COMPILE (eager fp32 gives the same probabilities)", exc)])
+    predict = predict_or_exit(settings, survey, [(model, settings.weights)] +
+                              ([(shadow[0], settings.shadow_weights)] if shadow else []))
     lazy_store = steps.OncePerProcess((lambda: store) if store is not None else partial(make_store, settings, survey))
     metrics.start_exporter(settings.metrics_port)
     fritz = FritzClient(settings.fritz) if settings.fritz.enabled and survey.fritz else None
@@ -178,7 +180,7 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     grouped = op.flat_map_batch("group_by_shard", wanted, partial(group_by_key, partial(steps.shard_of, keys)))
     batches = batch("batch", grouped, settings.batch_size, timedelta(seconds=settings.batch_timeout_s))
     batch_stream = op.map("start", op.key_rm("unkey", batches), steps.start_batch)
-    batch_stream = classify_steps(batch_stream, survey, model, name, lazy_store, shadow)
+    batch_stream = classify_steps(batch_stream, survey, model, name, lazy_store, shadow, predict)
     extra_dead = [unparsed] + ([consumer_errors] if consumer_errors is not None else [])
     write_outputs(batch_stream, survey, settings.results_csv, settings.deadletters, fritz=fritz, settings=settings,
                   slack=settings.slack.enabled, extra_dead=extra_dead)
@@ -201,15 +203,15 @@ def load_survey_model(survey: Survey, weights: Path, kind: Optional[str], variab
         raise TaxonomyMismatch(f"{exc}: point {variable} at a {survey.name} checkpoint") from None
 
 
-def classify_steps(batch_stream, survey: Survey, model, name: str, lazy_store, shadow=None):
-    """Batches (`Batch`) → enrich → build inputs → [shadow] → classify → log line.
-    Shared by the live flow and backfills (dataflows/backfill.py)."""
+def classify_steps(batch_stream, survey: Survey, model, name: str, lazy_store, shadow=None, predict=predict_proba):
+    """Batches (`Batch`) → enrich → build inputs → [shadow] → classify → log line, with the
+    backend's `predict` (predict_or_exit). Shared by the live flow and backfills (dataflows/backfill.py)."""
     needs_stamp = model.needs_stamp or (shadow is not None and shadow[0].needs_stamp)
     batch_stream = op.map("enrich", batch_stream, partial(steps.enrich, lazy_store.get, with_cutouts=needs_stamp))
     batch_stream = op.map("build_inputs", batch_stream, partial(steps.build_inputs, survey.build_inputs, with_stamp=needs_stamp))
     if shadow is not None:
-        batch_stream = op.map("shadow", batch_stream, partial(steps.shadow, shadow[0], predict_proba, shadow[1], survey.name))
-    batch_stream = op.map("classify", batch_stream, partial(steps.classify, model, predict_proba, name, survey.name))
+        batch_stream = op.map("shadow", batch_stream, partial(steps.shadow, shadow[0], predict, shadow[1], survey.name))
+    batch_stream = op.map("classify", batch_stream, partial(steps.classify, model, predict, name, survey.name))
     return op.map("log_batch", batch_stream, partial(steps.log_batch, survey.name))
 
 

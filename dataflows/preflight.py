@@ -139,6 +139,40 @@ def check_compile(settings, model) -> Optional[CheckResult]:
                                         "compiled when the flow starts")
 
 
+def check_backend(settings) -> list[CheckResult]:
+    """ORACLE_BACKEND=onnxruntime: its packages, fp32 on the CPU without torch.compile, a
+    writable export cache (models/oracle/onnx_backend.py). Nothing for torch."""
+    from models.oracle.onnx_backend import backend_problems, default_cache_dir
+
+    backend = getattr(settings, "backend", "torch")
+    if backend == "torch":
+        return []
+    problems = backend_problems(backend, settings.precision, settings.compile, settings.device)
+    if problems:
+        return [CheckResult("backend", False, detail, fix) for _, detail, fix in problems]
+    cache = settings.onnx_cache_dir or default_cache_dir()
+    why = unwritable_reason(cache)
+    if why:
+        return [CheckResult("backend", False, f"ORACLE_ONNX_CACHE_DIR={cache}: {why}",
+                            "set ORACLE_ONNX_CACHE_DIR to a writable directory")]
+    return [CheckResult("backend", True, f"ONNX Runtime (CPU, fp32), exports cached in {cache}")]
+
+
+def predict_or_exit(settings, survey, models) -> Callable:
+    """The configured backend's `predict` for `models` ((model, weights) pairs). The ONNX Runtime
+    backend exports (or finds in its cache) and checks each model here: a failure is one
+    line naming ORACLE_BACKEND, and exit status 2."""
+    from models.oracle.onnx_backend import make_predict
+
+    try:
+        return make_predict(settings.backend, models, survey.name, settings.torch_threads, settings.onnx_cache_dir)
+    except Exception as exc:  # noqa: BLE001 - the exporter's and ONNX Runtime's errors are many
+        text = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
+        exit_on_failures([CheckResult("backend", False, f"ORACLE_BACKEND={settings.backend}: {text}",
+                                      "unset ORACLE_BACKEND (torch, the default, gives the same probabilities)",
+                                      exc)])
+
+
 def check_input(settings) -> CheckResult:
     if settings.kafka is not None:
         k = settings.kafka
@@ -213,10 +247,10 @@ def check_numbers(settings) -> list[CheckResult]:
 def validate(settings, survey) -> tuple[list[CheckResult], Optional[object]]:
     """Every local check of an ORACLE flow's configuration, and the loaded model
     (None when the weights failed). Used by the flow at start and by `check`."""
-    checks = check_numbers(settings)
+    checks = check_numbers(settings) + check_backend(settings)
     weights, model = check_weights(settings, survey)
     checks.append(weights)
-    if not any(c.name == "config" and c.detail.startswith("ORACLE_COMPILE") for c in checks):
+    if not any(c.name in ("config", "backend") and c.detail.startswith("ORACLE_COMPILE") for c in checks):
         compiled = check_compile(settings, model)
         if compiled is not None:
             checks.append(compiled)

@@ -143,9 +143,22 @@ def test_uncertainty_picks_the_most_uncertain_rows_not_the_first():
     assert set(picked) == set(uncertain)
     for strategy in ("margin", "entropy"):  # same ranking for two classes
         assert set(select_batch(p, 5, strategy, np.random.default_rng(0))) == set(uncertain)
-    # The scores are |p - 0.5| ranked smallest first.
-    scores = query_scores(p, "uncertainty")
-    assert np.allclose(scores, -np.abs(p - 0.5))
+
+
+def test_query_scores_are_these_literal_values():
+    """Scores written out by hand (entropy from scipy, natural log): the batch takes the highest."""
+    from scipy.stats import entropy
+
+    two = np.array([0.5, 0.45, 0.9, 0.0])  # P(class 1)
+    np.testing.assert_allclose(query_scores(two, "uncertainty"), [0.0, -0.05, -0.4, -0.5], atol=1e-12)
+    np.testing.assert_allclose(query_scores(two, "margin"), [0.0, -0.1, -0.8, -1.0], atol=1e-12)
+    np.testing.assert_allclose(query_scores(two, "entropy"),
+                               [math.log(2), entropy([0.55, 0.45]), entropy([0.1, 0.9]), 0.0], atol=1e-12)
+    three = np.array([[0.40, 0.40, 0.20], [0.45, 0.30, 0.25], [0.34, 0.33, 0.33]])
+    np.testing.assert_allclose(query_scores(three, "uncertainty"), [0.60, 0.55, 0.66], atol=1e-12)  # 1 - max p
+    np.testing.assert_allclose(query_scores(three, "margin"), [0.0, -0.15, -0.01], atol=1e-12)
+    np.testing.assert_allclose(query_scores(three, "entropy"), [entropy(r) for r in three], atol=1e-12)
+    assert entropy([0.40, 0.40, 0.20]) == pytest.approx(1.0549201679861442)  # -(2 * .4 ln .4 + .2 ln .2)
 
 
 def test_ties_are_broken_at_random_and_random_strategy_differs():

@@ -130,3 +130,38 @@ def test_files_that_are_not_results_are_one_line_errors(tmp_path, capsys):
     assert cli(["compare", str(tmp_path / "missing.csv"), str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "not an ORACLE results file" in err[0] and "missing.csv" in err[1]
+
+
+HEADER = ("candid,objectId,jd,Alert,Persistent,Transient,AGN,CV,Varstar,SN-Ia,SN-II,SN-Ib/c,SLSN,"
+          "predicted,model,processed_at,fritz_classifications,fritz_ml_classifications,stamp\n")
+# Alert 11 moves 0.5 of probability from SN-II (A) to SN-Ia (B); alert 12 does not change.
+RESULTS_A = HEADER + (
+    "11,ZTF24aaaaaaa,2460000.5,1,0.2,0.8,0.05,0.05,0.1,0.2,0.5,0.05,0.05,SN-II,model-a,t,,,\n"
+    "12,ZTF24bbbbbbb,2460001.5,1,0.9,0.1,0.8,0.05,0.05,0.04,0.03,0.02,0.01,AGN,model-a,t,,,\n")
+RESULTS_B = HEADER + (
+    "11,ZTF24aaaaaaa,2460000.5,1,0.2,0.8,0.05,0.05,0.1,0.7,0,0.05,0.05,SN-Ia,model-b,t,,,\n"
+    "12,ZTF24bbbbbbb,2460001.5,1,0.9,0.1,0.8,0.05,0.05,0.04,0.03,0.02,0.01,AGN,model-b,t,,,\n")
+
+
+def test_shifts_are_b_minus_a_with_their_sign(tmp_path, capsys):
+    from operators.oracle.compare import compare
+    from operators.oracle.results import read_results
+
+    (tmp_path / "a.csv").write_text(RESULTS_A)
+    (tmp_path / "b.csv").write_text(RESULTS_B)
+    c = compare(read_results(tmp_path / "a.csv"), read_results(tmp_path / "b.csv"))
+    shifts = c.shifts.set_index(c.joined.candid)
+    assert shifts.loc[11, "SN-Ia"] == pytest.approx(+0.5) and shifts.loc[11, "SN-II"] == pytest.approx(-0.5)
+    assert (shifts.loc[11].drop(["SN-Ia", "SN-II"]) == 0).all() and (shifts.loc[12] == 0).all()
+    assert c.models == ("model-a", "model-b") and c.changed == 1
+    assert c.confusion.loc["SN-II", "SN-Ia"] == 1 and c.confusion.loc["AGN", "AGN"] == 1
+
+    # The page and the summary say the same, signed.
+    html_path = tmp_path / "compare.html"
+    assert cli(["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--html", str(html_path)]) == 0
+    assert "11 ZTF24aaaaaaa SN-II -> SN-Ia change 0.500" in capsys.readouterr().out
+    page = Page()
+    page.feed(html_path.read_text())
+    first = page.tables["largest"][1]
+    assert first[:5] == ["11", "ZTF24aaaaaaa", "SN-II", "SN-Ia", "0.500"]
+    assert first[5] in ("SN-Ia +0.500", "SN-II -0.500")  # the largest |shift|, either of the two tied nodes

@@ -383,11 +383,13 @@ def test_sink_survives_a_bad_token_and_says_it_once(fake, caplog):
     assert fake.annotations == {}
 
 
-def test_disabled_sink_is_a_noop():
-    sink = FritzAnnotationSink(FritzConfig(), ZTF_TAXONOMY)
+def test_disabled_sink_is_a_noop(fake):
+    # Everything but the token points at a live fake: without a token not one request goes out.
+    sink = FritzAnnotationSink(cfg(fake, token=""), ZTF_TAXONOMY)
     part = sink.build("s", 0, 1)
     part.write_batch([make_result(ZTF_TAXONOMY)])
     part.close()
+    assert fake.calls() == [] and fake.annotations == {}
 
 
 # -- context for people --------------------------------------------------------------

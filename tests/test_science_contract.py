@@ -103,21 +103,62 @@ def test_lsst_alert_ignores_later_diasources_and_forced_photometry():
 
 # ---------------------------------------------------------------- the sample builder
 
-def test_sample_builder_keeps_two_detections_at_one_jd(tmp_path):
-    """Two sources in one image share a jd: both are detections of the history."""
+# BOOM keeps one light-curve point per jd in its aux documents, the first ingested winning
+# (boom-astro/boom: src/alert/base.rs `sanitize_timeseries`, src/alert/ztf.rs `process_alert`,
+# src/utils/db.rs `update_timeseries_op`). The values below are literal; only the fields BOOM
+# does not look at come from a real alert (data/fink/fink_ztf_2019_alert_1.avro).
+OBJECT = "ZTF18literal"
+JD_TWINS, JD_FIRST, JD_LATER, JD_NONDET = 2458800.625, 2458800.75, 2458801.75, 2458800.5
+
+
+def _packet(template: dict, candid: int, candidate: tuple, history: list[tuple]) -> dict:
+    """A Fink/ZTF packet of `OBJECT`: points are (jd, fid, magpsf or None)."""
+    def point(base, jd, fid, mag):
+        return dict(base, jd=jd, fid=fid, magpsf=mag, sigmapsf=None if mag is None else 0.05,
+                    candid=None if mag is None else candid - 1)
+    base = template["prv_candidates"][0]
+    cand = point(template["candidate"], *candidate) | {"candid": candid}
+    return dict(template, objectId=OBJECT, candid=candid, candidate=cand,
+                prv_candidates=[point(base, *p) for p in history])
+
+
+def test_sample_builder_keeps_one_point_per_jd_the_first_ingested(tmp_path):
     with (DATA_DIR / "fink" / "fink_ztf_2019_alert_1.avro").open("rb") as f:
         reader = fastavro.reader(f)
-        schema, alert = reader.writer_schema, next(reader)
-    detections = [p for p in alert["prv_candidates"] if p.get("magpsf") is not None]
-    twin = dict(detections[-1], magpsf=detections[-1]["magpsf"] + 0.5, fid=3 - detections[-1]["fid"])
-    alert["prv_candidates"] = [*alert["prv_candidates"], twin]
+        schema, template = reader.writer_schema, next(reader)
+    first = _packet(template, 1001, candidate=(JD_FIRST, 2, 18.25), history=[
+        (JD_NONDET, 2, None),
+        (JD_TWINS, 2, 18.5),  # two detections at one jd (two sources in one image):
+        (JD_TWINS, 1, 19.0),  # BOOM keeps the first of the packet
+    ])
+    later = _packet(template, 1002, candidate=(JD_LATER, 2, 18.0), history=[
+        (JD_NONDET, 2, None),
+        (JD_TWINS, 2, 18.50003),  # the same detection again, its magnitude differing in the 5th digit
+        (JD_FIRST, 2, 18.25002),  # the first packet's candidate, re-measured
+        (JD_LATER, 1, 17.5),  # a detection at the candidate's own jd: the candidate is not appended
+    ])
     (tmp_path / "fink").mkdir()
-    with (tmp_path / "fink" / "fink_ztf_twin.avro").open("wb") as f:
-        fastavro.writer(f, schema, [alert])
+    with (tmp_path / "fink" / "fink_ztf_literal.avro").open("wb") as f:
+        fastavro.writer(f, schema, [later, first])  # file order is not time order: BOOM ingests by time
     (tmp_path / "boom").symlink_to(DATA_DIR / "boom")
     build_ztf_sample(tmp_path, tmp_path / "sample")
+
     aux = [json.loads(line) for line in (tmp_path / "sample" / "ZTF_alerts_aux.jsonl").read_text().splitlines()]
-    history = next(d for d in aux if d["_id"] == alert["objectId"])["prv_candidates"]
-    at_jd = [p for p in history if p["jd"] == twin["jd"]]
-    assert sorted(p["magpsf"] for p in at_jd) == sorted([detections[-1]["magpsf"], twin["magpsf"]])
-    assert len(history) == len(detections) + 1 + (alert["candidate"]["jd"] not in {p["jd"] for p in detections})
+    doc = next(d for d in aux if d["_id"] == OBJECT)
+    got = [(p["jd"], p["fid"], round(p["magpsf"], 5)) for p in doc["prv_candidates"]]
+    assert got == [(JD_TWINS, 2, 18.5), (JD_FIRST, 2, 18.25), (JD_LATER, 1, 17.5)]
+    assert [p["jd"] for p in doc["prv_nondetections"]] == [JD_NONDET]
+
+
+def test_boom_series_rules_on_literal_points():
+    from operators.samples.boom_series import boom_merged, boom_packet_series, boom_sanitized
+
+    def pts(*pairs):
+        return [{"jd": jd, "m": m} for jd, m in pairs]
+
+    assert boom_sanitized(pts((3.0, "c"), (1.0, "a1"), (float("nan"), "x"), (1.0, "a2"), (2.0, "b"))) == \
+        pts((1.0, "a1"), (2.0, "b"), (3.0, "c"))
+    assert boom_packet_series(pts((1.0, "a"), (2.0, "b")), {"jd": 2.0, "m": "cand"}) == pts((1.0, "a"), (2.0, "b"))
+    assert boom_packet_series(pts((1.0, "a")), {"jd": 2.0, "m": "cand"}) == pts((1.0, "a"), (2.0, "cand"))
+    assert boom_merged(pts((1.0, "old"), (3.0, "old")), pts((1.0, "new"), (2.0, "new"), (3.0, "new"))) == \
+        pts((1.0, "old"), (2.0, "new"), (3.0, "old"))

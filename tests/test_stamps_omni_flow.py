@@ -195,20 +195,22 @@ def broken_sample(tmp_path, templates: dict[int, bytes], drop_cutout_docs: set[i
     without the BOOM cutout documents of `drop_cutout_docs`."""
     out = tmp_path / "sample"
     shutil.copytree(SAMPLE, out)
-    messages = []
+    messages, replaced = [], set()
     for value in read_messages(SAMPLE):
         try:
             record = next(fastavro.reader(io.BytesIO(value)))
-            assert "candid" in record
-        except Exception:
-            messages.append(value)  # the sample's malformed messages stay as they are
-            continue
-        if record["candid"] in templates:
+        except Exception:  # noqa: BLE001 - the sample's malformed messages (truncated, not Avro): kept as they are
+            record = None
+        if record is not None and record.get("candid") in templates:
             record["cutoutTemplate"] = templates[record["candid"]]
             value = encode_result(record)
+            replaced.add(record["candid"])
         messages.append(value)
+    assert replaced == set(templates), f"no message for candids {sorted(set(templates) - replaced)}"
     write_messages(out, messages)
-    docs = [d for d in read_documents(SAMPLE / "ZTF_alerts_cutouts.jsonl") if int(d["_id"]) not in drop_cutout_docs]
+    every = read_documents(SAMPLE / "ZTF_alerts_cutouts.jsonl")
+    assert drop_cutout_docs <= {int(d["_id"]) for d in every}, "a cutout document to drop is not in the sample"
+    docs = [d for d in every if int(d["_id"]) not in drop_cutout_docs]
     write_documents(out / "ZTF_alerts_cutouts.jsonl", docs)
     return out
 

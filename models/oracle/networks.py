@@ -179,8 +179,13 @@ class LightCurveOracle(OracleModel):
 
     def latent(self, ts: torch.Tensor, lengths: torch.Tensor, static: torch.Tensor | None = None) -> torch.Tensor:
         """16-d embedding (upstream `get_latent_space_embeddings`), before the final ReLU."""
+        return self.head_latent(self._pooled_sequence(ts, lengths), static)
+
+    def head_latent(self, pooled: torch.Tensor, static: torch.Tensor | None = None) -> torch.Tensor:
+        """The latent from the attention-pooled GRU output `[B, 2H]` (shared with the ONNX export,
+        models/oracle/export.py, which pools the whole batch in one packed pass)."""
         gelu = F.gelu
-        x = gelu(self.ts_ln(self.ts_proj(self._pooled_sequence(ts, lengths))))
+        x = gelu(self.ts_ln(self.ts_proj(pooled)))
         if self.n_static:
             s = F.relu(self.static_bn(self.static_proj(static)))
             x = gelu(self.merge_proj(torch.cat((x, s), dim=1)))

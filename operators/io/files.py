@@ -7,6 +7,8 @@ Why this gives one record per key with at-least-once inputs:
 - with bytewax recovery, the partition's snapshot is the file size at the end
   of an epoch; on resume the file is truncated back to it, and the replayed
   epoch rewrites the same rows (a half-written line from a `kill -9` goes too);
+- an unfinished last line left without a snapshot to cut back to (no recovery, or a
+  snapshot taken while the file ended mid-line) is cut off too: the record comes again;
 - the keys of the last `window` records (read from the file at start, then
   kept as they are written) are skipped when they come again: replays without
   recovery, a recovery store deleted by hand, or a message published twice.
@@ -19,11 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, Optional
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from collections import deque
 
 from operators.runtime import bounds
 
@@ -62,6 +64,30 @@ class RecentKeys:
             self._keys.discard(self._order.popleft())
 
 
+def _cut_partial_line(path: Path, chunk: int = 1 << 16) -> int:
+    """Cut an unfinished last line (a write killed half-way) off the file; return the bytes cut.
+
+    Every record ends with a newline, so bytes after the last one are a record that was
+    never completely written: it will come again, and appending to it would glue the next
+    record onto it (and count its key as written)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        end = size
+        while end > 0:
+            start = max(0, end - chunk)
+            f.seek(start)
+            block = f.read(end - start)
+            if end == size and block.endswith(b"\n"):
+                return 0
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+    os.truncate(path, end)
+    return size - end
+
+
 class _AppendPartition(StatefulSinkPartition):
     def __init__(self, sink: "AppendFileSink", resume_offset: Optional[int]):
         self._sink = sink
@@ -71,6 +97,9 @@ class _AppendPartition(StatefulSinkPartition):
             log.info("%s: resuming, truncating %d bytes written after the last snapshot",
                      path, path.stat().st_size - resume_offset)
             os.truncate(path, resume_offset)
+        if path.exists() and path.stat().st_size and (cut := _cut_partial_line(path)):
+            log.warning("%s: cut %d bytes of an unfinished last line (a write interrupted by a crash); "
+                        "that record is written again when it comes again", path, cut)
         self._seen = RecentKeys(sink.window)  # the last `window` keys written
         bounds.track(f"{sink.bound_name}_dedup_window", self._seen, self._seen.maxsize)
         if sink.header and path.exists() and not _starts_with(path, sink.header):

@@ -18,7 +18,7 @@ import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional
 
 from pydantic import Field, create_model, field_validator
 
@@ -71,6 +71,14 @@ class OracleSettings(EnvModel):
                                       "probabilities to 1e-5")
     device: str = Field("cpu", validation_alias="ORACLE_DEVICE",
                         description="where the model runs: cpu, cuda or mps (the model and each batch move there)")
+    backend: Literal["torch", "onnxruntime"] = Field(
+        "torch", validation_alias="ORACLE_BACKEND",
+        description="torch, or onnxruntime: the same networks exported to ONNX (cached by the weights' sha256) "
+                    "on ONNX Runtime's CPU provider, fp32; needs the [onnx] extra (docs/onnx.md)")
+    onnx_cache_dir: Optional[Path] = Field(
+        None, validation_alias="ORACLE_ONNX_CACHE_DIR",
+        description="where ORACLE_BACKEND=onnxruntime keeps its exports; unset: alertflow/onnx in the user's "
+                    "cache directory ($XDG_CACHE_HOME or ~/.cache)")
     forced_photometry: bool = Field(False, validation_alias="ORACLE_{survey}_FORCED_PHOTOMETRY",
                                     description="add BOOM's forced photometry (fp_hists) as flag-0 epochs")
 
@@ -252,6 +260,8 @@ class Settings:
     slack: Optional[SlackConfig] = None
     metrics_port: Optional[int] = None
     shadow_weights: Optional[Path] = None  # a second model on the same batches; never posts
+    backend: str = "torch"  # torch or onnxruntime (models/oracle/onnx_backend.py)
+    onnx_cache_dir: Optional[Path] = None  # None: the user's cache directory
 
     @property
     def results_csv(self) -> Path:
@@ -313,4 +323,6 @@ class Settings:
             slack=SlackConfig.from_env(env, channel_variables=(survey.slack_channel_env,)),
             metrics_port=models["metrics"].read(env).port,
             shadow_weights=oracle.shadow_weights,
+            backend=oracle.backend,
+            onnx_cache_dir=oracle.onnx_cache_dir,
         )

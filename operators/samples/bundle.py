@@ -6,17 +6,23 @@ A sample directory (`data/ztf_sample/`, `data/lsst_sample/`) holds
 - `{SURVEY}_alerts.jsonl`, `{SURVEY}_alerts_aux.jsonl`, `{SURVEY}_alerts_cutouts.jsonl`:
   the matching BOOM documents, MongoDB Extended JSON, one per line.
 
-`python -m operators.samples.bundle` rebuilds both samples from the real alerts under
-`data/fink/` (Fink Avro) and the real BOOM documents under `data/boom/`
-(`build_ztf_sample`, `build_lsst_sample`).
+`python -m operators.samples.bundle [--out-dir DIR] [--survey ztf|lsst|all]` rebuilds
+the samples from the real alerts under `data/fink/` (Fink Avro) and the real BOOM
+documents under `data/boom/` (`build_ztf_sample`, `build_lsst_sample`), byte for byte
+the same while those are unchanged (tests/test_sample_bundle.py). Aux documents are
+built as BOOM builds them, alert after alert in time order: one point per jd, the
+first ingested kept (`boom_sanitized`, `boom_packet_series`, `boom_merged`).
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 from pathlib import Path
 from typing import Callable, Iterable, Optional
+
+from operators.samples.boom_series import boom_merged, boom_packet_series, boom_sanitized
 
 
 def read_messages(sample_dir: Path) -> list[bytes]:
@@ -76,6 +82,12 @@ BOOM_RESULT_SCHEMA = {
 }
 
 
+# Avro containers end each block with a sync marker, random unless given: a fixed one
+# makes rebuilding an unchanged sample write the same bytes (readers only compare it
+# with the header's copy).
+SYNC_MARKER = b"alertflow-sample"
+
+
 def encode_result(record: dict, codec: str = "snappy") -> bytes:
     """One BOOM filter-result message: an Avro container holding one record."""
     import io
@@ -83,7 +95,7 @@ def encode_result(record: dict, codec: str = "snappy") -> bytes:
     import fastavro
 
     buf = io.BytesIO()
-    fastavro.writer(buf, fastavro.parse_schema(BOOM_RESULT_SCHEMA), [record], codec=codec)
+    fastavro.writer(buf, fastavro.parse_schema(BOOM_RESULT_SCHEMA), [record], codec=codec, sync_marker=SYNC_MARKER)
     return buf.getvalue()
 
 
@@ -173,7 +185,7 @@ def _insert_malformed(messages: list[bytes], at: tuple[int, int, int], object_id
 
     no_candid = {"type": "record", "name": "Alert", "fields": [{"name": "objectId", "type": "string"}]}
     buf = io.BytesIO()
-    fastavro.writer(buf, fastavro.parse_schema(no_candid), [{"objectId": object_id}])
+    fastavro.writer(buf, fastavro.parse_schema(no_candid), [{"objectId": object_id}], sync_marker=SYNC_MARKER)
     messages.insert(at[0], messages[0][: len(messages[0]) // 2])
     messages.insert(at[1], b"this is not an Avro container")
     messages.insert(at[2], buf.getvalue())
@@ -184,6 +196,9 @@ def _write_sample(out_dir: Path, survey: str, alerts: list[dict], aux: Iterable[
     from operators.oracle.store import write_documents
 
     aux = list(aux)
+    # Objects in the order their first alert appears in the sample (the merge ran in time order).
+    first_seen = {object_id: i for i, object_id in reversed(list(enumerate(a["objectId"] for a in alerts)))}
+    aux.sort(key=lambda doc: first_seen.get(doc["_id"], len(first_seen)))
     write_documents(out_dir / f"{survey}_alerts.jsonl", alerts)
     write_documents(out_dir / f"{survey}_alerts_aux.jsonl", aux)
     write_documents(out_dir / f"{survey}_alerts_cutouts.jsonl", cutouts)
@@ -210,8 +225,9 @@ def _boomify(point: dict) -> dict:
     return out
 
 
-def _detection_key(point: dict) -> tuple:
-    return point["jd"], point.get("fid"), point.get("magpsf")
+def _alert_time_order(alerts: list[dict], jd: Callable[[dict], float]) -> list[dict]:
+    """The alerts in the order BOOM ingests them: by time (stable for equal times)."""
+    return sorted(alerts, key=jd)
 
 
 def build_ztf_sample(data_dir: Path, out_dir: Path, filter_name: str = "rcfdeep_partnership_ztf",
@@ -227,23 +243,22 @@ def build_ztf_sample(data_dir: Path, out_dir: Path, filter_name: str = "rcfdeep_
 
     alerts, aux, cutouts = [], {}, []
     for a, coords in zip(fink, coordinates):
-        cand = _boomify(a["candidate"])
-        alerts.append({"_id": int(a["candid"]), "objectId": a["objectId"], "candidate": cand, "coordinates": coords})
-        history = [_boomify(p) for p in (a.get("prv_candidates") or [])]
-        # One detection per (jd, band, mag): two sources in one image share a jd and both count.
-        dets = {_detection_key(p): p for p in history if p.get("magpsf") is not None}
-        dets[_detection_key(cand)] = cand
-        doc = aux.setdefault(a["objectId"], {
-            "_id": a["objectId"], "prv_candidates": [], "prv_nondetections": [],
-            "fp_hists": [], "cross_matches": {"AllWISE": []}, "coordinates": coords,
-        })
-        merged = {_detection_key(p): p for p in doc["prv_candidates"]}
-        merged.update(dets)
-        doc["prv_candidates"] = sorted(merged.values(), key=_detection_key)
-        doc["prv_nondetections"] = sorted(
-            [p for p in history if p.get("magpsf") is None], key=lambda p: p["jd"])
+        alerts.append({"_id": int(a["candid"]), "objectId": a["objectId"], "candidate": _boomify(a["candidate"]),
+                       "coordinates": coords})
         cutouts.append({"_id": int(a["candid"])} | {
             k: a[k]["stampData"] for k in ("cutoutScience", "cutoutTemplate", "cutoutDifference") if a.get(k)})
+    by_candid = {int(a["candid"]): a for a in fink}
+    for doc in _alert_time_order(alerts, lambda d: d["candidate"]["jd"]):
+        a = by_candid[doc["_id"]]
+        history = [_boomify(p) for p in (a.get("prv_candidates") or [])]
+        stored = aux.setdefault(a["objectId"], {
+            "_id": a["objectId"], "prv_candidates": [], "prv_nondetections": [],
+            "fp_hists": [], "cross_matches": {"AllWISE": []}, "coordinates": doc["coordinates"],
+        })
+        detections = boom_packet_series([p for p in history if p.get("magpsf") is not None], doc["candidate"])
+        nondetections = boom_sanitized(p for p in history if p.get("magpsf") is None)
+        stored["prv_candidates"] = boom_merged(stored["prv_candidates"], detections)
+        stored["prv_nondetections"] = boom_merged(stored["prv_nondetections"], nondetections)
 
     _add_boom_documents(data_dir, "ztf_alert.json", "ztf_alert_aux.json", alerts, aux)
     messages = _messages("ZTF", alerts, aux, cutouts, _ztf_photometry, passes or (lambda i, doc: i % 4 != 3),
@@ -293,12 +308,6 @@ def _lsst_forced(source: dict) -> dict:
     return {**source, "jd": _lsst_jd(source["midpointMjdTai"]), **mags}
 
 
-def _merged(old: list[dict], new: Iterable[dict], key: str) -> list[dict]:
-    by_id = {p[key]: p for p in old}
-    by_id.update((p[key], p) for p in new)
-    return sorted(by_id.values(), key=lambda p: p["jd"])
-
-
 def build_lsst_sample(data_dir: Path, out_dir: Path, filter_name: str = "superphot_lsst",
                       passes: Optional[Callable[[int, dict], bool]] = None) -> dict:
     """Write BOOM-shaped documents and filter-result messages for the real Rubin alerts.
@@ -321,21 +330,25 @@ def build_lsst_sample(data_dir: Path, out_dir: Path, filter_name: str = "superph
         source, obj = a["diaSource"], a.get("diaObject") or {}
         ss_id = str(source["ssObjectId"]) if source.get("ssObjectId") else None
         object_id = str(source["diaObjectId"]) if source.get("diaObjectId") else f"sso{ss_id}"
-        current = _lsst_source(source, object_id)
-        candidate = current | {"ndethist": obj.get("nDiaSources"),
-                               "jdstarthist": _lsst_jd(obj["firstDiaSourceMjdTai"]) if obj.get("firstDiaSourceMjdTai") else None}
+        candidate = _lsst_source(source, object_id) | {
+            "ndethist": obj.get("nDiaSources"),
+            "jdstarthist": _lsst_jd(obj["firstDiaSourceMjdTai"]) if obj.get("firstDiaSourceMjdTai") else None}
         alerts.append({"_id": int(source["diaSourceId"]), "objectId": object_id, "ssObjectId": ss_id,
                        "candidate": candidate, "coordinates": coords})
-        doc = aux.setdefault(object_id, {
-            "_id": object_id, "prv_candidates": [], "fp_hists": [], "is_sso": ss_id is not None,
-            "cross_matches": {}, "aliases": {"ZTF": [], "DECAM": []}, "coordinates": coords,
-        })
-        doc["prv_candidates"] = _merged(doc["prv_candidates"], [
-            *(_lsst_source(p, object_id) for p in a.get("prvDiaSources") or []), current], "diaSourceId")
-        doc["fp_hists"] = _merged(doc["fp_hists"], map(_lsst_forced, a.get("prvDiaForcedSources") or []),
-                                  "diaForcedSourceId")
         cutouts.append({"_id": int(source["diaSourceId"])} | {
             k: a[k] for k in ("cutoutScience", "cutoutTemplate", "cutoutDifference") if a.get(k)})
+    by_candid = {int(a["diaSource"]["diaSourceId"]): a for a in fink}
+    for doc in _alert_time_order(alerts, lambda d: d["candidate"]["jd"]):
+        a, object_id = by_candid[doc["_id"]], doc["objectId"]
+        stored = aux.setdefault(object_id, {
+            "_id": object_id, "prv_candidates": [], "fp_hists": [], "is_sso": doc["ssObjectId"] is not None,
+            "cross_matches": {}, "aliases": {"ZTF": [], "DECAM": []}, "coordinates": doc["coordinates"],
+        })
+        current = _lsst_source(a["diaSource"], object_id)
+        sources = boom_packet_series((_lsst_source(p, object_id) for p in a.get("prvDiaSources") or []), current)
+        forced = boom_sanitized(map(_lsst_forced, a.get("prvDiaForcedSources") or []))
+        stored["prv_candidates"] = boom_merged(stored["prv_candidates"], sources)
+        stored["fp_hists"] = boom_merged(stored["fp_hists"], forced)
 
     _add_boom_documents(data_dir, "lsst_alert.json", "lsst_aux.json", alerts, aux)
     messages = _messages("LSST", alerts, aux, cutouts, _lsst_photometry,
@@ -344,8 +357,27 @@ def build_lsst_sample(data_dir: Path, out_dir: Path, filter_name: str = "superph
     return _write_sample(out_dir, "LSST", alerts, aux.values(), cutouts, messages)
 
 
-if __name__ == "__main__":
+def main(argv: Optional[list[str]] = None) -> int:
     from operators.runtime.config import DATA_DIR
 
-    print("ZTF", build_ztf_sample(DATA_DIR, DATA_DIR / "ztf_sample"))
-    print("LSST", build_lsst_sample(DATA_DIR, DATA_DIR / "lsst_sample"))
+    parser = argparse.ArgumentParser(
+        prog="python -m operators.samples.bundle",
+        description="Rebuild the bundled samples (BOOM documents and filter-result messages) from the real "
+                    "alerts of data/fink/ and the BOOM documents of data/boom/. Deterministic: rebuilding an "
+                    "unchanged sample writes the same bytes.")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR,
+                        help="where fink/ and boom/ are read (default: %(default)s)")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="where ztf_sample/ and lsst_sample/ are written (default: the data directory)")
+    parser.add_argument("--survey", choices=("ztf", "lsst", "all"), default="all", help="which sample (default: all)")
+    args = parser.parse_args(argv)
+    out = args.out_dir or args.data_dir
+    if args.survey in ("ztf", "all"):
+        print("ZTF", build_ztf_sample(args.data_dir, out / "ztf_sample"))
+    if args.survey in ("lsst", "all"):
+        print("LSST", build_lsst_sample(args.data_dir, out / "lsst_sample"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -90,6 +90,12 @@ def dc_magnitudes(
     reference source; errors add in quadrature. A negative magnr means no
     reference source, so the result is NaN.
     """
+    # float64 whatever the caller holds (Avro `float` is float32): fink-science's
+    # `extract_features_ad_raw` casts every column to float64 before `vect_dc_mag`, and
+    # light-curve's straight-line fit on raw jd turns a float32 rounding of the
+    # magnitudes of points minutes apart into a slope error of ~1e-4 (relative).
+    magpsf, sigmapsf, magnr, sigmagnr = (np.asarray(a, dtype=np.float64) for a in (magpsf, sigmapsf, magnr, sigmagnr))
+    isdiffpos = np.asarray(isdiffpos, dtype=str)
     magnr = np.where(magnr < 0.0, np.nan, magnr)
     diff_flux = 10 ** (-0.4 * magpsf)
     diff_sigflux = (sigmapsf / 1.0857) * diff_flux
@@ -147,10 +153,10 @@ def computed_band_features(alert: Mapping[str, Any], fid: int) -> dict[str, floa
     band = curve[curve["fid"] == fid]
     extractor = _extractor()
     try:
-        values = extractor(
-            band["jd"].to_numpy(),
-            band["mag"].to_numpy(),
-            band["sigma"].to_numpy(),
+        values = extractor(  # float64 throughout, as Fink feeds light-curve
+            band["jd"].to_numpy(dtype=np.float64),
+            band["mag"].to_numpy(dtype=np.float64),
+            band["sigma"].to_numpy(dtype=np.float64),
             fill_value=np.nan,
         )
     except ValueError:
