@@ -18,6 +18,8 @@ one run so that ratios share the machine's conditions:
   embedded-loop               the per-message design of part 3 on the embedded store: dictionary lookups in
                               place of find_one, no Kafka (the ratio where the store is not the bottleneck;
                               capped by --baseline-seconds)
+  embedded-results            1 with the results topic and collection on (issue 25) on tansu + nx-27017,
+                              beside the CSV: the throughput ratio to 1 [--only embedded,embedded-results]
   embedded-shards             1 with ORACLE_SHARDS=--alt-shards (default 8, the old default)   [--only]
   cluster-embedded-shards     2 processes with ORACLE_SHARDS=--alt-shards                    [--only]
   kafka                    2. `dataflows.ztf` on tansu (Kafka protocol) + nx-27017 (MongoDB protocol), 1 worker
@@ -68,18 +70,33 @@ sys.path.insert(0, str(ROOT))
 from bench.baseline import run_baseline, run_loop  # noqa: E402
 from bench.children import base_env  # noqa: E402
 from bench.embedded import run_embedded, run_memory  # noqa: E402
-from bench.measure import Calibration, loadavg  # noqa: E402
+from bench.measure import Calibration, cpu_line, loadavg  # noqa: E402
 from bench.report import chart, cpu_split, per_msg_us, print_report, targets, unified_stages  # noqa: E402
 from bench.servers import Feed, Servers, run_kafka_flow  # noqa: E402
 from bench.synthetic import Workload  # noqa: E402
 
-PARTS = ("omni", "backends", "embedded", "embedded-onnx", "cluster-embedded", "embedded-loop", "embedded-shards", "cluster-embedded-shards",
+PARTS = ("omni", "backends", "embedded", "embedded-onnx", "embedded-results", "cluster-embedded", "embedded-loop", "embedded-shards", "cluster-embedded-shards",
          "kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards", "memory")
-OPT_IN = ("embedded-shards", "cluster-embedded-shards", "kafka-shards", "cluster2-shards")  # only with --only
+OPT_IN = ("embedded-results", "embedded-shards", "cluster-embedded-shards", "kafka-shards", "cluster2-shards")  # only with --only
 SERVER_PARTS = {"kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards"}
 
 
 # ---------------------------------------------------------------- main
+
+
+def run_with_results(n: int, work: Path) -> dict:
+    """Part `embedded-results`: the embedded flow writing the results topic and collection too."""
+    servers = Servers(work / "results-servers")
+    servers.start()
+    try:
+        env = {"KAFKA_BROKERS": servers.kafka.bootstrap, "KAFKA_TOPIC": "bench_unused", "ALERTFLOW_RECOVERY": "false",
+               "MONGODB_URI": servers.mongo.uri, "BOOM_DATABASE__NAME": "bench",
+               "ORACLE_RESULTS_TOPIC": "bench_ztf_oracle", "ORACLE_RESULTS_COLLECTION": "ZTF_alerts_oracle"}
+        r = run_embedded("embedded-results", n, work, env=env, results=True)
+        r["collection_documents"] = servers.mongo.client()["bench"]["ZTF_alerts_oracle"].count_documents({})
+        return r
+    finally:
+        servers.stop()
 
 
 def main(argv=None) -> int:
@@ -125,7 +142,8 @@ def main(argv=None) -> int:
     res: dict = {
         "started": datetime.now().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"cores": os.cpu_count(), "loadavg_start": loadavg(), "python": platform.python_version()},
+        "machine": {"cores": os.cpu_count(), "loadavg_start": loadavg(), "python": platform.python_version(),
+                    "cpu": cpu_line()},
         "settings": {"batch_size": settings.batch_size, "batch_timeout_s": settings.batch_timeout_s,
                      "shards": settings.shards, "torch_threads": settings.torch_threads,
                      "weights": settings.weights.name, "recovery_with_kafka": True,
@@ -174,6 +192,8 @@ def main(argv=None) -> int:
         if "embedded-onnx" in parts:
             attempt("embedded-onnx", lambda: run_embedded("embedded-onnx", n, work, env={
                 "ORACLE_BACKEND": "onnxruntime", "ORACLE_ONNX_CACHE_DIR": work / "onnx"}))
+        if "embedded-results" in parts:
+            attempt("embedded-results", lambda: run_with_results(n, work))
         if "cluster-embedded" in parts:
             attempt("cluster-embedded", lambda: run_embedded("cluster-embedded", n, work, processes=2))
         if "embedded-loop" in parts:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from models.oracle.loading import load_oracle  # noqa: E402
 from models.oracle.networks import build_oracle, predict_proba  # noqa: E402
+from bench.measure import cpu_line  # noqa: E402
 
 
 def make_alerts(n: int, min_len: int, max_len: int, seed: int = 0):
@@ -73,6 +74,7 @@ def main() -> None:
         predict_proba(model, ts[i : i + 1, : lengths[i]], lengths[i : i + 1], static[i : i + 1])
 
     single = rate(one, 1, args.seconds)
+    print(f"CPU: {cpu_line()}")
     print(f"ORACLE BTSv2, 1 thread, lengths U[{args.min_len},{args.max_len}] (mean {lengths.mean():.1f})")
     print(f"  batched ({args.batch}): {batched:8.0f} alerts/s")
     print(f"  one at a time:  {single:8.0f} alerts/s")

@@ -28,6 +28,17 @@ if TYPE_CHECKING:
     from bench.synthetic import Workload
 
 
+# ---------------------------------------------------------------- the CPU
+
+
+def cpu_line() -> str:
+    """The CPU's instruction-set features, printed beside every figure of every benchmark:
+    speed depends on them (bf16 without native support runs ~10x slower than fp32)."""
+    from models.oracle.cpu_features import describe, read_cpu
+
+    return describe(read_cpu())
+
+
 # ---------------------------------------------------------------- process memory
 
 

@@ -107,4 +107,6 @@ if __name__ == "__main__":
     import json
     import sys
 
-    print(json.dumps(omni_rates(float(sys.argv[1]) if len(sys.argv) > 1 else 8.0), indent=1))
+    from bench.measure import cpu_line
+
+    print(json.dumps({"cpu": cpu_line(), **omni_rates(float(sys.argv[1]) if len(sys.argv) > 1 else 8.0)}, indent=1))

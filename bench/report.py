@@ -8,7 +8,7 @@ from pathlib import Path
 
 # ---------------------------------------------------------------- report
 
-MODE_ORDER = ("embedded", "embedded-onnx", "cluster-embedded", "embedded-shards", "cluster-embedded-shards", "embedded-loop",
+MODE_ORDER = ("embedded", "embedded-onnx", "embedded-results", "cluster-embedded", "embedded-shards", "cluster-embedded-shards", "embedded-loop",
               "kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards", "memory")
 STAGES = ("input", "parse", "enrich", "features", "model", "outputs", "commit")
 
@@ -61,6 +61,7 @@ def print_report(res: dict) -> None:
     shards = res["settings"].get("alt_shards")
     names = {"embedded": "1 embedded store, 1 worker",
              "embedded-onnx": "  embedded, 1 worker, onnxruntime",
+             "embedded-results": "  embedded + results topic+coll.",
              "cluster-embedded": "  embedded store, 2 processes",
              "embedded-shards": "  embedded, 1 worker, shards=S", "cluster-embedded-shards": "  embedded, 2 processes, shards=S",
              "embedded-loop": "  per-message loop, embedded",
@@ -76,6 +77,7 @@ def print_report(res: dict) -> None:
           f"{res['machine']['loadavg_end']:.2f} at end; calibration (fixed work: decode + inputs + forward pass "
           f"of 100 alerts) {res['machine']['calibration_ms_start']:.1f} ms at start, "
           f"{res['machine']['calibration_ms_end']:.1f} ms at end (higher = slower host; 'calib ms' per mode)")
+    print(f"CPU: {res['machine'].get('cpu', 'not recorded')} (every figure below was measured on it)")
     print()
     head = (f"{'mode':32} {'msgs/s':>8} {'classified/s':>12} {'steady cl/s':>11} {'rows':>7} {'window s':>8} {'p50 lat s':>9} "
             f"{'p99 lat s':>9} {'peak RSS MB':>14} {'flow cores':>10} {'store cores':>11} {'others':>6} {'calib ms':>8}")
@@ -156,7 +158,8 @@ def print_report(res: dict) -> None:
     if o and "error" not in o:
         print()
         print(f"Omni alone (random weights, {o.get('alerts', '?')} bundled alerts with their real stamps, "
-              f"{o.get('zero_stamps', '?')} all-zero; batch {o.get('batch', '?')}, 1 thread): "
+              f"{o.get('zero_stamps', '?')} all-zero; batch {o.get('batch', '?')}, 1 thread; "
+              f"CPU {res['machine'].get('cpu', 'not recorded')}): "
               + "; ".join(f"{k} {v['alerts_per_s']:.1f} alerts/s" + (f" (max |Δp| {v['max_abs_dp']:.1e})"
                                                                      if k != "fp32" and "max_abs_dp" in v else "")
                           for k, v in omni_rows(o).items()))
@@ -235,7 +238,8 @@ def chart(res: dict, path: Path) -> None:
         b.invert_yaxis()
         b.legend(fontsize=8)
     fig.suptitle(f"bench_flow {res['started']}: N={res['workload']['n']:,}, "
-                 f"{res['machine']['cores']} shared cores (ratios from one run)")
+                 f"{res['machine']['cores']} shared cores (ratios from one run)\n{res['machine'].get('cpu', '')}",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -262,6 +266,12 @@ def targets(res: dict) -> list[dict]:
             rate("embedded") >= 3000)
     else:
         add("flow ≥ 3,000 messages/s on one core (embedded store, BTSv2)", "part 'embedded' not run", None)
+    if "embedded-results" in m and "embedded" in m:  # issue 25: the results topic + collection beside the CSV
+        ratio = ratios["results_outputs_over_csv_only"] = rate("embedded-results") / rate("embedded")
+        cpu = (m["embedded-results"].get("cpu_us_per_msg") or 0) - (m["embedded"].get("cpu_us_per_msg") or 0)
+        add("  results topic + collection on ÷ CSV only (embedded flow, tansu + nx-27017)",
+            f"{ratio:.2f}× ({rate('embedded-results'):,.0f} vs {rate('embedded'):,.0f} messages/s; "
+            f"+{cpu:.0f} µs CPU per message in the flow process; per sink: bench/results_sinks.py)", "info")
     if "cluster-embedded" in m and "embedded" in m:
         ratio = ratios["cluster_embedded_over_embedded"] = rate("cluster-embedded") / rate("embedded")
         cores = sum((m["cluster-embedded"].get("cpu") or {}).get("cores", {}).values())

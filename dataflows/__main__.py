@@ -177,6 +177,21 @@ def check_kafka(brokers: Sequence[str], topic: str, client_config: Mapping[str, 
                                       f"(at most that many workers read it)")
 
 
+def check_filter(kafka, filter_name: str, timeout_s: float = 5.0,
+                 redact: Callable[[str], str] = lambda s: s) -> CheckResult:
+    """ORACLE_FILTER is among the filters of the topic's most recent messages (operators/oracle/filter_names.py)."""
+    from operators.oracle import filter_names
+
+    try:
+        values = filter_names.recent_values({"bootstrap.servers": ",".join(kafka.brokers), **kafka.client_config},
+                                            kafka.topic, timeout_s=timeout_s)
+    except Exception as exc:  # noqa: BLE001 - KafkaException: the kafka line above already says more
+        return CheckResult("filter", False, f"cannot read recent messages of {kafka.topic} ({_short(exc, redact)})",
+                           "check the KAFKA_OPT_* security settings (reading needs a consumer's rights)")
+    ok, detail, fix = filter_names.filter_result(filter_name, *filter_names.names_in(values), kafka.topic)
+    return CheckResult("filter", ok, detail, fix)
+
+
 def check_metrics(env: Mapping[str, str]) -> CheckResult:
     raw = (env.get("ALERTFLOW_METRICS_PORT") or "").strip()
     parts = []
@@ -223,9 +238,13 @@ def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0)
     if settings.kafka is not None:
         k = settings.kafka
         out.append(check_kafka(k.brokers, k.topic, k.client_config, timeout_s, settings.redact))
+        if out[-1].ok:
+            out.append(check_filter(k, settings.filter_name, timeout_s, settings.redact))
     out.append(check_mongo(settings, survey, model) if settings.mongo is not None else
                CheckResult("store", True, f"bundled documents in {settings.sample_dir} "
                                           f"(set MONGODB_URI or BOOM_DATABASE__HOST for BOOM's MongoDB)"))
+    from operators.sinks.results_outputs import check_results  # the results topic and collection (issue 25)
+    out.extend(CheckResult(c.name, c.ok, c.detail, c.fix) for c in check_results(settings, survey))
     if survey.fritz:
         out.append(check_fritz(env, timeout_s))
     out.append(check_slack(env, survey.slack_channel_env))

@@ -1,7 +1,7 @@
 """Reclassify the past: BOOM's alert documents in a time window, through the live flow's steps.
 
     python -m dataflows backfill ztf --since 2026-11-01 --until 2026-11-08 \\
-        [--weights W] [--query JSON] [--candids FILE] [--annotate] [-w N]
+        [--weights W] [--query JSON] [--candids FILE] [--annotate] [--publish] [-w N]
 
     window slices (operators/oracle/backfill_source.py) → batch → enrich → build inputs → classify
         → results/backfill/oracle_<survey>_<model-sha12>_<since>_<until>.csv ; unusable → dead letters
@@ -9,7 +9,9 @@
 The enrich → inputs → classify steps are the live flow's own (`dataflows/oracle.py`
 `classify_steps`), and the input builders use only the points up to each alert's
 own time, so a backfilled alert gets what it would have got live. Nothing is
-posted to Fritz or Slack unless `--annotate` is given. Without MongoDB
+posted to Fritz or Slack unless `--annotate` is given. With ORACLE_RESULTS_COLLECTION the
+results are also upserted into the collection (same `_id` = candid: new weights overwrite,
+`model` says which); they go to ORACLE_RESULTS_TOPIC only with `--publish`. Without MongoDB
 (`MONGODB_URI` / `BOOM_DATABASE__HOST` unset) the bundled documents are read.
 
 Recovery is always on: each slice's position is snapshotted every
@@ -37,7 +39,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from operators.oracle import steps
-from operators.oracle.backfill_source import EmbeddedScanner, MongoScanner, WindowSource, ids_query
+from operators.oracle.backfill_source import (EmbeddedScanner, MongoScanner, WindowSource, empty_window_line, ids_query,
+                                              slice_query)
 from operators.runtime.config import Settings
 from operators.oracle.messages import FilterResult
 from operators.oracle.surveys import SURVEYS, Survey, configured, survey_named
@@ -78,6 +81,7 @@ class Job:
     annotate: bool = False
     slices: int = 32
     batch_size: Optional[int] = None  # None: ORACLE_BATCH_SIZE
+    publish: bool = False  # also to ORACLE_RESULTS_TOPIC (the collection is always written when configured)
 
 
 def narrowing_of(query: Optional[str], candids_file: Optional[Path]) -> Optional[dict]:
@@ -120,6 +124,33 @@ def start_batch(items: list) -> steps.Batch:
                        dead=[x for x in items if not isinstance(x, FilterResult)], size_in=len(items))
 
 
+def scanner_factory(survey: Survey, settings: Settings, scanner=None):
+    """What makes the scanner of the alert documents: `scanner` (tests), BOOM's MongoDB or the bundled documents."""
+    collection = survey.collections.alerts
+    if scanner is not None:
+        return lambda: scanner
+    if settings.mongo is not None:
+        return partial(MongoScanner, settings.mongo, collection, survey.time_field)
+    return partial(EmbeddedScanner, settings.sample_dir, collection, survey.time_field)
+
+
+def empty_window(job: Job, settings: Settings, scanner=None) -> Optional[str]:
+    """None when the window holds documents to classify; else the line saying what the store holds."""
+    survey, settings = configured(job.survey, settings)
+    scanner = scanner_factory(survey, settings, scanner)()
+    window = slice_query(survey.time_field, job.since, job.until)
+
+    def holds_any(query: dict) -> bool:  # one document read, not a count of the window
+        return next(iter(scanner.scan(query, (survey.time_field,), 1)), None) is not None
+
+    if holds_any(window if not job.narrowing else {"$and": [window, job.narrowing]}):
+        return None
+    in_window = scanner.count(window) if job.narrowing else 0
+    store = settings.mongo.describe() if settings.mongo else f"the bundled documents ({settings.sample_dir})"
+    return empty_window_line(survey.collections.alerts, survey.time_field, (job.since, job.until),
+                             (job.since_label, job.until_label), store, scanner.time_range(), in_window)
+
+
 def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=None, store=None) -> tuple[Dataflow, Path]:
     """The backfill dataflow and its results CSV; `scanner`/`store` override the configured ones (tests)."""
     import torch
@@ -128,12 +159,19 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     from models.oracle.loading import model_label, weights_sha12
     from operators.sinks.fritz import FritzClient
     from operators.runtime.logs import setup_logging
+    from operators.sinks.results_outputs import settings_problems
 
     survey, settings = configured(job.survey, settings)
     if job.weights is not None:
         settings = replace(settings, weights=Path(job.weights))
     if job.batch_size is not None:
         settings = replace(settings, batch_size=job.batch_size)
+    # A backfill always writes its CSV; the results topic only with --publish (issue 25).
+    settings = replace(settings, results=settings.results.model_copy(
+        update={"csv": True, **({} if job.publish else {"topic": ""})}))
+    problem = next(iter(settings_problems(settings, survey)), None)
+    if problem is not None:
+        raise ValueError(f"{problem.detail} -> {problem.fix}")
     setup_logging(settings.logs_dir / f"oracle_{survey.name.lower()}_backfill.log", settings.log_level)
     torch.set_num_threads(settings.torch_threads)
     variable = "--weights" if job.weights is not None else f"ORACLE_{survey.name}_WEIGHTS"
@@ -145,12 +183,7 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
         fritz = FritzClient(settings.fritz)
     lazy_store = steps.OncePerProcess((lambda: store) if store is not None else partial(make_store, settings, survey))
     collection = survey.collections.alerts
-    if scanner is not None:
-        make_scanner = lambda: scanner  # noqa: E731
-    elif settings.mongo is not None:
-        make_scanner = partial(MongoScanner, settings.mongo, collection, survey.time_field)
-    else:
-        make_scanner = partial(EmbeddedScanner, settings.sample_dir, collection, survey.time_field)
+    make_scanner = scanner_factory(survey, settings, scanner)
     log.info("%s backfill %s .. %s (JD %.5f .. %.5f)%s: model %s, store %s -> %s%s", survey.name, job.since_label,
              job.until_label, job.since, job.until, f" narrowed by {json.dumps(job.narrowing, default=str)}"
              if job.narrowing else "", name, settings.mongo.describe() if settings.mongo else "bundled documents",
@@ -182,6 +215,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--query", help="MongoDB filter on the alert documents, as JSON")
     ap.add_argument("--candids", type=Path, help="file of candids or objectIds, one per line")
     ap.add_argument("--annotate", action="store_true", help="post to Fritz/Slack as the live flow does")
+    ap.add_argument("--publish", action="store_true", help="also publish to ORACLE_RESULTS_TOPIC (the collection "
+                                                           "ORACLE_RESULTS_COLLECTION is written without it)")
     ap.add_argument("-w", "--workers-per-process", type=int, default=1, dest="workers")
     ap.add_argument("-i", "--process-id", type=int, default=None)
     ap.add_argument("-a", "--addresses", default=None, help='"host:port;host:port" of every process')
@@ -209,12 +244,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.workers < 1 or args.slices < 1 or (args.batch_size is not None and args.batch_size < 1):
             raise ValueError("-w, --slices and --batch-size must be at least 1")
         job = Job(survey, since, until, since_label, until_label, args.weights,
-                  narrowing_of(args.query, args.candids), args.annotate, args.slices, args.batch_size)
+                  narrowing_of(args.query, args.candids), args.annotate, args.slices, args.batch_size, args.publish)
         settings = Settings.from_env(survey)
         flow, results_csv = build_backfill_flow(job, settings)
     except (ValueError, OSError, ModelLoadError) as exc:  # ConfigError is a ValueError
         print(f"backfill: {exc}", file=sys.stderr)
         return 2
+    try:
+        nothing = empty_window(job, settings)
+    except ValueError as exc:  # a --query the bundled store does not understand
+        print(f"backfill: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - MongoDB away: the flow's own reads wait and retry
+        log.warning("backfill %s: could not look into the window first (%s: %s)", survey.name,
+                    type(exc).__name__, str(exc)[:200])
+        nothing = None
+    if nothing:
+        log.warning("backfill %s: %s; nothing to classify", survey.name, nothing)
+        return 0
     rec = args.recovery_dir or recovery_dir(settings, results_csv, job)
     ensure_partitions(rec, settings.recovery_partitions)
     log.info("position kept in %s: the same command resumes after a stop; delete it to start over", rec)

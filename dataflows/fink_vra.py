@@ -25,7 +25,7 @@ from bytewax.inputs import Source
 from operators.runtime.service_settings import KafkaWaitSettings
 from operators.io.deadletter import dead_letter_sink
 from operators.vra.alert_files import AlertFileSource, file_alert
-from operators.runtime.logs import FORMAT
+from operators.runtime.logs import FORMAT, quiet_interrupt, watch_sigint
 from operators.runtime.metrics import Tally
 from dataflows.preflight import exit_on_failures, read_or_exit, validate_fink_vra
 from operators.runtime.recovery import run_by_bytewax
@@ -164,6 +164,9 @@ def configured_flow() -> Dataflow:
         wait_for_kafka({"bootstrap.servers": where, **cfg.kafka_config}, cfg.topic, where=where,
                        topic_var="FINK_VRA_TOPIC", exit_after_s=exit_after, redact=cfg.redact)
     tally = Tally("fink_vra summary", TALLY)
+    if cfg.uses_kafka:  # Ctrl-C: stop reading, drain, one line and the summary (operators/runtime/logs.py)
+        watch_sigint()
+        quiet_interrupt(on_stop=lambda: log.info("%s", tally.line().replace("summary", "run summary", 1)))
     built = build_flow(cfg, unreachable_exit_s=exit_after, tally=tally)
     if run_by_bytewax():  # the process is this run
         atexit.register(lambda: log.info("%s", tally.line().replace("summary", "run summary", 1)))

@@ -89,6 +89,7 @@ def check_directories(name: str, dirs: Iterable[tuple[str, Path]]) -> CheckResul
 def check_weights(settings, survey, shadow: bool = False):
     """(result, model): the checkpoint (the shadow one with `shadow`) loads and its
     classes are the survey's."""
+    from models.oracle.checkpoint_format import NotACheckpoint
     from models.oracle.loading import load_oracle
     from models.oracle.networks import TaxonomyMismatch
 
@@ -104,6 +105,9 @@ def check_weights(settings, survey, shadow: bool = False):
         return CheckResult(name, False, f"{var}={path} is not a model of the {survey.name} classes "
                                         f"({str(exc).split(': ', 1)[-1]})",
                            f"point {var} at a {survey.name} checkpoint", exc), None
+    except NotACheckpoint as exc:
+        return CheckResult(name, False, f"{var}={path} is not a PyTorch checkpoint ({exc.what})",
+                           f"point {var} at an ORACLE {survey.name} checkpoint (.pth)", exc), None
     except ValueError as exc:  # ORACLE_MODEL_KIND is not a kind
         return CheckResult(name, False, f"ORACLE_MODEL_KIND={settings.model_kind}: {exc}",
                            "unset ORACLE_MODEL_KIND (detected from the checkpoint) or give one of the kinds",
@@ -241,6 +245,22 @@ def check_numbers(settings) -> list[CheckResult]:
     return out
 
 
+def check_cpu_precision(settings, model) -> Optional[CheckResult]:
+    """bf16/int8 refused on a CPU where they run slower than fp32 (models/oracle/cpu_features.py);
+    None when not asked for, not on the CPU, or the model has no image network to run in them."""
+    from models.oracle.cpu_features import FIX, refusal_here
+
+    if settings.precision == "fp32" or settings.device != "cpu" or (model is not None and not model.needs_stamp):
+        return None
+    if getattr(settings, "backend", "torch") != "torch":
+        return None  # ONNX Runtime runs fp32 only: check_backend says so
+    why = refusal_here(settings.precision)
+    if why is None:
+        return None
+    return CheckResult("config", False, f"ORACLE_PRECISION={settings.precision} would be slower than fp32 here: {why}",
+                       f"{FIX}, or run on a CPU with AVX512-BF16/AMX for bf16, AVX2 for int8")
+
+
 # ---------------------------------------------------------------- the one validation
 
 
@@ -256,6 +276,9 @@ def validate(settings, survey) -> tuple[list[CheckResult], Optional[object]]:
             checks.append(compiled)
     if getattr(settings, "shadow_weights", None) is not None:
         checks.append(check_weights(settings, survey, shadow=True)[0])
+    speed = check_cpu_precision(settings, model)
+    if speed is not None:
+        checks.append(speed)
     checks.append(check_input(settings))
     checks.append(check_directories("outputs", [("ALERTFLOW_RESULTS_DIR", settings.results_dir),
                                                 ("ALERTFLOW_LOGS_DIR", settings.logs_dir)]))

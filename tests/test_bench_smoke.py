@@ -47,6 +47,10 @@ def test_embedded_parts_run_and_split_by_stage(tmp_path):
     assert ten == ("met" if rate / loop_rate >= 10 else "MISSED"), (rate, loop_rate, ten)
     assert res["ratios"]["embedded_over_loop"] == rate / loop_rate
     assert "Targets (issue 19):" in proc.stdout
+    # The CPU's features beside the figures (issue 27): speed depends on the instruction set.
+    from models.oracle.cpu_features import describe, read_cpu
+
+    assert res["machine"]["cpu"] == describe(read_cpu()) and f"CPU: {res['machine']['cpu']}" in proc.stdout
 
 
 def test_targets_cover_the_issue_from_given_figures():

@@ -137,7 +137,7 @@ def test_two_process_cluster_shares_partitions_and_classifies_each_alert_once(
     topic = create_topic("ztf_cluster", partitions=4)
     load(SAMPLE, ZTF.collections, mongo.settings(mongo_db),
          KafkaSettings(brokers=(kafka.bootstrap,), topic=topic, group_id="x", starting_offset="beginning"),
-         partitions=4, repeat=3)
+         partitions=4, repeat=3, broken=True)
     values = [m.value() for m in kafka.read(topic, 3 * len(SAMPLE.messages))]
     rows_expected, malformed = expected_outcome(values)
     addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
@@ -161,7 +161,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(tmp_path, kafka, c
     repeat = 50  # 50 × 41 messages ≥ 2,000
     load(SAMPLE, ZTF.collections, mongo.settings(mongo_db),
          KafkaSettings(brokers=(kafka.bootstrap,), topic=topic, group_id="x", starting_offset="beginning"),
-         partitions=2, repeat=repeat)
+         partitions=2, repeat=repeat, broken=True)  # the broken messages too, at scale
     values = [m.value() for m in kafka.read(topic, repeat * len(SAMPLE.messages), timeout_s=60)]
     assert len(values) >= 2000
     rows_expected, malformed = expected_outcome(values)

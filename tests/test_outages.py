@@ -28,7 +28,7 @@ def test_mongodb_outage_pauses_the_flow_and_skips_nothing(tmp_path, kafka, creat
     sample = replace(SAMPLE, cutouts=[])  # nx-27017's on-disk store cannot hold raw bytes; BTSv2 needs none
     ksettings = KafkaSettings(brokers=(kafka.bootstrap,), topic=topic, group_id="x", starting_offset="beginning")
     load(sample, ZTF.collections, mongo.settings("boom"), ksettings, partitions=1)
-    load(sample, ZTF.collections, mongo.settings("boom"), None, repeat=2)  # documents of what comes later
+    load(sample, ZTF.collections, mongo.settings("boom"), None, repeat=2, broken=True)  # documents of what comes later
     first = [m.value() for m in kafka.read(topic, len(SAMPLE.messages))]
     env = flow_env(tmp_path, kafka, topic, mongo.uri, "boom", MONGODB_TIMEOUT_MS=1000)
     proc = start_flow(env, log=tmp_path / "flow.log")
@@ -37,7 +37,7 @@ def test_mongodb_outage_pauses_the_flow_and_skips_nothing(tmp_path, kafka, creat
         wait_for(tmp_path / "results", len(rows1), bad1, [proc])
         mongo.stop()
         # More alerts arrive while the database is down (their documents were loaded before).
-        load(sample, ZTF.collections, None, ksettings, repeat=2)
+        load(sample, ZTF.collections, None, ksettings, repeat=2, broken=True)
         time.sleep(4)
         assert proc.poll() is None, "the flow must wait for MongoDB, not exit"
         assert len(read_results(tmp_path / "results" / "oracle_ztf_results.csv")) == len(rows1)

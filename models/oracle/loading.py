@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from models.oracle.checkpoint_format import sniff
 from models.oracle.image import (IMAGE_HEAD_PREFIX, PRECISIONS, TRUNK_CHUNK, check_image_head, describe_image_head,
                                  image_head_layout)
 from models.oracle.networks import KINDS, ModelLoadError, OracleModel, TaxonomyMismatch, build_oracle, taxonomy_for
@@ -67,9 +69,14 @@ def _read_state_dict(path: Path) -> dict:
     if not path.is_file():
         raise ModelLoadError(f"ORACLE weights not found at {path}: check the path (the repo ships "
                              "data/best_model_f1_ztf.pth and data/best_model_f1_lsst.pth)")
+    sniff(path)  # a README or an image: said in a few words, not torch's paragraph on weights_only
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, or pickled objects beyond tensors
+    except pickle.UnpicklingError as exc:  # torch's text runs to a page; its first sentence is the gist
+        raise ModelLoadError(f"{path} holds Python objects besides tensors, which torch.load(weights_only=True) "
+                             "refuses (it would run code from the file): save a state dict with "
+                             "torch.save(model.state_dict(), path)") from exc
+    except Exception as exc:  # a corrupt file
         raise ModelLoadError(f"cannot read ORACLE weights from {path}: {exc}. Expected a torch "
                              "state dict saved with torch.save(model.state_dict(), path)") from exc
     for wrapper in ("state_dict", "model_state_dict"):

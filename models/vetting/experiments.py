@@ -82,6 +82,22 @@ def run_experiments(pool: pd.DataFrame, grid: ExperimentGrid, base, progress=Non
     return pd.concat(frames, ignore_index=True)
 
 
+def small_pool_warning(pool: pd.DataFrame, base, first_batches: list[int], validated: bool) -> Optional[str]:
+    """A warning when the pool leaves no more rows to label than a first batch takes: every loop
+    then labels the whole pool at once and there is no curve to draw (`simulate` caps silently)."""
+    from models.vetting.active_learning import prepare_pool, split_holdout  # noqa: PLC0415
+
+    data = prepare_pool(pool, base.target)
+    rest = data if validated else split_holdout(data, base.holdout_fraction, 0)[0]
+    too_big = sorted(fb for fb in set(first_batches or [base.first_batch]) if fb >= len(rest))
+    if not too_big:
+        return None
+    held = "" if validated else f" after the {base.holdout_fraction:.0%} held out"
+    return (f"warning: the pool leaves {len(rest)} rows to label for {base.target}{held}, no more than the first "
+            f"batch ({', '.join(map(str, too_big))}): each loop labels the whole pool at once and draws no "
+            f"learning curve -> a bigger pool, or --first-batch/--first-batches below {len(rest)}")
+
+
 PANEL_KEYS = ["first_batch", "batch_size", "learning_rate", "class_weight"]
 
 
@@ -201,6 +217,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     print(f"{n_runs} simulated loops on pool {args.pool} ({len(pool.table)} rows: {class_balance(pool)}; "
           f"{len(pool.features)} features), target {base.target}, up to {base.max_labels} labels"
           + (f", validation {args.validation}" if pool.validation is not None else ""), file=sys.stderr)
+    small = small_pool_warning(pool.table, base, grid.first_batches, pool.validation is not None)
+    if small:
+        print(small, file=sys.stderr)
     with progress_bar(n_runs, "loops") as progress:
         rounds = run_experiments(pool.table, grid, base, progress, pool.features, pool.validation)
     out.mkdir(parents=True, exist_ok=True)

@@ -83,6 +83,38 @@ def append_rounds_csv(path: Path, row: dict[str, Any]) -> None:
     os.replace(tmp, path)  # atomic: an interrupt never leaves half a file
 
 
+def _labelled(table: pd.DataFrame, labels_path, config: LoopConfig):
+    """(latest labels, table joined with them, rows usable for the target with `y`, their training
+    and held-out parts)."""
+    from models.vetting.labeling import latest_labels, read_labels  # noqa: PLC0415
+
+    target = get_target(config.target)
+    labels = latest_labels(read_labels(labels_path))
+    merged = table.merge(labels[["candid", "label"]], on="candid", how="left")
+    y = target.encode(merged["label"].where(merged["label"].notna(), None))
+    usable = merged.loc[y.notna().to_numpy()].assign(y=y.dropna().astype(int).to_numpy())
+    hold = in_holdout(usable["candid"], config.holdout_fraction)
+    return labels, merged, usable, usable.loc[~hold], usable.loc[hold]
+
+
+def _cold(usable: pd.DataFrame, train: pd.DataFrame, config: LoopConfig) -> bool:
+    return len(usable) < config.first_batch or train["y"].nunique() < 2
+
+
+def _cold_line(usable: pd.DataFrame, train: pd.DataFrame, config: LoopConfig) -> str:
+    have = ", ".join(f"{k}={v}" for k, v in class_counts(train["y"], get_target(config.target).classes,
+                                                         "train").items())
+    return (f"Cold start: {len(usable)} usable labels, {len(train)} for training ({have}); the first model "
+            f"needs {config.first_batch} labels and both classes in training.")
+
+
+def cold_start(table: pd.DataFrame, labels_path, config: LoopConfig) -> Optional[str]:
+    """None when the labels so far can train a model; else the line saying what is missing
+    (said before a round starts: that round trains nothing and logs nothing to MLflow)."""
+    _, _, usable, train, _ = _labelled(table, labels_path, config)
+    return _cold_line(usable, train, config) if _cold(usable, train, config) else None
+
+
 @dataclass
 class LiveRound:
     """Outcome of `live_round`: the round (None at cold start) and the queue file."""
@@ -110,40 +142,28 @@ def live_round(
     usable for the target exist (held-out ones included) and training holds
     both classes, the batch is drawn at random and no model is trained.
     """
-    from models.vetting.labeling import latest_labels, read_labels  # noqa: PLC0415
-
     out_dir = Path(out_dir)
-    target = get_target(config.target)
     table = load_features(features_path)
     features = feature_columns(table)
     missing = [c for c in features if c not in table.columns]
     if missing:
         raise ValueError(f"feature table lacks column(s) {missing}; rerun the fink_vra flow")
-    labels = latest_labels(read_labels(labels_path))
+    labels, merged, usable, train, holdout = _labelled(table, labels_path, config)
     orphans = ~labels["candid"].isin(table["candid"])
     if orphans.any():
         say(f"note: {int(orphans.sum())} label(s) have no row in the feature table and are not used")
-    merged = table.merge(labels[["candid", "label"]], on="candid", how="left")
-    labelled_mask = merged["label"].notna().to_numpy()
-    y = target.encode(merged["label"].where(merged["label"].notna(), None))
-    usable = merged.loc[y.notna().to_numpy()].assign(y=y.dropna().astype(int).to_numpy())
-    unlabelled = merged.loc[~labelled_mask]
-    hold = in_holdout(usable["candid"], config.holdout_fraction)
-    train, holdout = usable.loc[~hold], usable.loc[hold]
+    unlabelled = merged.loc[merged["label"].isna().to_numpy()]
     queue_path = out_dir / f"next_batch_{config.target}.csv"
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([config.seed, len(labels)])
 
-    if len(usable) < config.first_batch or train["y"].nunique() < 2:
+    if _cold(usable, train, config):
         # Cold start: no model worth trusting yet, so the first batch is random.
         need = max(config.first_batch - len(usable), config.batch_size)
         picked = rng.permutation(len(unlabelled))[:need]
         queue = unlabelled.iloc[picked][["candid", "objectId"]].assign(p_positive=np.nan, score=np.nan)
         queue.to_csv(queue_path, index=False)
-        have = ", ".join(f"{k}={v}" for k, v in class_counts(train["y"], target.classes, "train").items())
-        say(f"Cold start: {len(usable)} usable labels, {len(train)} for training ({have}); the first model "
-            f"needs {config.first_batch} labels and both classes in training. "
-            f"Picked {len(queue)} alerts at random -> {queue_path}")
+        say(f"{_cold_line(usable, train, config)} Picked {len(queue)} alerts at random -> {queue_path}")
         return LiveRound(None, queue_path, queue)
 
     rounds_csv = out_dir / "rounds.csv"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional, TextIO
 
 STEPS = ("read tonight's features", "train, log to MLflow, write the batch", "label the batch")
+COLD_STEP = "pick a random first batch (too few labels for a model)"
 
 
 def add_night_parser(sub, add_loop_arguments: Callable, add_tracking_arguments: Callable) -> None:
@@ -66,18 +67,22 @@ def night(args: argparse.Namespace, stdin: Optional[TextIO] = None, stdout: Opti
     from tqdm import tqdm  # noqa: PLC0415
 
     from models.vetting.cli_options import config_from_args, tracking_from_args  # noqa: PLC0415
-    from models.vetting.live import live_round, load_features  # noqa: PLC0415
+    from models.vetting.live import cold_start, live_round, load_features  # noqa: PLC0415
 
     out_dir = Path(args.out)
     config = config_from_args(args)
-    steps = STEPS if not args.no_label else STEPS[:2]
+    cold = cold_start(load_features(args.features), args.labels, config)
+    if cold:  # said first: the bar must not promise a model and an MLflow run
+        print(f"{cold} Tonight's batch is drawn at random; no model is trained and nothing is logged to MLflow.",
+              file=stdout, flush=True)
+    steps = (STEPS if not cold else (STEPS[0], COLD_STEP, STEPS[2]))[: 2 if args.no_label else 3]
     lines: list[str] = []
     with tqdm(total=len(steps), unit="step", file=sys.stderr, dynamic_ncols=True) as bar:
         bar.set_description(steps[0])
         table = load_features(args.features)
         bar.update(1)
         bar.set_description(steps[1])
-        tracking = None if args.no_track else tracking_from_args(args, out_dir)
+        tracking = None if args.no_track or cold else tracking_from_args(args, out_dir)
         done = live_round(args.features, args.labels, config, out_dir, tracking, say=lines.append)
         bar.update(1)
         if args.no_label:

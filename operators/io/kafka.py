@@ -19,7 +19,11 @@ second). So a flow that reads Kafka:
    the brokers are down, probes them in a background thread, says so once per
    interval and exits the process (status 3) after `KAFKA_UNREACHABLE_EXIT_S`.
    While the brokers are away the consumer's poll returns at once, so the flow
-   stays responsive to Ctrl-C.
+   stays responsive to Ctrl-C;
+3. stops reading on Ctrl-C (`STOPPING`, operators/runtime/logs.py): each partition
+   ends (bytewax snapshots its offset at that end), the batches in flight are
+   classified and written, and the process exits 130. Nothing raises inside
+   bytewax's Rust loop, which would panic.
 """
 
 from __future__ import annotations
@@ -34,8 +38,11 @@ import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.connectors.kafka.operators import KafkaOpOut, _kafka_error_split
 from bytewax.dataflow import Dataflow, operator
+from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+
+from operators.runtime.logs import STOPPING, inputs_stop_on_ctrl_c
 
 log = logging.getLogger("alertflow.kafka")
 
@@ -215,10 +222,36 @@ def consumer_config(client_config: Mapping[str, object], where: str, exit_after_
             "error_cb": BrokerWatch(brokers, where, exit_after_s, redact=redact)}
 
 
+class _EndsOnCtrlC(StatefulSourcePartition):
+    """bytewax's Kafka partition, ended (as at the end of a topic) once Ctrl-C was pressed."""
+
+    def __init__(self, inner: StatefulSourcePartition):
+        self._inner = inner
+
+    def next_batch(self) -> list:
+        if STOPPING.is_set():
+            raise StopIteration()
+        return self._inner.next_batch()
+
+    def next_awake(self):
+        return self._inner.next_awake()
+
+    def snapshot(self):
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 class _WaitingKafkaSource(KafkaSource):
-    """bytewax's source, with a partition listing that waits (interruptibly) instead of hanging."""
+    """bytewax's source, with a partition listing that waits (interruptibly) instead of hanging,
+    and partitions that end on Ctrl-C (`_EndsOnCtrlC`)."""
+
+    def build_part(self, step_id: str, for_part: str, resume_state):
+        return _EndsOnCtrlC(super().build_part(step_id, for_part, resume_state))
 
     def list_parts(self) -> list[str]:
+        inputs_stop_on_ctrl_c()  # every worker lists the partitions when the dataflow starts
         conf = {"bootstrap.servers": ",".join(self._brokers), **self._add_config}
         where = ",".join(self._brokers)
         out = []

@@ -161,6 +161,11 @@ class EmbeddedScanner:
     def scan(self, query: dict, fields: tuple[str, ...], batch_size: int) -> Iterator[dict]:
         return iter(self._matching(query))
 
+    def time_range(self) -> tuple[Optional[float], Optional[float], int]:
+        """(earliest, latest time, how many documents) of the whole collection."""
+        times = [t for t in (_time_of(d, self._time_field) for d in self._docs) if t != float("inf")]
+        return (times[0], times[-1], len(self._docs)) if times else (None, None, len(self._docs))
+
 
 def _time_of(doc: dict, time_field: str) -> float:
     value = get_path(doc, time_field)
@@ -186,6 +191,39 @@ class MongoScanner:
         cursor = self._coll.find(query, projection(fields), batch_size=batch_size,
                                  sort=[(self._time_field, 1), ("_id", 1)])
         return (_unflatten(doc) for doc in cursor)
+
+    def time_range(self) -> tuple[Optional[float], Optional[float], int]:
+        """(earliest, latest time, about how many documents) of the whole collection (index-backed:
+        BOOM indexes its time field)."""
+        from operators.oracle.mongo_store import _unflatten
+
+        has_time = {self._time_field: {"$type": "number"}}
+        ends = [self._coll.find_one(has_time, {self._time_field: 1}, sort=[(self._time_field, d)]) for d in (1, -1)]
+        times = [get_path(_unflatten(e), self._time_field) if e else None for e in ends]
+        return times[0], times[1], self._coll.estimated_document_count()
+
+
+def jd_date(jd: float) -> str:
+    """A JD as an ISO date-time (UTC, to the second)."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp((jd - 2440587.5) * 86400.0, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def empty_window_line(collection: str, time_field: str, window: tuple[float, float], labels: tuple[str, str],
+                      store: str, held: tuple[Optional[float], Optional[float], int], in_window: int) -> str:
+    """What to say when no document of the window is to be classified: the window, what the
+    store holds, and (when `--query`/`--candids` emptied it) how many the window held before."""
+    (since, until), (since_label, until_label), (first, last, count) = window, labels, held
+    said = f"no {collection} document has {time_field} in [{since_label}, {until_label}) (JD {since:.5f} .. {until:.5f})"
+    if in_window:
+        said = (f"none of the {in_window} {collection} documents with {time_field} in [{since_label}, {until_label}) "
+                f"matches --query/--candids")
+    if first is None:
+        return f"{said}; in {store}: no {collection} document with a {time_field} -> check the store settings"
+    fix = "loosen --query/--candids" if in_window else "give --since/--until inside that range"
+    return (f"{said}; in {store}: {count} {collection} documents from {jd_date(first)} to {jd_date(last)} "
+            f"(JD {first:.5f} .. {last:.5f}) -> {fix}")
 
 
 # ---------------------------------------------------------------- the source

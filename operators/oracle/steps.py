@@ -22,6 +22,7 @@ import numpy as np
 from operators.runtime import metrics
 from operators.runtime.routing import mix
 from operators.io.deadletter import DeadLetter, dead_letter
+from operators.oracle import filter_names
 from operators.oracle.messages import FilterResult
 from operators.oracle.results import Result
 from operators.oracle.store import Documents
@@ -193,6 +194,9 @@ def shard_of(keys: tuple[str, ...], alert: FilterResult) -> str:
 def passed_filter(survey: str, filter_name: str, alerts: list[FilterResult]) -> list[FilterResult]:
     """The alerts of one input batch that passed the BOOM filter `filter_name` (counted per batch)."""
     passed = [a for a in alerts if a.passed(filter_name)]
+    hint = filter_names.watch(survey, filter_name).observe(alerts, len(passed))  # a misspelt ORACLE_FILTER
+    if hint:
+        log.warning("%s", hint)
     metrics.count_filtered(survey, True, len(passed))
     metrics.count_filtered(survey, False, len(alerts) - len(passed))
     return passed

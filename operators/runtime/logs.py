@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import logging.handlers
 import os
@@ -29,15 +30,58 @@ def _interrupted(exc: BaseException | None) -> bool:
 # whose worker threads are backing off, not only the main thread.
 STOPPING = threading.Event()
 
+# A running flow whose inputs end by themselves on `STOPPING` (the Kafka source, see
+# operators/io/kafka.py) drains instead of being torn down: Ctrl-C must then raise nothing.
+# With one worker bytewax runs the dataflow on the main thread, where Python runs signal
+# handlers, so a KeyboardInterrupt raised by the handler surfaces inside whatever step or
+# `next_batch` was executing, and bytewax's Rust code panics on it ("thread '<unnamed>'
+# panicked at src/inputs.rs:446:37: Box<dyn Any>", bytewax 0.21.1 `run_main` keeps Rust's
+# default panic hook; with several workers its own hook hides the message).
+_drains = threading.Event()
+
+
+def inputs_stop_on_ctrl_c() -> None:
+    """Called by a source when the dataflow starts (every worker lists its partitions):
+    from now on the first Ctrl-C only sets `STOPPING`, and the flow ends by draining."""
+    _drains.set()
+
+
+def stop_now(why: str = "") -> None:
+    """End the process at once after the one-line notice and the run summary (status 130).
+    Outputs and recovery survive a hard stop (operators/io/files.py); the rest is replayed."""
+    logging.getLogger("alertflow").info("stopped by Ctrl-C (SIGINT)%s; restart to resume", why)
+    if _on_stop is not None:
+        try:
+            _on_stop()
+        except Exception:  # noqa: BLE001 - a summary must not turn a clean stop into a traceback
+            pass
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    os._exit(130)
+
 
 def interruptible_sleep(seconds: float) -> None:
-    """`time.sleep` that ends at once with KeyboardInterrupt when Ctrl-C was pressed."""
+    """`time.sleep` that ends at once when Ctrl-C was pressed: inside a running flow the
+    process stops (`stop_now`: nothing raised through bytewax); elsewhere KeyboardInterrupt."""
     if STOPPING.wait(seconds):
+        if _drains.is_set():
+            stop_now(" while waiting")
         raise KeyboardInterrupt("Ctrl-C while waiting")
 
 
 def _sigint(signum, frame):
+    first = not STOPPING.is_set()
     STOPPING.set()
+    if _drains.is_set():
+        if not first:
+            stop_now(" (second Ctrl-C)")
+        logging.getLogger("alertflow").info(
+            "Ctrl-C: reading no more messages, finishing the batches in flight (Ctrl-C again to stop at once)")
+        return
     raise KeyboardInterrupt  # what Python's default handler does; bytewax stops its workers on it
 
 
@@ -45,6 +89,15 @@ def watch_sigint() -> None:
     """Ctrl-C also sets `STOPPING` (bytewax delivers SIGINT to Python through the main thread)."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not _sigint:
         signal.signal(signal.SIGINT, _sigint)
+
+
+def _exit_after_drain() -> None:
+    """At exit of a flow that drained after Ctrl-C: the notice and the conventional status 130
+    (the run summary was logged by the flow's own exit hook, registered later, so run first)."""
+    if STOPPING.is_set() and _drains.is_set():
+        global _on_stop
+        _on_stop = None
+        stop_now()
 
 
 def quiet_interrupt(on_stop=None) -> None:
@@ -59,18 +112,12 @@ def quiet_interrupt(on_stop=None) -> None:
     def alertflow_excepthook(kind, value, tb):
         # With several workers the stop surfaces as bytewax's worker panic, not as KeyboardInterrupt.
         if _interrupted(value) or STOPPING.is_set():
-            logging.getLogger("alertflow").info("stopped by Ctrl-C (SIGINT); restart to resume")
-            if _on_stop is not None:
-                try:
-                    _on_stop()
-                except Exception:  # noqa: BLE001 - a summary must not turn a clean stop into a traceback
-                    pass
-            logging.shutdown()
-            os._exit(130)
+            stop_now()
         previous(kind, value, tb)
 
     if getattr(previous, "__name__", "") != "alertflow_excepthook":
         sys.excepthook = alertflow_excepthook
+        atexit.register(_exit_after_drain)
 
 
 def setup_logging(log_file: Path, level: str = "INFO") -> None:

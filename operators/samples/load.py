@@ -18,7 +18,8 @@ message get a new candid (from `SYNTHETIC_CANDID_BASE` upwards, far above real
 ZTF candids), re-encoded with the message's own Avro schema and codec, and the
 matching `{SURVEY}_alerts`/`_cutouts` documents are inserted under the new
 candid (the object, hence its `_aux` document, is unchanged). Messages that do
-not decode are repeated as they are. Documents of each chunk are written before
+not decode are repeated as they are, with `--repeat-broken`; by default copies
+leave out every message the flow dead-letters (`is_broken`). Documents of each chunk are written before
 its messages, so a flow never reads a message whose documents are missing.
 
 `repeat_sample` / `iter_repeated` are pure and reusable (benchmarks).
@@ -130,22 +131,39 @@ class Item:
     cutout: Optional[dict] = None
 
 
+def is_broken(value: bytes, template: Optional[_Template], alerts: Mapping[int, dict], aux_ids: set) -> bool:
+    """A message the flow would dead-letter: it does not decode or parse, or its alert or
+    object (aux) document is missing from the sample."""
+    from types import SimpleNamespace
+
+    from operators.oracle.messages import FilterResult, parse_message
+
+    if template is None or not isinstance(parse_message(SimpleNamespace(value=value)), FilterResult):
+        return True
+    return template.record["candid"] not in alerts or template.record.get("objectId") not in aux_ids
+
+
 def iter_repeated(
-    sample: SampleData, repeat: int, first_candid: int = SYNTHETIC_CANDID_BASE
+    sample: SampleData, repeat: int, first_candid: int = SYNTHETIC_CANDID_BASE, broken: bool = False
 ) -> Iterator[Item]:
     """The sample's messages `repeat` times, in order; copies after the first
     carry new candids (`first_candid`, `first_candid + 1`, ...) and documents to
-    match. The original documents are not included (load them with the sample).
+    match. Copies leave out the messages the flow dead-letters (`is_broken`: a
+    sample's few broken ones, 500 times over, would be 2,000 warnings) unless
+    `broken`. The original documents are not included (load them with the sample).
     Lazy: 20,000 messages of ~40 kB are not held in memory at once."""
     if repeat < 1:
         raise ValueError("repeat must be at least 1")
     alerts = {int(d["_id"]): d for d in sample.alerts}
     cutouts = {int(d["_id"]): d for d in sample.cutouts}
+    aux_ids = {d["_id"] for d in sample.aux}
     yield from (Item(value) for value in sample.messages)
     templates = [_template(value) for value in sample.messages] if repeat > 1 else []
+    if not broken:
+        kept = [(v, t) for v, t in zip(sample.messages, templates) if not is_broken(v, t, alerts, aux_ids)]
     candid = first_candid
     for _ in range(1, repeat):
-        for value, template in zip(sample.messages, templates):
+        for value, template in (zip(sample.messages, templates) if broken else kept):
             if template is None:
                 yield Item(value)
                 continue
@@ -156,10 +174,11 @@ def iter_repeated(
             candid += 1
 
 
-def repeat_sample(sample: SampleData, repeat: int, first_candid: int = SYNTHETIC_CANDID_BASE) -> SampleData:
+def repeat_sample(sample: SampleData, repeat: int, first_candid: int = SYNTHETIC_CANDID_BASE,
+                  broken: bool = False) -> SampleData:
     """`iter_repeated` collected: all messages, and all documents (originals + copies)."""
     out = SampleData(messages=[], alerts=list(sample.alerts), aux=list(sample.aux), cutouts=list(sample.cutouts))
-    for item in iter_repeated(sample, repeat, first_candid):
+    for item in iter_repeated(sample, repeat, first_candid, broken):
         out.messages.append(item.value)
         if item.alert is not None:
             out.alerts.append(item.alert)
@@ -302,9 +321,11 @@ def load(
     repeat: int = 1,
     first_candid: int = SYNTHETIC_CANDID_BASE,
     chunk: int = 1000,
+    broken: bool = False,
 ) -> LoadReport:
     """Write the sample's documents to `mongo` and publish its messages to `kafka`
-    (either may be None to skip it), `repeat` times over."""
+    (either may be None to skip it), `repeat` times over (copies of the broken
+    messages too with `broken`, see `iter_repeated`)."""
     from operators.oracle.mongo_store import acquire_client, release_client
 
     report = LoadReport()
@@ -322,7 +343,7 @@ def load(
             report.partitions = ensure_topic(kafka_client_config(kafka), kafka.topic, partitions)
             publisher = Publisher(kafka_client_config(kafka), kafka.topic)
         index = 0
-        items = iter_repeated(sample, repeat, first_candid)
+        items = iter_repeated(sample, repeat, first_candid, broken)
         while True:
             block = [item for _, item in zip(range(chunk), items)]
             if not block:
@@ -379,6 +400,9 @@ def main(argv: Optional[Sequence[str]] = None, env: Mapping[str, str] = os.envir
     ap.add_argument("--partitions", type=int, default=4, help="partitions if the topic is created (default: 4)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="publish the sample N times, copies with new candids (default: 1)")
+    ap.add_argument("--repeat-broken", action="store_true",
+                    help="with --repeat, copy also the messages the flow dead-letters (by default only the "
+                         "first pass has them)")
     ap.add_argument("--skip-mongo", action="store_true", help="do not write documents")
     ap.add_argument("--skip-kafka", action="store_true", help="do not publish messages")
     args = ap.parse_args(argv)
@@ -401,8 +425,15 @@ def main(argv: Optional[Sequence[str]] = None, env: Mapping[str, str] = os.envir
         mongo.describe() + f" db={mongo.database}" if mongo else "no MongoDB",
         f"{','.join(kafka.brokers)} topic={kafka.topic}" if kafka else "no Kafka",
     )
+    if args.repeat > 1 and not args.repeat_broken:
+        alerts, aux_ids = {int(d["_id"]): d for d in sample.alerts}, {d["_id"] for d in sample.aux}
+        broken = sum(is_broken(v, _template(v), alerts, aux_ids) for v in sample.messages)
+        if broken:
+            log.info("copies 2..%d leave out the %d message(s) the flow dead-letters (--repeat-broken keeps them)",
+                     args.repeat, broken)
     try:
-        report = load(sample, survey.collections, mongo, kafka, args.partitions, args.repeat)
+        report = load(sample, survey.collections, mongo, kafka, args.partitions, args.repeat,
+                      broken=args.repeat_broken)
     except Exception as exc:
         from operators.oracle.mongo_store import describe_error
 
