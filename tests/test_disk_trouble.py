@@ -114,5 +114,6 @@ def test_recovery_directory_full_stops_with_status_5_and_a_restart_loses_nothing
     assert code == EXIT_DISK, log[-3000:]
     line = one_line(log)
     assert f"cannot write {small_disk / 'recovery'}: recovery store:" in line, line
-    assert rows_in(csv) < len(rows_expected), "filled too late: nothing left to resume"
+    # (the rows after the last snapshot are cut and written again on restart; idle, the flow
+    # still snapshots every second, so it stops even when every row was already written)
     resume_after_freeing(env, tmp_path, small_disk / "filler", rows_expected, malformed)
