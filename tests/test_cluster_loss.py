@@ -76,7 +76,8 @@ def test_a_lost_process_stops_the_survivor_with_one_line_and_the_restart_loses_n
     topic = create_topic("ztf_lost", partitions=4)
     values = publish(kafka, topic, mongo.settings(mongo_db))
     rows_expected, malformed = expected_outcome(values)
-    env = flow_env(tmp_path, kafka, topic, mongo.uri, mongo_db, ORACLE_BATCH_SIZE=64)
+    env = flow_env(tmp_path, kafka, topic, mongo.uri, mongo_db, ORACLE_BATCH_SIZE=64,
+                   ORACLE_RESULTS_COLLECTION="ZTF_alerts_oracle")
     csv = tmp_path / "results" / "oracle_ztf_results.csv"
     procs = cluster(env, tmp_path, "first")
     try:
@@ -107,6 +108,8 @@ def test_a_lost_process_stops_the_survivor_with_one_line_and_the_restart_loses_n
         codes = stop(*procs)
     assert all(c in (0, 130, -signal.SIGINT) for c in codes), codes
     assert_exactly_once(tmp_path / "results", rows_expected, malformed)
+    ids = [d["_id"] for d in mongo.client()[mongo_db]["ZTF_alerts_oracle"].find({}, {"_id": 1})]
+    assert set(ids) == rows_expected, "an alert is missing from the results collection"
 
 
 def test_mongodb_restart_under_a_running_cluster_skips_nothing(tmp_path, kafka, create_topic, restartable_mongo):
