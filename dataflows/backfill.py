@@ -156,6 +156,7 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     import torch
 
     from dataflows.oracle import classify_steps, load_survey_model, make_store, write_outputs
+    from operators.oracle.results import CsvLayout
     from models.oracle.loading import model_label, weights_sha12
     from operators.sinks.fritz import FritzClient
     from operators.runtime.logs import setup_logging
@@ -195,7 +196,7 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     batch_stream = op.map("start", op.input("window", flow, source), start_batch)
     batch_stream = classify_steps(batch_stream, survey, model, name, lazy_store)
     write_outputs(batch_stream, survey, results_csv, deadletters, settings=settings, fritz=fritz,
-                  slack=job.annotate and settings.slack.enabled)
+                  slack=job.annotate and settings.slack.enabled, layout=CsvLayout.of(survey, model))
     return flow, results_csv
 
 

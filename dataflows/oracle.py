@@ -39,7 +39,7 @@ from operators.runtime import exits
 from operators.runtime.logs import STOPPING, quiet_interrupt, setup_logging, watch_sigint
 from operators.oracle.messages import FilterResult, origin_of, parse_message
 from dataflows.preflight import CheckResult, exit_on_failures, predict_or_exit, read_or_exit, validate
-from operators.oracle.results import results_csv_sink
+from operators.oracle.results import CsvLayout, results_csv_sink
 from operators.runtime.recovery import enable_default_recovery, run_by_bytewax as _run_by_bytewax
 from operators.runtime.routing import batch_keys, bytewax_cluster
 from operators.sinks.slack import SlackSink
@@ -188,12 +188,12 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     batch_stream = classify_steps(batch_stream, survey, model, name, lazy_store, shadow, predict)
     extra_dead = [unparsed] + ([consumer_errors] if consumer_errors is not None else [])
     write_outputs(batch_stream, survey, settings.results_csv, settings.deadletters, fritz=fritz, settings=settings,
-                  slack=settings.slack.enabled, extra_dead=extra_dead)
+                  slack=settings.slack.enabled, extra_dead=extra_dead, layout=CsvLayout.of(survey, model))
     if shadow is not None:
         shadow_lists = op.map("shadow_results", batch_stream, steps.shadow_of)
         if results_out.shadow_csv_wanted(settings):
             op.output("shadow_csv", op.map("key_shadow", shadow_lists, under_one_key),
-                      results_csv_sink(settings.shadow_results_csv, survey.taxonomy))
+                      results_csv_sink(settings.shadow_results_csv, survey.taxonomy, CsvLayout.of(survey, shadow[0])))
         results_out.shadow_outputs(shadow_lists, survey, settings, settings.deadletters)
     if _run_by_bytewax():  # the process is this run: its totals are the run's
         atexit.register(lambda: log.info("%s", metrics.run_summary(survey.name)))
@@ -224,8 +224,9 @@ def classify_steps(batch_stream, survey: Survey, model, name: str, lazy_store, s
 
 
 def write_outputs(batch_stream, survey: Survey, results_csv: Path, deadletters: Path, *, settings: Settings,
-                  fritz=None, slack: bool = False, extra_dead=()) -> None:
-    """Results CSV (+ Fritz annotations, Slack posts) and the dead-letter file."""
+                  fritz=None, slack: bool = False, extra_dead=(), layout: Optional[CsvLayout] = None) -> None:
+    """Results CSV (+ Fritz annotations, Slack posts) and the dead-letter file; `layout`:
+    the CSV's survey- and model-dependent columns (default: the survey's, no stamp)."""
     result_lists = op.map("result_lists", batch_stream, steps.results_of)
     if fritz is not None:
         # SkyPortal limits requests per token, not per process: every result goes to one
@@ -238,7 +239,8 @@ def write_outputs(batch_stream, survey: Survey, results_csv: Path, deadletters: 
     # The single CSV writer receives one list per model batch: fewer items to move.
     if settings.results.csv:
         op.output("csv", op.map("key_results", result_lists, under_one_key), results_csv_sink(
-            results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name),
+            results_csv, survey.taxonomy, layout or CsvLayout.of(survey, None),
+            after_write=partial(metrics.observe_written, survey.name),
             after_skip=partial(metrics.count_skipped, survey.name)))
     results_out.results_outputs(result_lists, survey, settings, deadletters)  # every worker writes its own
     if fritz is not None or slack:

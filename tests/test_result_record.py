@@ -29,8 +29,16 @@ def test_ztf_record_fields():
 
 
 def test_lsst_record_carries_mjd():
+    from astropy.time import Time
+
     rec = to_record(_result("LSST", jd=2461000.75, stamp="template"), "ELAsTiCC")
-    assert rec["jd"] is None and rec["mjd"] == 61000.25 and rec["stamp"] == "template"
+    # Rubin's scale: MJD in TAI (midpointMjdTai); Result.jd is BOOM's UTC JD
+    assert rec["jd"] is None and rec["stamp"] == "template"
+    assert abs(rec["mjd"] - Time(2461000.75, format="jd", scale="utc").tai.mjd) < 1e-9
+    assert abs(rec["mjd"] - (61000.25 + 37 / 86400)) < 1e-9
+    # before the 2017 leap second TAI - UTC was 36 s
+    old = to_record(_result("LSST", jd=2457700.5), "ELAsTiCC")["mjd"]
+    assert abs(old - Time(2457700.5, format="jd", scale="utc").tai.mjd) < 1e-9
 
 
 def test_container_carries_its_writer_schema():

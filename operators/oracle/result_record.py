@@ -18,25 +18,16 @@ from typing import Optional
 
 import fastavro
 
-from operators.oracle.results import Result
+from operators.oracle.results import MJD_OFFSET, TIME_FIELD, Result, survey_time, time_field  # noqa: F401 - the time convention is the CSV's
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "data" / "schemas" / "oracle_result.avsc"
 SCHEMA_VERSION = "1.0"
-MJD_OFFSET = 2400000.5  # MJD = JD - 2400000.5
-
-# The survey's own time in the record: ZTF's alerts carry a JD, Rubin's an MJD.
-TIME_FIELD = {"ZTF": "jd", "LSST": "mjd"}
 
 
 @lru_cache(maxsize=1)
 def schema() -> dict:
     """The parsed writer schema."""
     return fastavro.parse_schema(json.loads(SCHEMA_PATH.read_text()))
-
-
-def time_field(survey: str) -> str:
-    """`jd` or `mjd`: the time a survey's records carry (JD for surveys not listed)."""
-    return TIME_FIELD.get(survey.upper(), "jd")
 
 
 def to_record(result: Result, taxonomy: str) -> dict:
@@ -48,7 +39,7 @@ def to_record(result: Result, taxonomy: str) -> dict:
         "objectId": str(result.objectId),
         "survey": result.survey,
         "jd": float(result.jd) if field == "jd" else None,
-        "mjd": float(result.jd) - MJD_OFFSET if field == "mjd" else None,
+        "mjd": survey_time(result) if field == "mjd" else None,
         "ra": float(result.ra),
         "dec": float(result.dec),
         "model": result.model,

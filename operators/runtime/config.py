@@ -8,7 +8,7 @@ operators/runtime/fritz_settings.py; Slack in operators/runtime/slack_settings.p
 (`ORACLE_ZTF_WEIGHTS`, the topic, the group id, ...) come from `for_survey`,
 which derives a survey's own model from the generic one.
 
-`python -m dataflows --help` and the README's configuration table list these
+`python -m dataflows --help` and docs/configuration.md's table list these
 models' fields (`oracle_models`).
 """
 
