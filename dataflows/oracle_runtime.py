@@ -32,9 +32,9 @@ from operators.oracle import steps
 from operators.oracle.results import CsvLayout
 from operators.oracle.store import EmbeddedStore
 from operators.oracle.surveys import Survey, configured
-from operators.runtime import metrics
+from operators.runtime import exits, metrics
 from operators.runtime.config import Settings
-from operators.runtime.logs import exit_130_if_stopped, quiet_interrupt, setup_logging, watch_sigint
+from operators.runtime.logs import STOPPING, exit_130_if_stopped, quiet_interrupt, setup_logging, watch_sigint
 from operators.runtime.recovery import enable_default_recovery, run_by_bytewax
 from operators.runtime.fritz_settings import FritzConfig
 from operators.runtime.slack_settings import SlackConfig
@@ -160,14 +160,15 @@ def start_process(settings: Settings, survey: Survey) -> None:
     setup_logging(settings.log_file, settings.outputs.log_level)
     metrics.begin(survey.name)
     r = settings.recovery
-    if r.enabled:
-        enable_default_recovery(r.directory, r.partitions, r.snapshot_interval_s, r.backup_interval_s)
+    recovery_dir = enable_default_recovery(r.directory, r.partitions, r.snapshot_interval_s,
+                                           r.backup_interval_s) if r.enabled else None
     watch_sigint()
     # Ctrl-C is a clean stop: one line and status 130, not a traceback (the bundled replay
     # too: its Slack or Fritz sink may be waiting for a service at the end).
     quiet_interrupt(on_stop=lambda: log.info("%s", metrics.run_summary(survey.name)))
     if run_by_bytewax():  # the process is this run (atexit: LIFO, after the run summary)
         atexit.register(exit_130_if_stopped)
+    exits.install_for_bytewax_run(recovery_dir, STOPPING)  # a lost peer, a full disk: one line, status 4/5
     if settings.kafka is not None:
         if not r.enabled:
             log.warning("recovery is off: a restart replays %s from its %s offset (rows already in the CSV are "
