@@ -219,7 +219,10 @@ class FritzAnnotator(Delivery):
 
     def close(self, timeout: float = 30.0) -> int:
         left = super().close(timeout)
-        log.info("Fritz annotations this run: %s%s", dict(self.stats),
+        queue = self.sender.queue  # past FRITZ_MAX_PENDING the oldest object goes: counted, never silent
+        totals = {**self.stats, **({"dropped": queue.dropped} if queue.dropped else {}),
+                  **({"replaced": queue.coalesced} if queue.coalesced else {})}
+        log.info("Fritz annotations this run: %s%s", totals,
                  f"; {left} objects not sent (flow closing)" if left else "")
         return left
 
