@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import sys
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -29,7 +31,7 @@ import torch
 
 from models.oracle.loading import configure_inference, load_oracle, model_label
 from models.oracle.networks import ModelLoadError, TaxonomyMismatch, predict_proba
-from operators.runtime import metrics
+from operators.runtime import affinity, metrics
 from operators.oracle import steps
 from operators.runtime.batching import batch, group_by_key
 from operators.runtime.config import Settings
@@ -103,10 +105,14 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     if settings is None:
         settings = read_or_exit(lambda: Settings.from_env(survey))
     survey, settings = configured(survey, settings)
+    # Pinned before the model loads, so that the threads started from here on inherit the core.
+    core = affinity.apply(settings.cpu_affinity, sys.argv, os.environ) if settings.cpu_affinity else None
     checks, model = validate(settings, survey)
     exit_on_failures(c for c in checks if source is None or c.name != "input")  # a given source needs no sample
     setup_logging(settings.log_file, settings.log_level)
     metrics.begin(survey.name)
+    if core is not None:
+        log.info("ALERTFLOW_CPU_AFFINITY=%s: this process runs on core %s", settings.cpu_affinity, core)
     if settings.recovery:
         enable_default_recovery(settings.recovery_dir, settings.recovery_partitions,
                                 settings.snapshot_interval_s, settings.backup_interval_s)

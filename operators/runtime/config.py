@@ -22,6 +22,7 @@ from typing import Any, Literal, Mapping, Optional
 
 from pydantic import Field, create_model, field_validator
 
+from operators.runtime import affinity
 from operators.runtime.fritz_settings import FritzConfig
 from operators.runtime.service_settings import (  # noqa: F401 - re-exported: the flows' one place for settings
     KAFKA_CONSUMER_DEFAULTS,
@@ -60,6 +61,10 @@ class OracleSettings(EnvModel):
     torch_threads: int = Field(1, validation_alias="ORACLE_TORCH_THREADS",
                                description="torch threads per process (workers are threads already; use processes "
                                            "for more cores)")
+    cpu_affinity: str = Field("", validation_alias="ALERTFLOW_CPU_AFFINITY",
+                              description="pin each flow process to one core at start: auto (process i on core i "
+                                          "mod cores) or a core list such as 0,2-3 (process i on its i-th entry); "
+                                          "unset: not pinned (bench/scaling.py says when it helps)")
     precision: str = Field("fp32", validation_alias="ORACLE_PRECISION",
                            description="Omni's image network: fp32, or opt-in bf16 (autocast; fastest where the CPU "
                                        "has bf16) or int8 (dynamic int8 of the 1x1 and Linear layers, CPU only): "
@@ -93,6 +98,15 @@ class OracleSettings(EnvModel):
     @classmethod
     def _shards(cls, v: Optional[int]) -> Optional[int]:
         return None if v is None else max(1, v)
+
+    @field_validator("cpu_affinity")
+    @classmethod
+    def _cpu_affinity(cls, v: str) -> str:
+        try:
+            affinity.parse(v, affinity.available_cores())
+        except ValueError as exc:
+            raise ValueError(f"ALERTFLOW_CPU_AFFINITY={v!r}: {exc}") from None
+        return v.strip().lower()
 
     @field_validator("precision")
     @classmethod
@@ -253,6 +267,7 @@ class Settings:
     snapshot_interval_s: float = 5.0
     backup_interval_s: float = 0.0
     torch_threads: int = 1
+    cpu_affinity: str = ""  # ALERTFLOW_CPU_AFFINITY: "", "auto" or a core list (operators/runtime/affinity.py)
     precision: str = "fp32"  # Omni's image network: fp32, or bf16/int8 (opt-in, faster, probabilities move slightly)
     device: str = "cpu"  # where the model runs: cpu, cuda, mps
     compile: bool = False  # torch.compile Omni's image network at start-up (fp32, CPU)
@@ -316,6 +331,7 @@ class Settings:
             snapshot_interval_s=recovery.snapshot_interval_s,
             backup_interval_s=recovery.backup_interval_s,
             torch_threads=oracle.torch_threads,
+            cpu_affinity=oracle.cpu_affinity,
             precision=oracle.precision,
             device=oracle.device,
             compile=oracle.compile,
