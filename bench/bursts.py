@@ -146,13 +146,14 @@ def bursts(bursts_n: int, size: int, every_s: float, stores=("embedded", "server
     from bench.servers import Feed, Servers
     from bench.synthetic import Workload
 
+    own = work is None
     work = Path(work or tempfile.mkdtemp(prefix="bench_bursts_"))
     workload = Workload()
     servers = Servers(work / "servers")
     res = {"cpu": cpu_line(), "loadavg": [loadavg()], "cores": os.cpu_count(), "runs": {}}
     try:
         servers.start()
-        per_store = bursts_n * size + 40 * WARMUP
+        per_store = bursts_n * size + 10 * WARMUP  # the warm-up publishes 20 at a time until the flow answers
         feed = Feed(servers, workload, 0, per_store, len(stores))
         if "servers" in stores:
             res["load"] = feed.load_documents()
@@ -163,6 +164,8 @@ def bursts(bursts_n: int, size: int, every_s: float, stores=("embedded", "server
                 res["runs"][store] = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
         servers.stop()
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
     res["loadavg"].append(loadavg())
     return res
 
