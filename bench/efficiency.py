@@ -73,7 +73,7 @@ def _limits():
     return [("matmul", matmul), ("conv", conv)]
 
 
-def _steps(batch: int, omni_stamps: int):
+def _steps(batch: int, omni_stamps: int, singles: int | None = None):
     """(name, fn, alerts per call) of each model step, on the bundled real inputs."""
     import numpy as np
     import torch
@@ -92,7 +92,7 @@ def _steps(batch: int, omni_stamps: int):
         args = (ts[idx], lengths[idx], None if static is None else static[idx])
         steps.append((f"{label} batch {batch}", lambda m=model, a=args: predict_proba(m, *a), batch))
         ones = [(ts[i:i + 1, :int(lengths[i])], lengths[i:i + 1], None if static is None else static[i:i + 1])
-                for i in range(len(lengths))]
+                for i in range(len(lengths))][:singles]
 
         def single(m=model, ones=ones):
             for a in ones:
@@ -139,14 +139,15 @@ def breakdown(fn, calls: int = 3) -> dict[str, float]:
     return {k: v / total for k, v in spent.items()}
 
 
-def efficiency(seconds: float = 12.0, batch: int = 256, omni_stamps: int = 8, rounds: int = 4) -> dict:
+def efficiency(seconds: float = 12.0, batch: int = 256, omni_stamps: int = 8, rounds: int = 4,
+               singles: int | None = None, profile_calls: int = 3) -> dict:
     """The figures of the module doc, as a dict (also printed by `print_efficiency`)."""
     import torch
 
     from bench.measure import cpu_line, loadavg
 
     torch.set_num_threads(1)
-    items = [(name, fn, None) for name, fn in _limits()] + _steps(batch, omni_stamps)
+    items = [(name, fn, None) for name, fn in _limits()] + _steps(batch, omni_stamps, singles)
     flops = {name: _flops(fn) for name, fn, _ in items}
     spent = {name: [0.0, 0.0, 0] for name, _, _ in items}  # cpu s, wall s, calls
     load0 = loadavg()
@@ -170,8 +171,8 @@ def efficiency(seconds: float = 12.0, batch: int = 256, omni_stamps: int = 8, ro
             "madds_per_alert": flops[name] / 2 / units, "gflops": rate[name],
             "of_matmul": rate[name] / rate["matmul"], "of_conv": rate[name] / rate["conv"],
             "cpu_us_per_alert": 1e6 * cpu / (calls * units), "wall_us_per_alert": 1e6 * wall / (calls * units)}
-    for name, fn, _ in items[2:]:
-        out["steps"][name]["time_by_kind"] = breakdown(fn)
+    for name, fn, _ in items[2:] if profile_calls else ():  # parsing the profile of long LSST series takes s
+        out["steps"][name]["time_by_kind"] = breakdown(fn, profile_calls)
     out["targets"] = {name: {"against": against, "target": goal, "reached": out["steps"][name][f"of_{against}"],
                              "met": out["steps"][name][f"of_{against}"] >= goal}
                       for prefix, (against, goal) in TARGETS.items()
