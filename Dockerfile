@@ -20,9 +20,10 @@ WORKDIR /app
 # CPU build of torch first: the default index brings several GB of CUDA wheels.
 RUN pip install torch --index-url https://download.pytorch.org/whl/cpu
 
-# The dependencies alone (from pyproject.toml), so that a code change does not reinstall them.
+# The dependencies alone (from pyproject.toml: the base and the vetting extra, for every flow),
+# so that a code change does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["vetting"]))' \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

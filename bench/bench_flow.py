@@ -23,6 +23,8 @@ one run so that ratios share the machine's conditions:
   embedded-loop               the per-message design of part 3 on the embedded store: dictionary lookups in
                               place of find_one, no Kafka (the ratio where the store is not the bottleneck;
                               capped by --baseline-seconds)
+  embedded-results            1 with the results topic and collection on (issue 25) on tansu + nx-27017,
+                              beside the CSV: the throughput ratio to 1 [--only embedded,embedded-results]
   embedded-shards             1 with ORACLE_SHARDS=--alt-shards (default 8, the old default)   [--only]
   cluster-embedded-shards     2 processes with ORACLE_SHARDS=--alt-shards                    [--only]
   kafka                    2. `dataflows.ztf` on tansu (Kafka protocol) + nx-27017 (MongoDB protocol), 1 worker
@@ -81,13 +83,30 @@ from bench.report import chart, cpu_split, per_msg_us, print_report, targets, un
 from bench.servers import Feed, Servers, run_kafka_flow  # noqa: E402
 from bench.synthetic import Workload  # noqa: E402
 
-PARTS = ("efficiency", "scaling", "omni", "backends", "embedded", "embedded-onnx", "cluster-embedded", "cluster-embedded-pinned", "embedded-loop", "embedded-shards",
-         "cluster-embedded-shards", "kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards", "bursts", "memory")
-OPT_IN = ("bursts", "embedded-shards", "cluster-embedded-shards", "kafka-shards", "cluster2-shards")  # only with --only
+PARTS = ("efficiency", "scaling", "omni", "backends", "embedded", "embedded-onnx", "embedded-results", "cluster-embedded",
+         "cluster-embedded-pinned", "embedded-loop", "embedded-shards", "cluster-embedded-shards", "kafka",
+         "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards", "bursts", "memory")
+OPT_IN = ("bursts", "embedded-results", "embedded-shards", "cluster-embedded-shards", "kafka-shards",
+          "cluster2-shards")  # only with --only
 SERVER_PARTS = {"kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards"}
 
 
 # ---------------------------------------------------------------- main
+
+
+def run_with_results(n: int, work: Path) -> dict:
+    """Part `embedded-results`: the embedded flow writing the results topic and collection too."""
+    servers = Servers(work / "results-servers")
+    servers.start()
+    try:
+        env = {"KAFKA_BROKERS": servers.kafka.bootstrap, "KAFKA_TOPIC": "bench_unused", "ALERTFLOW_RECOVERY": "false",
+               "MONGODB_URI": servers.mongo.uri, "BOOM_DATABASE__NAME": "bench",
+               "ORACLE_RESULTS_TOPIC": "bench_ztf_oracle", "ORACLE_RESULTS_COLLECTION": "ZTF_alerts_oracle"}
+        r = run_embedded("embedded-results", n, work, env=env, results=True)
+        r["collection_documents"] = servers.mongo.client()["bench"]["ZTF_alerts_oracle"].count_documents({})
+        return r
+    finally:
+        servers.stop()
 
 
 def main(argv=None) -> int:
@@ -194,6 +213,8 @@ def main(argv=None) -> int:
         if "embedded-onnx" in parts:
             attempt("embedded-onnx", lambda: run_embedded("embedded-onnx", n, work, env={
                 "ORACLE_BACKEND": "onnxruntime", "ORACLE_ONNX_CACHE_DIR": work / "onnx"}))
+        if "embedded-results" in parts:
+            attempt("embedded-results", lambda: run_with_results(n, work))
         if "cluster-embedded" in parts:
             attempt("cluster-embedded", lambda: run_embedded("cluster-embedded", n, work, processes=2))
         if "cluster-embedded-pinned" in parts:

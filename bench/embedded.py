@@ -44,13 +44,15 @@ def _sampler(stats: Stats, out_dir: Path, every_s: float) -> None:
         time.sleep(every_s)
 
 
-def embedded_flow(n: int, out_dir: str, parts: int = 1, sample_every_s: float = 1.0):
+def embedded_flow(n: int, out_dir: str, parts: int = 1, sample_every_s: float = 1.0, results: bool = False):
     """The ORACLE ZTF flow over `n` synthesized messages in `parts` partitions, instrumented.
-    Writes `out_dir/stats-PID.json` at exit; results under `out_dir/results`."""
+    Writes `out_dir/stats-PID.json` at exit; results under `out_dir/results`. With `results`,
+    KAFKA_BROKERS and MONGODB_URI stay: the results topic and collection are written there
+    (the input and the store are still the synthesized ones)."""
     out = Path(out_dir)
     os.environ.setdefault("ALERTFLOW_RESULTS_DIR", str(out / "results"))
     os.environ.setdefault("ALERTFLOW_LOGS_DIR", str(out / "logs"))
-    for var in ("KAFKA_BROKERS", "MONGODB_URI", "BOOM_DATABASE__HOST"):
+    for var in () if results else ("KAFKA_BROKERS", "MONGODB_URI", "BOOM_DATABASE__HOST"):
         os.environ.pop(var, None)
     from dataflows.oracle import build_flow
     from operators.oracle.surveys import ZTF
@@ -73,13 +75,15 @@ def embedded_flow(n: int, out_dir: str, parts: int = 1, sample_every_s: float = 
 
 
 def run_embedded(label: str, n: int, work: Path, processes: int = 1, sample_every_s: float = 1.0,
-                 timeout_s: float = 3600.0, shards: Optional[int] = None, env: Optional[dict] = None) -> dict:
-    """The real flow over `n` synthesized messages (bench.embedded.embedded_flow), in 1 or more processes."""
+                 timeout_s: float = 3600.0, shards: Optional[int] = None, env: Optional[dict] = None,
+                 results: bool = False) -> dict:
+    """The real flow over `n` synthesized messages (bench.embedded.embedded_flow), in 1 or more processes;
+    `results`: KAFKA_BROKERS and MONGODB_URI in `env` receive the results topic and collection (issue 25)."""
     out = work / label
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     parts = max(1, processes)
-    flow = f"bench.embedded:embedded_flow({n}, {str(out)!r}, {parts}, {sample_every_s})"
+    flow = f"bench.embedded:embedded_flow({n}, {str(out)!r}, {parts}, {sample_every_s}, {results})"
     env = base_env(ALERTFLOW_RESULTS_DIR=out / "results", ALERTFLOW_LOGS_DIR=out / "logs",
                    **({"ORACLE_SHARDS": shards} if shards else {}), **(env or {}))
     if processes == 1:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 # ---------------------------------------------------------------- report
 
-MODE_ORDER = ("embedded", "embedded-onnx", "cluster-embedded", "embedded-shards", "cluster-embedded-shards", "embedded-loop",
+MODE_ORDER = ("embedded", "embedded-onnx", "embedded-results", "cluster-embedded", "embedded-shards", "cluster-embedded-shards", "embedded-loop",
               "kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards", "memory")
 STAGES = ("input", "parse", "enrich", "features", "model", "outputs", "commit")
 
@@ -61,6 +61,7 @@ def print_report(res: dict) -> None:
     shards = res["settings"].get("alt_shards")
     names = {"embedded": "1 embedded store, 1 worker",
              "embedded-onnx": "  embedded, 1 worker, onnxruntime",
+             "embedded-results": "  embedded + results topic+coll.",
              "cluster-embedded": "  embedded store, 2 processes",
              "embedded-shards": "  embedded, 1 worker, shards=S", "cluster-embedded-shards": "  embedded, 2 processes, shards=S",
              "embedded-loop": "  per-message loop, embedded",
@@ -266,6 +267,12 @@ def targets(res: dict) -> list[dict]:
             rate("embedded") >= 3000)
     else:
         add("flow ≥ 3,000 messages/s on one core (embedded store, BTSv2)", "part 'embedded' not run", None)
+    if "embedded-results" in m and "embedded" in m:  # issue 25: the results topic + collection beside the CSV
+        ratio = ratios["results_outputs_over_csv_only"] = rate("embedded-results") / rate("embedded")
+        cpu = (m["embedded-results"].get("cpu_us_per_msg") or 0) - (m["embedded"].get("cpu_us_per_msg") or 0)
+        add("  results topic + collection on ÷ CSV only (embedded flow, tansu + nx-27017)",
+            f"{ratio:.2f}× ({rate('embedded-results'):,.0f} vs {rate('embedded'):,.0f} messages/s; "
+            f"+{cpu:.0f} µs CPU per message in the flow process; per sink: bench/results_sinks.py)", "info")
     if "cluster-embedded" in m and "embedded" in m:
         ratio = ratios["cluster_embedded_over_embedded"] = rate("cluster-embedded") / rate("embedded")
         cores = sum((m["cluster-embedded"].get("cpu") or {}).get("cores", {}).values())

@@ -9,7 +9,7 @@
 The variables listed are the fields of the flows' settings models
 (operators/runtime/config.py, operators/runtime/fritz_settings.py, operators/runtime/slack_settings.py,
 operators/vra/config.py), with their defaults and descriptions, so the list
-cannot drift from what the flows read; `--markdown-table` prints the README's
+cannot drift from what the flows read; `--markdown-table` prints docs/configuration.md's
 configuration table from the same models. Flows are imported lazily: `--help`
 never loads torch, and a flow whose module is not there yet is shown as missing.
 Secret values are never printed.
@@ -79,7 +79,7 @@ def describe(name: str, info: FlowInfo) -> str:
 
 
 def markdown_table() -> str:
-    """The README's configuration table, from the models of every available flow."""
+    """docs/configuration.md's table, from the models of every available flow."""
     from operators.runtime.settings import markdown_table as table
 
     return table({info.name: settings_models(info) for info in FLOWS.values() if flow_available(info)[0]})
@@ -102,13 +102,14 @@ def flow_available(info: FlowInfo) -> tuple[bool, str]:
 # ------------------------------------------------------------------ help
 
 USAGE = """\
-usage: python -m dataflows [--help | --markdown-table] {check,run,backfill,compare,listen} FLOW [ARGS...]
+usage: python -m dataflows (or: alertflow) [--help | --version | --markdown-table] {check,run,backfill,compare,listen} FLOW [ARGS...]
        python -m dataflows replay-dead-letters FILE
        python -m dataflows FLOW [ARGS...]          (= run FLOW)
 
   check FLOW         check the configuration before a night; one line per check, exit 1 on any FAIL
   run FLOW [ARGS]    python -m bytewax.run dataflows.FLOW [ARGS]: ARGS are bytewax's own
-                     (-w N workers per process; -i ID -a "hostA:2101;hostB:2101" for a cluster)
+                     (-w N workers per process; -i ID -a "hostA:2101;hostB:2101" for a cluster);
+                     FLOW --help: one flow's options and variables
   backfill SURVEY --since T --until T [...]   classify past alert documents (backfill --help)
   compare A.csv B.csv [--html out.html]       what changed between two results files (compare --help)
   listen ztf|lsst [--where "SN-Ia>0.8"] [--save DIR] [...]   print the results topic (listen --help)
@@ -243,6 +244,8 @@ def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0)
     out.append(check_mongo(settings, survey, model) if settings.mongo is not None else
                CheckResult("store", True, f"bundled documents in {settings.sample_dir} "
                                           f"(set MONGODB_URI or BOOM_DATABASE__HOST for BOOM's MongoDB)"))
+    from operators.sinks.results_outputs import check_results  # the results topic and collection (issue 25)
+    out.extend(CheckResult(c.name, c.ok, c.detail, c.fix) for c in check_results(settings, survey))
     if survey.fritz:
         out.append(check_fritz(env, timeout_s))
     out.append(check_slack(env, survey.slack_channel_env))
@@ -338,7 +341,8 @@ def check_fink_vra(env: Mapping[str, str], timeout_s: float = 5.0) -> list[Check
 
         cfg = FinkVraConfig.from_env(env)
     except ImportError as exc:
-        return [CheckResult("config", False, f"cannot import the Fink VRA flow: {_short(exc)}", "install the package")]
+        return [CheckResult("config", False, f"cannot import the Fink VRA flow: {_short(exc)}",
+                            "pip install 'alertflow[vetting]' (the Fink VRA and active-learning extra)")]
     except ValueError as exc:
         return [CheckResult("config", False, str(exc), "fix that variable (python -m dataflows --help)")]
     redact = cfg.redact
@@ -386,6 +390,13 @@ def run(flow: str, args: Sequence[str]) -> int:
     if not ok:
         print(f"{flow}: {why}", file=sys.stderr)
         return 2
+    from dataflows.cli import prepare_run
+
+    from operators.runtime.settings import help_lines
+
+    stop = prepare_run(info, args, lambda: help_lines(settings_models(info)))  # --help, extras, bad options
+    if stop is not None:
+        return stop
     argv = bytewax_command(flow, args)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -401,6 +412,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         sys.stdout.write(help_text())
         return 0 if argv else 2
+    if argv[0] in {"--version", "-V"}:
+        from dataflows.cli import version_text
+
+        sys.stdout.write(version_text())
+        return 0
     if argv[0] == "--markdown-table":
         sys.stdout.write(markdown_table())
         return 0

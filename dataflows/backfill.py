@@ -1,7 +1,7 @@
 """Reclassify the past: BOOM's alert documents in a time window, through the live flow's steps.
 
     python -m dataflows backfill ztf --since 2026-11-01 --until 2026-11-08 \\
-        [--weights W] [--query JSON] [--candids FILE] [--annotate] [-w N]
+        [--weights W] [--query JSON] [--candids FILE] [--annotate] [--publish] [-w N]
 
     window slices (operators/oracle/backfill_source.py) → batch → enrich → build inputs → classify
         → results/backfill/oracle_<survey>_<model-sha12>_<since>_<until>.csv ; unusable → dead letters
@@ -9,7 +9,9 @@
 The enrich → inputs → classify steps are the live flow's own (`dataflows/oracle.py`
 `classify_steps`), and the input builders use only the points up to each alert's
 own time, so a backfilled alert gets what it would have got live. Nothing is
-posted to Fritz or Slack unless `--annotate` is given. Without MongoDB
+posted to Fritz or Slack unless `--annotate` is given. With ORACLE_RESULTS_COLLECTION the
+results are also upserted into the collection (same `_id` = candid: new weights overwrite,
+`model` says which); they go to ORACLE_RESULTS_TOPIC only with `--publish`. Without MongoDB
 (`MONGODB_URI` / `BOOM_DATABASE__HOST` unset) the bundled documents are read.
 
 Recovery is always on: each slice's position is snapshotted every
@@ -79,6 +81,7 @@ class Job:
     annotate: bool = False
     slices: int = 32
     batch_size: Optional[int] = None  # None: ORACLE_BATCH_SIZE
+    publish: bool = False  # also to ORACLE_RESULTS_TOPIC (the collection is always written when configured)
 
 
 def narrowing_of(query: Optional[str], candids_file: Optional[Path]) -> Optional[dict]:
@@ -153,15 +156,23 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     import torch
 
     from dataflows.oracle import classify_steps, load_survey_model, make_store, write_outputs
+    from operators.oracle.results import CsvLayout
     from models.oracle.loading import model_label, weights_sha12
     from operators.sinks.fritz import FritzClient
     from operators.runtime.logs import setup_logging
+    from operators.sinks.results_outputs import settings_problems
 
     survey, settings = configured(job.survey, settings)
     if job.weights is not None:
         settings = replace(settings, weights=Path(job.weights))
     if job.batch_size is not None:
         settings = replace(settings, batch_size=job.batch_size)
+    # A backfill always writes its CSV; the results topic only with --publish (issue 25).
+    settings = replace(settings, results=settings.results.model_copy(
+        update={"csv": True, **({} if job.publish else {"topic": ""})}))
+    problem = next(iter(settings_problems(settings, survey)), None)
+    if problem is not None:
+        raise ValueError(f"{problem.detail} -> {problem.fix}")
     setup_logging(settings.logs_dir / f"oracle_{survey.name.lower()}_backfill.log", settings.log_level)
     torch.set_num_threads(settings.torch_threads)
     variable = "--weights" if job.weights is not None else f"ORACLE_{survey.name}_WEIGHTS"
@@ -185,7 +196,7 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     batch_stream = op.map("start", op.input("window", flow, source), start_batch)
     batch_stream = classify_steps(batch_stream, survey, model, name, lazy_store)
     write_outputs(batch_stream, survey, results_csv, deadletters, settings=settings, fritz=fritz,
-                  slack=job.annotate and settings.slack.enabled)
+                  slack=job.annotate and settings.slack.enabled, layout=CsvLayout.of(survey, model))
     return flow, results_csv
 
 
@@ -205,6 +216,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--query", help="MongoDB filter on the alert documents, as JSON")
     ap.add_argument("--candids", type=Path, help="file of candids or objectIds, one per line")
     ap.add_argument("--annotate", action="store_true", help="post to Fritz/Slack as the live flow does")
+    ap.add_argument("--publish", action="store_true", help="also publish to ORACLE_RESULTS_TOPIC (the collection "
+                                                           "ORACLE_RESULTS_COLLECTION is written without it)")
     ap.add_argument("-w", "--workers-per-process", type=int, default=1, dest="workers")
     ap.add_argument("-i", "--process-id", type=int, default=None)
     ap.add_argument("-a", "--addresses", default=None, help='"host:port;host:port" of every process')
@@ -232,7 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.workers < 1 or args.slices < 1 or (args.batch_size is not None and args.batch_size < 1):
             raise ValueError("-w, --slices and --batch-size must be at least 1")
         job = Job(survey, since, until, since_label, until_label, args.weights,
-                  narrowing_of(args.query, args.candids), args.annotate, args.slices, args.batch_size)
+                  narrowing_of(args.query, args.candids), args.annotate, args.slices, args.batch_size, args.publish)
         settings = Settings.from_env(survey)
         flow, results_csv = build_backfill_flow(job, settings)
     except (ValueError, OSError, ModelLoadError) as exc:  # ConfigError is a ValueError

@@ -6,7 +6,7 @@
 The same flow as ZTF's (`dataflows/oracle.py`) with the `LSST` survey
 configuration (`operators/oracle/surveys.py`) and its input builder
 (`operators/oracle/lsst_inputs.py`). Without configuration it replays the bundled real
-LSST alerts and exits; see the README for Kafka, MongoDB, Slack settings and
+LSST alerts and exits; see docs/operations.md for Kafka, MongoDB, Slack settings and
 `ORACLE_LSST_FORCED_PHOTOMETRY`.
 """
 

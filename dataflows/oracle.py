@@ -35,15 +35,16 @@ from operators.runtime import affinity, metrics
 from operators.oracle import steps
 from operators.runtime.batching import batch, group_by_key
 from operators.runtime.config import Settings
-from operators.io.deadletter import DeadLetter, dead_letter, dead_letter_sink
+from operators.io.deadletter import DeadLetter, dead_letter
 from operators.sinks.fritz import FritzAnnotationSink, FritzClient, add_fritz_context, fritz_key
 from operators.runtime.logs import quiet_interrupt, setup_logging, watch_sigint
 from operators.oracle.messages import FilterResult, origin_of, parse_message
 from dataflows.preflight import CheckResult, exit_on_failures, predict_or_exit, read_or_exit, validate
-from operators.oracle.results import results_csv_sink
+from operators.oracle.results import CsvLayout, results_csv_sink
 from operators.runtime.recovery import enable_default_recovery, run_by_bytewax as _run_by_bytewax
 from operators.runtime.routing import batch_keys, bytewax_cluster
 from operators.sinks.slack import SlackSink
+from operators.sinks import results_outputs as results_out
 from operators.samples.source import SampleSource
 from operators.oracle.store import EmbeddedStore
 from operators.oracle.surveys import Survey, configured
@@ -108,6 +109,7 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     # Pinned before the model loads, so that the threads started from here on inherit the core.
     core = affinity.apply(settings.cpu_affinity, sys.argv, os.environ) if settings.cpu_affinity else None
     checks, model = validate(settings, survey)
+    checks += [CheckResult(c.name, c.ok, c.detail, c.fix) for c in results_out.settings_problems(settings, survey)]
     exit_on_failures(c for c in checks if source is None or c.name != "input")  # a given source needs no sample
     setup_logging(settings.log_file, settings.log_level)
     metrics.begin(survey.name)
@@ -148,6 +150,9 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
              "kafka " + ",".join(settings.kafka.brokers) + f" topic {settings.kafka.topic}" if settings.kafka else "bundled sample",
              settings.mongo.describe() if settings.mongo else "bundled documents")
 
+    if _run_by_bytewax():  # the results topic and collection: wait for the servers, create, prove the right to write
+        exit_on_failures(CheckResult(c.name, c.ok, c.detail, c.fix)
+                         for c in results_out.check_results(settings, survey, start=True))
     flow = Dataflow(f"oracle_{survey.name.lower()}")
     if source is None and settings.kafka is not None:
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
@@ -187,10 +192,13 @@ def build_flow(survey: Survey, settings: Optional[Settings] = None, source=None,
     batch_stream = classify_steps(batch_stream, survey, model, name, lazy_store, shadow, predict)
     extra_dead = [unparsed] + ([consumer_errors] if consumer_errors is not None else [])
     write_outputs(batch_stream, survey, settings.results_csv, settings.deadletters, fritz=fritz, settings=settings,
-                  slack=settings.slack.enabled, extra_dead=extra_dead)
+                  slack=settings.slack.enabled, extra_dead=extra_dead, layout=CsvLayout.of(survey, model))
     if shadow is not None:
-        op.output("shadow_csv", op.map("key_shadow", op.map("shadow_results", batch_stream, steps.shadow_of), under_one_key),
-                  results_csv_sink(settings.shadow_results_csv, survey.taxonomy))
+        shadow_lists = op.map("shadow_results", batch_stream, steps.shadow_of)
+        if results_out.shadow_csv_wanted(settings):
+            op.output("shadow_csv", op.map("key_shadow", shadow_lists, under_one_key),
+                      results_csv_sink(settings.shadow_results_csv, survey.taxonomy, CsvLayout.of(survey, shadow[0])))
+        results_out.shadow_outputs(shadow_lists, survey, settings, settings.deadletters)
     if _run_by_bytewax():  # the process is this run: its totals are the run's
         atexit.register(lambda: log.info("%s", metrics.run_summary(survey.name)))
     return flow
@@ -220,8 +228,9 @@ def classify_steps(batch_stream, survey: Survey, model, name: str, lazy_store, s
 
 
 def write_outputs(batch_stream, survey: Survey, results_csv: Path, deadletters: Path, *, settings: Settings,
-                  fritz=None, slack: bool = False, extra_dead=()) -> None:
-    """Results CSV (+ Fritz annotations, Slack posts) and the dead-letter file."""
+                  fritz=None, slack: bool = False, extra_dead=(), layout: Optional[CsvLayout] = None) -> None:
+    """Results CSV (+ Fritz annotations, Slack posts) and the dead-letter file; `layout`:
+    the CSV's survey- and model-dependent columns (default: the survey's, no stamp)."""
     result_lists = op.map("result_lists", batch_stream, steps.results_of)
     if fritz is not None:
         # SkyPortal limits requests per token, not per process: every result goes to one
@@ -232,9 +241,12 @@ def write_outputs(batch_stream, survey: Survey, results_csv: Path, deadletters: 
                                        partial(add_fritz_context, fritz, settings.fritz.context_timeout))
         result_lists = op.key_rm("from_fritz", with_context)
     # The single CSV writer receives one list per model batch: fewer items to move.
-    op.output("csv", op.map("key_results", result_lists, under_one_key), results_csv_sink(
-        results_csv, survey.taxonomy, after_write=partial(metrics.observe_written, survey.name),
-        after_skip=partial(metrics.count_skipped, survey.name)))
+    if settings.results.csv:
+        op.output("csv", op.map("key_results", result_lists, under_one_key), results_csv_sink(
+            results_csv, survey.taxonomy, layout or CsvLayout.of(survey, None),
+            after_write=partial(metrics.observe_written, survey.name),
+            after_skip=partial(metrics.count_skipped, survey.name)))
+    results_out.results_outputs(result_lists, survey, settings, deadletters)  # every worker writes its own
     if fritz is not None or slack:
         results = op.flat_map("results", result_lists, each)
     if fritz is not None:
@@ -243,4 +255,4 @@ def write_outputs(batch_stream, survey: Survey, results_csv: Path, deadletters: 
         op.output("slack", op.map("key_slack", results, under_one_key), SlackSink(settings.slack, survey))
     dead = op.merge("dead", *extra_dead, op.flat_map("batch_dead", batch_stream, steps.dead_of))
     dead = op.inspect("count_dead", dead, partial(count_dead_letter, survey.name))
-    op.output("dead_letters", op.map("key_dead", dead, under_one_key), dead_letter_sink(deadletters))
+    results_out.dead_letter_outputs(dead, deadletters, settings, survey.name)

@@ -3,8 +3,8 @@
     python -m bytewax.run dataflows.ztf          # one worker
     python -m bytewax.run dataflows.ztf -w 4     # four worker threads
 
-Without configuration it replays the bundled real alerts and exits; see the
-README for Kafka, MongoDB, Fritz and Slack settings.
+Without configuration it replays the bundled real alerts and exits; see
+docs/operations.md for Kafka, MongoDB, Fritz and Slack settings.
 """
 
 from dataflows.oracle import build_flow

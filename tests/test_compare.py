@@ -87,9 +87,14 @@ def test_compare_two_runs_writes_the_table_plots_and_a_self_contained_page(tmp_p
     page.feed(html_path.read_text())
     leaves = ["AGN", "CV", "Varstar", "SN-Ia", "SN-II", "SN-Ib/c", "SLSN"]
     table = page.tables["confusion"]
-    assert table[0][1:] == leaves and [r[0] for r in table[1:]] == leaves
-    counts = [[int(x) for x in r[1:]] for r in table[1:]]
+    assert table[0][1:] == [*leaves, "total"] and [r[0] for r in table[1:]] == [*leaves, "total"]
+    cells = [[0 if x == "·" else int(x) for x in r[1:]] for r in table[1:]]
+    counts = [r[:-1] for r in cells[:-1]]
     assert sum(map(sum, counts)) == len(both)
+    # Totals: alerts per leaf under A (last column), under B (last row), all of them in the corner.
+    assert [r[-1] for r in cells[:-1]] == [sum(ra[c]["predicted"] == leaf for c in both) for leaf in leaves]
+    assert cells[-1][:-1] == [sum(rb[c]["predicted"] == leaf for c in both) for leaf in leaves]
+    assert cells[-1][-1] == len(both)
     assert sum(counts[i][j] for i in range(7) for j in range(7) if i != j) == changed
     pairs = {(ra[c]["predicted"], rb[c]["predicted"]) for c in both}
     for i, la in enumerate(leaves):
@@ -111,8 +116,16 @@ def test_compare_two_runs_writes_the_table_plots_and_a_self_contained_page(tmp_p
     assert all(link.startswith("https://fritz.science/source/ZTF") for link in page.links)
     change = {c: 0.5 * sum(abs(float(rb[c][k]) - float(ra[c][k])) for k in leaves) for c in both}
     top = sorted(both, key=lambda c: (-change[c], c))[:5]
+    assert page.tables["largest"][0] == ["candid", "object", "jd", "ra", "dec", "leaf A", "p A", "leaf B", "p B",
+                                         "change", "largest node shift"]
     assert [int(r[0]) for r in largest] == top
-    assert [float(r[4]) for r in largest] == pytest.approx([change[c] for c in top], abs=1e-3)
+    assert [float(r[9]) for r in largest] == pytest.approx([change[c] for c in top], abs=1e-3)
+    # Each listed alert: its time and position, and its predicted leaf with that leaf's probability under A and B.
+    for r in largest:
+        c = int(r[0])
+        assert [float(x) for x in r[2:5]] == pytest.approx([float(ra[c][k]) for k in ("jd", "ra", "dec")], abs=1e-5)
+        assert r[5] == ra[c]["predicted"] and float(r[6]) == pytest.approx(float(ra[c][ra[c]["predicted"]]), abs=1e-3)
+        assert r[7] == rb[c]["predicted"] and float(r[8]) == pytest.approx(float(rb[c][rb[c]["predicted"]]), abs=1e-3)
 
 
 def test_lsst_links_go_to_babamul(tmp_path, capsys):
@@ -120,6 +133,7 @@ def test_lsst_links_go_to_babamul(tmp_path, capsys):
     assert cli(["compare", str(a), str(b), "--out-dir", str(tmp_path / "pngs")]) == 0
     out = capsys.readouterr().out
     assert "https://babamul.caltech.edu/objects/LSST/" in out
+    assert " mjd 6" in out and " jd " not in out  # Rubin's time is an MJD
     assert (tmp_path / "pngs" / "compare_tree.png").read_bytes()[:8] == PNG
 
 
@@ -159,9 +173,12 @@ def test_shifts_are_b_minus_a_with_their_sign(tmp_path, capsys):
     # The page and the summary say the same, signed.
     html_path = tmp_path / "compare.html"
     assert cli(["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--html", str(html_path)]) == 0
-    assert "11 ZTF24aaaaaaa SN-II -> SN-Ia change 0.500" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "11 ZTF24aaaaaaa jd 2460000.50000  SN-II 0.500 -> SN-Ia 0.700  change 0.500" in out
     page = Page()
     page.feed(html_path.read_text())
     first = page.tables["largest"][1]
-    assert first[:5] == ["11", "ZTF24aaaaaaa", "SN-II", "SN-Ia", "0.500"]
-    assert first[5] in ("SN-Ia +0.500", "SN-II -0.500")  # the largest |shift|, either of the two tied nodes
+    # A file from before 0.2.0 has no position: those cells stay empty.
+    assert first[:5] == ["11", "ZTF24aaaaaaa", "2460000.50000", "", ""]
+    assert first[5:10] == ["SN-II", "0.500", "SN-Ia", "0.700", "0.500"]
+    assert first[10] in ("SN-Ia +0.500", "SN-II -0.500")  # the largest |shift|, either of the two tied nodes

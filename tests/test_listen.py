@@ -23,7 +23,7 @@ import pytest
 from models.oracle.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY
 from operators.oracle.listening import CutError, parse_cut, passes, result_line
 from operators.oracle.result_record import encode, to_record
-from operators.oracle.results import Result, csv_columns
+from operators.oracle.results import CsvLayout, Result, csv_columns
 
 from conftest import free_port
 
@@ -102,7 +102,7 @@ def test_malformed_cuts_say_what_to_write(text, says):
 
 def test_one_line_per_result():
     assert result_line(records(A)[0], ZTF_TAXONOMY) == LINE_A
-    lsst = Result(candid=170000000000000042, objectId="313853702468468736", jd=61010.125 + 2400000.5,
+    lsst = Result(candid=170000000000000042, objectId="313853702468468736", jd=61010.125 + 2400000.5,  # UTC
                   survey="LSST", probabilities={n: 0.0 for n in LSST_TAXONOMY.nodes} | {"Alert": 1.0, "SNIa": 0.7,
                                                                                        "TDE": 0.2, "SNII": 0.05},
                   predicted="SNIa", model="ORACLE-lsst_lite:x.pth@abc", processed_at="2026-12-07T21:00:00.000+00:00")
@@ -117,18 +117,21 @@ def test_rows_have_the_csv_columns_and_follow_them(monkeypatch):
                   dec=-3.25, probabilities={n: 0.0 for n in LSST_TAXONOMY.nodes} | {"Alert": 1.0, "SNIa": 0.7},
                   predicted="SNIa", model="m", processed_at="t", stamp="template")
     row = listening.csv_row(to_record(lsst, "ELAsTiCC"), LSST_TAXONOMY)
-    assert list(row) == csv_columns(LSST_TAXONOMY)
-    assert row["jd"] == 2461010.625 and row["SNIa"] == 0.7 and row["stamp"] == "template"  # the CSV's JD, not MJD
+    # The LSST CSV's columns (its MJD, no Fritz columns), with the stamp the record carries.
+    assert list(row) == csv_columns(LSST_TAXONOMY, CsvLayout("mjd", fritz=False, stamp=True))
+    assert abs(row["mjd"] - (61010.125 + 37 / 86400)) < 1e-9 and row["SNIa"] == 0.7  # Rubin's MJD is TAI and row["stamp"] == "template"
+    assert (row["ra"], row["dec"], row["predicted_probability"]) == (10.5, -3.25, 0.7)
     # another helper may add columns to the CSV: the saved rows follow, typed from the schema
-    extended = lambda taxonomy: [*csv_columns(taxonomy), "ra", "dec", "predicted_probability"]  # noqa: E731
+    extended = lambda taxonomy, layout=CsvLayout(): [*csv_columns(taxonomy, layout), "survey"]  # noqa: E731
     monkeypatch.setattr(listening, "csv_columns", extended)
     row = listening.csv_row(to_record(lsst, "ELAsTiCC"), LSST_TAXONOMY)
-    assert (row["ra"], row["dec"], row["predicted_probability"]) == (10.5, -3.25, 0.7)
+    assert row["survey"] == "LSST"
     kinds = listening.column_kinds(LSST_TAXONOMY)
-    assert kinds["ra"] == kinds["predicted_probability"] == kinds["jd"] == kinds["SNIa"] == "double"
-    assert kinds["candid"] == "long" and kinds["objectId"] == kinds["fritz_classifications"] == "string"
+    assert kinds["ra"] == kinds["predicted_probability"] == kinds["mjd"] == kinds["SNIa"] == "double"
+    assert kinds["candid"] == "long" and kinds["objectId"] == kinds["survey"] == "string"
     table = listening.parquet_table([to_record(lsst, "ELAsTiCC")], LSST_TAXONOMY)
-    assert table.column_names == extended(LSST_TAXONOMY) and table.to_pylist()[0]["dec"] == -3.25
+    assert table.column_names == extended(LSST_TAXONOMY, listening.saved_layout(LSST_TAXONOMY))
+    assert table.to_pylist()[0]["dec"] == -3.25
 
 
 # ------------------------------------------------------------------ against the broker
@@ -147,7 +150,7 @@ def test_lines_cuts_limit_and_parquet(kafka, create_topic, tmp_path):
     files = sorted(save.glob("*.parquet"))
     assert files and all(f.name.startswith("oracle_ztf_") for f in files)
     table = pa.concat_tables([pq.read_table(f) for f in files])
-    assert table.column_names == csv_columns(ZTF_TAXONOMY)
+    assert table.column_names == csv_columns(ZTF_TAXONOMY, CsvLayout("jd", fritz=True, stamp=True))
     rows = table.to_pylist()
     assert [r["candid"] for r in rows] == [1000000000000001, 1000000000000004]
     assert rows[0]["objectId"] == "ZTF26aaaaaaa" and rows[0]["jd"] == 2461000.75 and rows[1]["jd"] == 2461001.0

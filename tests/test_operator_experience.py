@@ -122,7 +122,7 @@ def test_no_forced_photometry_variable_for_ztf():
     lsst = {v.name for v in flow_variables(FLOWS["lsst"])}
     assert not any("FORCED_PHOTOMETRY" in name for name in ztf)
     assert "ORACLE_LSST_FORCED_PHOTOMETRY" in lsst
-    assert "ORACLE_ZTF_FORCED_PHOTOMETRY" not in (REPO_ROOT / "README.md").read_text()
+    assert "ORACLE_ZTF_FORCED_PHOTOMETRY" not in (REPO_ROOT / "docs" / "configuration.md").read_text()
 
 
 # ---------------------------------------------------------------- Kafka away (item 1)

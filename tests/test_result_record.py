@@ -29,8 +29,16 @@ def test_ztf_record_fields():
 
 
 def test_lsst_record_carries_mjd():
+    from astropy.time import Time
+
     rec = to_record(_result("LSST", jd=2461000.75, stamp="template"), "ELAsTiCC")
-    assert rec["jd"] is None and rec["mjd"] == 61000.25 and rec["stamp"] == "template"
+    # Rubin's scale: MJD in TAI (midpointMjdTai); Result.jd is BOOM's UTC JD
+    assert rec["jd"] is None and rec["stamp"] == "template"
+    assert abs(rec["mjd"] - Time(2461000.75, format="jd", scale="utc").tai.mjd) < 1e-9
+    assert abs(rec["mjd"] - (61000.25 + 37 / 86400)) < 1e-9
+    # before the 2017 leap second TAI - UTC was 36 s
+    old = to_record(_result("LSST", jd=2457700.5), "ELAsTiCC")["mjd"]
+    assert abs(old - Time(2457700.5, format="jd", scale="utc").tai.mjd) < 1e-9
 
 
 def test_container_carries_its_writer_schema():
@@ -51,3 +59,14 @@ def test_schema_file_names_every_field_with_a_doc():
     assert {"jd", "mjd", "ra", "dec", "survey", "model", "taxonomy", "probabilities", "predicted",
             "predicted_probability", "stamp", "processed_at"} <= set(names)
     assert all(f.get("doc") for f in spec["fields"])
+
+
+def test_encode_gives_fastavros_own_container_bytes():
+    """The hand-assembled container (cached header + one block) is byte for byte what
+    fastavro's writer makes of the same record with the same sync marker, for both surveys."""
+    from operators.oracle.result_record import SYNC_MARKER, schema
+
+    for rec in (to_record(_result(), "BTSv2"), to_record(_result("LSST", stamp="template"), "ELAsTiCC")):
+        buf = io.BytesIO()
+        fastavro.writer(buf, schema(), [rec], sync_marker=SYNC_MARKER)
+        assert encode(rec) == buf.getvalue()

@@ -1,6 +1,6 @@
 """A third survey, defined here alone: one `Survey`, one input builder, one taxonomy.
 
-The README promises that a new survey is one more `Survey` and one input builder.
+The architecture guide (docs/architecture.md) promises that a new survey is one more `Survey` and one input builder.
 This module holds the proof: a DECam-like survey with its own small taxonomy
 (Alert -> {Transient -> {SN, Other}, Variable}), its own input builder, a tiny
 random ORACLE checkpoint of that taxonomy and a tiny BOOM-shaped sample, run
@@ -153,7 +153,7 @@ def test_the_flow_classifies_a_third_survey_end_to_end(decam, tmp_path):
     assert settings.results_csv.name == "oracle_decam_results.csv"
     rows = read_results(settings.results_csv)
     assert set(rows.candid) == truth["passing"] - truth["no_aux"] and rows.candid.is_unique
-    assert list(rows.columns[3:3 + len(DECAM_TAXONOMY)]) == list(DECAM_TAXONOMY.nodes)
+    assert list(rows.columns[5:5 + len(DECAM_TAXONOMY)]) == list(DECAM_TAXONOMY.nodes)  # after candid .. dec
     assert rows.model.str.startswith("ORACLE-lsst_lite:oracle_decam.pth@").all()
     np.testing.assert_allclose(rows[LEAVES].sum(axis=1), 1.0, atol=1e-4)
     np.testing.assert_allclose(rows["Transient"] + rows["Variable"], 1.0, atol=1e-4)

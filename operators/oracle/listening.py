@@ -18,8 +18,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, Optional, Sequence
 
 from models.oracle.taxonomy import Taxonomy
-from operators.oracle.result_record import MJD_OFFSET, schema
-from operators.oracle.results import csv_columns
+from operators.oracle.result_record import schema
+from operators.oracle.results import CsvLayout, csv_columns, jd_utc, mjd_tai, time_field
 
 # ------------------------------------------------------------------ cuts
 
@@ -86,8 +86,8 @@ def alert_jd(record: dict) -> Optional[float]:
     """The alert's time as a JD, whichever of `jd` (ZTF) or `mjd` (LSST) the record carries."""
     if record.get("jd") is not None:
         return float(record["jd"])
-    if record.get("mjd") is not None:
-        return float(record["mjd"]) + MJD_OFFSET
+    if record.get("mjd") is not None:  # Rubin's MJD is TAI
+        return jd_utc(float(record["mjd"]))
     return None
 
 
@@ -134,13 +134,25 @@ def _field_kinds() -> dict[str, str]:
     return kinds
 
 
+def saved_layout(taxonomy: Taxonomy) -> CsvLayout:
+    """The results CSV's columns of the survey whose taxonomy this is (its time field, Fritz
+    columns only for a survey Fritz holds), with `stamp` always: the record carries it, and
+    every file saved for a survey then has one schema, whatever model wrote the records."""
+    from operators.oracle.surveys import SURVEYS
+
+    survey = next((s for s in SURVEYS.values() if s.taxonomy is taxonomy), None)
+    if survey is None:
+        return CsvLayout("jd", fritz=False, stamp=True)
+    return CsvLayout(time_field(survey.name), bool(survey.fritz), stamp=True)
+
+
 def column_kinds(taxonomy: Taxonomy) -> dict[str, str]:
-    """The results CSV's columns (`csv_columns`) and each one's kind: 'long', 'double' or 'string'.
-    `jd` is the alert's JD, as in the CSV, whatever time field the survey's record carries."""
+    """The results CSV's columns (`csv_columns`, `saved_layout`) and each one's kind: 'long',
+    'double' or 'string'. The time is the survey's own, as in its CSV: `jd` or `mjd`."""
     fields = _field_kinds()
     out = {}
-    for name in csv_columns(taxonomy):
-        if name in taxonomy.nodes or name == "jd":
+    for name in csv_columns(taxonomy, saved_layout(taxonomy)):
+        if name in taxonomy.nodes or name in ("jd", "mjd"):
             out[name] = "double"
         elif fields.get(name) in {"long", "double"}:
             out[name] = fields[name]
@@ -153,9 +165,12 @@ def csv_row(record: dict, taxonomy: Taxonomy) -> dict:
     """One record as a row of the results CSV's columns (None where the record has nothing)."""
     probabilities = record.get("probabilities") or {}
     row = {}
-    for name in csv_columns(taxonomy):
+    for name in csv_columns(taxonomy, saved_layout(taxonomy)):
         if name == "jd":
             row[name] = alert_jd(record)
+        elif name == "mjd":
+            jd = alert_jd(record)
+            row[name] = record.get("mjd") if record.get("mjd") is not None else (None if jd is None else mjd_tai(jd))
         elif name in taxonomy.nodes:
             row[name] = probabilities.get(name)
         elif name in NOT_IN_RECORD:

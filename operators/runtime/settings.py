@@ -4,7 +4,7 @@ Every setting is a field of a pydantic-settings model (`EnvModel`): its
 environment variable is the field's `validation_alias`, and it has a default
 and a `description`. Flows compose the models they need (operators/runtime/config.py
 for the ORACLE flows, operators/vra/config.py for Fink VRA);
-`python -m dataflows --help` and the README's configuration table are generated
+`python -m dataflows --help` and docs/configuration.md's table are generated
 from the same fields (`variables`, `markdown_table` in operators/settings_help.py),
 so documentation and parsing cannot drift apart.
 
@@ -191,7 +191,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Variable(BaseModel):
-    """One environment variable as `--help` and the README show it."""
+    """One environment variable as `--help` and docs/configuration.md show it."""
 
     name: str
     default: Optional[str]  # as text; None when unset by default
@@ -244,7 +244,7 @@ def help_lines(models: Iterable[type[BaseModel]]) -> list[str]:
 
 
 def markdown_table(flows: Mapping[str, Iterable[type[BaseModel]]]) -> str:
-    """The README's configuration table: every variable of every flow, its default
+    """docs/configuration.md's table: every variable of every flow, its default
     (per flow when they differ), the flows reading it, and what it means."""
     rows: dict[str, dict[str, Variable]] = {}
     for flow, models in flows.items():

@@ -27,7 +27,7 @@ def _in_repo(path: Optional[Path]) -> Optional[Path]:
 
 
 class FinkVraConfig(EnvModel):
-    """Everything the Fink VRA flow reads from the environment (README: "Fink VRA features").
+    """Everything the Fink VRA flow reads from the environment (docs/fink-vra.md).
 
     The stream filter defaults to on for Kafka (Fink's topic definition) and off
     for the embedded sample, so that a first run shows rows."""
