@@ -33,9 +33,10 @@ if str(ROOT) not in sys.path:
 
 MATMUL = 1024
 CONV_MIX = (64, 56, 256)  # channels, side, hidden: convnext_pico's stage 1 on a 224x224 stamp
-# Issue 29's targets: a fraction of the matmul rate for the light-curve networks, of the
-# convolution mix's for the image network (its operations), and of the matmul rate for it too.
-TARGETS = {"BTSv2 batch": ("matmul", 0.5), "Omni image network": ("conv", 0.6)}  # batched: not batch 1
+# Issue 29's targets, both against the matmul rate: the image network's later stages (wider
+# channels on smaller images) run faster than the stage-1 conv mix, which is thus no roof for it
+# (given beside, for what the convolutions of stage 1 reach).
+TARGETS = {"BTSv2 batch": ("matmul", 0.5), "Omni image network": ("matmul", 0.6)}  # batched: not batch 1
 
 
 def _flops(fn) -> int:
