@@ -195,7 +195,7 @@ def main(argv=None) -> int:
         if "efficiency" in parts:
             from bench.efficiency import efficiency
 
-            attempt("efficiency", lambda: {"label": "efficiency", **efficiency(6.0 if args.quick else 12.0, profile_calls=1)})
+            attempt("efficiency", lambda: {"label": "efficiency", **efficiency(6.0 if args.quick else 12.0)})
         if "scaling" in parts:
             from bench.scaling import two_core_ceiling
 

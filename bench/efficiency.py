@@ -141,7 +141,7 @@ def breakdown(fn, calls: int = 3) -> dict[str, float]:
 
 
 def efficiency(seconds: float = 12.0, batch: int = 256, omni_stamps: int = 8, rounds: int = 4,
-               singles: int | None = None, profile_calls: int = 3) -> dict:
+               singles: int | None = None, profile_calls: int = 1) -> dict:
     """The figures of the module doc, as a dict (also printed by `print_efficiency`)."""
     import torch
 
