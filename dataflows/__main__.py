@@ -140,15 +140,10 @@ def help_text() -> str:
 from dataflows.preflight import CheckResult  # noqa: E402 - light: no torch at import
 
 
-def _truthy(env: Mapping[str, str], name: str) -> Optional[bool]:
-    raw = (env.get(name) or "").strip().lower()
-    if not raw:
-        return None
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"{name}={raw!r}: use true or false")
+def failed_setting(name: str, exc: ValueError) -> CheckResult:
+    """A settings model refused a variable: its one line, split into what and the fix."""
+    detail, _, fix = str(exc).partition(" -> ")
+    return CheckResult(name, False, detail, fix or "fix that variable (python -m dataflows --help)")
 
 
 def _short(exc: BaseException, redact: Callable[[str], str] = lambda s: s, limit: int = 200) -> str:
@@ -194,55 +189,50 @@ def check_filter(kafka, filter_name: str, timeout_s: float = 5.0,
 
 
 def check_metrics(env: Mapping[str, str]) -> CheckResult:
-    raw = (env.get("ALERTFLOW_METRICS_PORT") or "").strip()
-    parts = []
-    if raw:
-        if not raw.isdigit() or not 0 <= int(raw) < 65536:
-            return CheckResult("metrics", False, f"ALERTFLOW_METRICS_PORT={raw!r} is not a port",
-                               "give a port number, or unset it")
-        parts.append(f"exporter on :{raw}/metrics")
+    from operators.runtime.config import ConfigError, MetricsSettings
+
     try:
-        api = _truthy(env, "BYTEWAX_DATAFLOW_API_ENABLED")
-    except ValueError as exc:
-        return CheckResult("metrics", False, str(exc), "set BYTEWAX_DATAFLOW_API_ENABLED=true or unset it")
-    if api:
-        parts.append(f"bytewax API :{(env.get('BYTEWAX_DATAFLOW_API_PORT') or '3030').strip()}/metrics")
+        m = MetricsSettings.read(env)
+    except ConfigError as exc:
+        return failed_setting("metrics", exc)
+    parts = [f"exporter on :{m.port}/metrics"] if m.port is not None else []
+    if m.api_enabled:
+        parts.append(f"bytewax API :{m.api_port}/metrics")
     if not parts:
         return CheckResult("metrics", True, "off (set BYTEWAX_DATAFLOW_API_ENABLED=true to serve /metrics)")
     return CheckResult("metrics", True, ", ".join(parts))
 
 
-SINK_SWITCHES = ("POST_TO_SLACK", "FRITZ_TOKEN")
+CHECKED_APART = ("fritz", "slack", "metrics")  # concerns whose own check line names a bad variable
 
 
 def check_oracle(info: FlowInfo, env: Mapping[str, str], timeout_s: float = 5.0) -> list[CheckResult]:
     """The flow's own validation (dataflows/preflight.py: weights, input, outputs, recovery),
     then the services it will talk to."""
-    from operators.runtime.config import ConfigError, Settings
+    from operators.runtime.config import Settings, read_concerns
     from dataflows.preflight import validate
 
     survey = _survey(info.survey)
+    # Every concern read as the flow reads it (so `check` fails exactly where the flow would);
+    # a Fritz, Slack or metrics problem is its own line below, and the rest is checked without it.
+    parts, errors = read_concerns(survey, env)
+    refused = [failed_setting("config", exc) for concern, exc in errors.items() if concern not in CHECKED_APART]
+    if refused:
+        return refused
+    settings = Settings.compose(survey, parts)
     out: list[CheckResult] = []
-    try:
-        settings = Settings.from_env(survey, env)
-    except ConfigError as exc:
-        try:  # a Fritz or Slack setting is wrong: their own checks below say which; check the rest without them
-            settings = Settings.from_env(survey, {k: v for k, v in env.items() if k not in SINK_SWITCHES})
-        except ConfigError:
-            detail, _, fix = str(exc).partition(" -> ")
-            return [CheckResult("config", False, detail, fix or "fix that variable (python -m dataflows --help)")]
-    out.append(CheckResult("config", True, f"survey {survey.name}, filter {settings.filter_name}, batch "
-                                           f"{settings.batch_size}, "
-                                           + (f"{settings.shards} shards" if settings.shards else "one batch key per worker")))
+    o = settings.oracle
+    out.append(CheckResult("config", True, f"survey {survey.name}, filter {o.filter_name}, batch {o.batch_size}, "
+                                           + (f"{o.shards} shards" if o.shards else "one batch key per worker")))
     local, model = validate(settings, survey)
     out.extend(local)
     if settings.kafka is not None:
         k = settings.kafka
         out.append(check_kafka(k.brokers, k.topic, k.client_config, timeout_s, settings.redact))
         if out[-1].ok:
-            out.append(check_filter(k, settings.filter_name, timeout_s, settings.redact))
+            out.append(check_filter(k, settings.oracle.filter_name, timeout_s, settings.redact))
     out.append(check_mongo(settings, survey, model) if settings.mongo is not None else
-               CheckResult("store", True, f"bundled documents in {settings.sample_dir} "
+               CheckResult("store", True, f"bundled documents in {settings.outputs.sample_dir} "
                                           f"(set MONGODB_URI or BOOM_DATABASE__HOST for BOOM's MongoDB)"))
     from operators.sinks.results_outputs import check_results  # the results topic and collection (issue 25)
     out.extend(CheckResult(c.name, c.ok, c.detail, c.fix) for c in check_results(settings, survey))
@@ -288,7 +278,8 @@ def check_fritz(env: Mapping[str, str], timeout_s: float = 5.0) -> CheckResult:
     except ImportError:
         return CheckResult("fritz", True, "client not installed in this tree (operators/sinks/fritz_client.py)")
     except ValueError as exc:
-        return CheckResult("fritz", False, str(exc), "fix the FRITZ_* variable named")
+        detail, _, fix = str(exc).partition(" -> ")
+        return CheckResult("fritz", False, detail, fix or "fix the FRITZ_* variable named")
     if not cfg.enabled:
         return CheckResult("fritz", True, "off (FRITZ_TOKEN unset)")
     client = FritzClient(cfg.model_copy(update={"timeout": timeout_s, "max_retries": 1, "backoff_429": 0.5}))
@@ -316,22 +307,17 @@ def check_fritz(env: Mapping[str, str], timeout_s: float = 5.0) -> CheckResult:
 
 def check_slack(env: Mapping[str, str], channel_var: str) -> CheckResult:
     """POST_TO_SLACK=true needs SLACK_BOT_TOKEN and this survey's channel (no request is made)."""
+    from operators.runtime.slack_settings import SlackConfig
+
     try:
-        on = _truthy(env, "POST_TO_SLACK")
-        try:
-            from operators.sinks.slack import SlackConfig
-        except ImportError:
-            pass
-        else:
-            SlackConfig.from_env(env)  # validates: token present when enabled, a channel, the threshold
+        cfg = SlackConfig.from_env(env, channel_variables=(channel_var,))
     except ValueError as exc:
-        return CheckResult("slack", False, str(exc), "set the variable named, or POST_TO_SLACK=false")
-    if not on:
+        return CheckResult("slack", False, str(exc).partition(" -> ")[0], "set the variable named, or POST_TO_SLACK=false")
+    if not cfg.enabled:
         return CheckResult("slack", True, "off (POST_TO_SLACK not true)")
-    missing = [v for v in ("SLACK_BOT_TOKEN", channel_var) if not (env.get(v) or "").strip()]
-    if missing:
-        return CheckResult("slack", False, f"POST_TO_SLACK=true but {' and '.join(missing)} unset",
-                           f"set {' and '.join(missing)}, or POST_TO_SLACK=false")
+    if not cfg.channel_named(channel_var):
+        return CheckResult("slack", False, f"POST_TO_SLACK=true but {channel_var} unset",
+                           f"set {channel_var}, or POST_TO_SLACK=false")
     return CheckResult("slack", True, f"SLACK_BOT_TOKEN and {channel_var} set")
 
 

@@ -29,7 +29,7 @@ import logging
 import math
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
@@ -106,7 +106,7 @@ def narrowing_of(query: Optional[str], candids_file: Optional[Path]) -> Optional
 
 def outputs(settings: Settings, job: Job, sha12: str) -> tuple[Path, Path]:
     stem = f"oracle_{job.survey.name.lower()}_{sha12}_{job.since_label}_{job.until_label}"
-    out = settings.results_dir / "backfill"
+    out = settings.outputs.results_dir / "backfill"
     return out / f"{stem}.csv", out / f"{stem}_deadletters.jsonl"
 
 
@@ -115,7 +115,7 @@ def recovery_dir(settings: Settings, results_csv: Path, job: Job) -> Path:
     resumes; the same job writing elsewhere (another ALERTFLOW_RESULTS_DIR) starts afresh."""
     key = json.dumps({"narrowing": job.narrowing, "csv": str(results_csv.resolve())}, sort_keys=True, default=str)
     name = f"{results_csv.stem}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
-    return Path(settings.recovery_dir).parent / "backfill" / name
+    return Path(settings.recovery.directory).parent / "backfill" / name
 
 
 def start_batch(items: list) -> steps.Batch:
@@ -131,7 +131,7 @@ def scanner_factory(survey: Survey, settings: Settings, scanner=None):
         return lambda: scanner
     if settings.mongo is not None:
         return partial(MongoScanner, settings.mongo, collection, survey.time_field)
-    return partial(EmbeddedScanner, settings.sample_dir, collection, survey.time_field)
+    return partial(EmbeddedScanner, settings.outputs.sample_dir, collection, survey.time_field)
 
 
 def empty_window(job: Job, settings: Settings, scanner=None) -> Optional[str]:
@@ -146,7 +146,7 @@ def empty_window(job: Job, settings: Settings, scanner=None) -> Optional[str]:
     if holds_any(window if not job.narrowing else {"$and": [window, job.narrowing]}):
         return None
     in_window = scanner.count(window) if job.narrowing else 0
-    store = settings.mongo.describe() if settings.mongo else f"the bundled documents ({settings.sample_dir})"
+    store = settings.mongo.describe() if settings.mongo else f"the bundled documents ({settings.outputs.sample_dir})"
     return empty_window_line(survey.collections.alerts, survey.time_field, (job.since, job.until),
                              (job.since_label, job.until_label), store, scanner.time_range(), in_window)
 
@@ -155,7 +155,8 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     """The backfill dataflow and its results CSV; `scanner`/`store` override the configured ones (tests)."""
     import torch
 
-    from dataflows.oracle import classify_steps, load_survey_model, make_store, write_outputs
+    from dataflows.oracle import classify_steps, load_survey_model, write_outputs
+    from dataflows.oracle_runtime import Loaded, Models, Outputs, make_store
     from operators.oracle.results import CsvLayout
     from models.oracle.loading import model_label, weights_sha12
     from operators.sinks.fritz import FritzClient
@@ -164,21 +165,21 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
 
     survey, settings = configured(job.survey, settings)
     if job.weights is not None:
-        settings = replace(settings, weights=Path(job.weights))
+        settings = settings.replace(oracle={"weights": Path(job.weights)})
     if job.batch_size is not None:
-        settings = replace(settings, batch_size=job.batch_size)
+        settings = settings.replace(oracle={"batch_size": job.batch_size})
     # A backfill always writes its CSV; the results topic only with --publish (issue 25).
-    settings = replace(settings, results=settings.results.model_copy(
-        update={"csv": True, **({} if job.publish else {"topic": ""})}))
+    settings = settings.replace(results={"csv": True, **({} if job.publish else {"topic": ""})})
     problem = next(iter(settings_problems(settings, survey)), None)
     if problem is not None:
         raise ValueError(f"{problem.detail} -> {problem.fix}")
-    setup_logging(settings.logs_dir / f"oracle_{survey.name.lower()}_backfill.log", settings.log_level)
-    torch.set_num_threads(settings.torch_threads)
+    o = settings.oracle
+    setup_logging(settings.outputs.logs_dir / f"oracle_{survey.name.lower()}_backfill.log", settings.outputs.log_level)
+    torch.set_num_threads(o.torch_threads)
     variable = "--weights" if job.weights is not None else f"ORACLE_{survey.name}_WEIGHTS"
-    model = load_survey_model(survey, settings.weights, settings.model_kind, variable)
-    name = model_label(model, settings.weights)
-    results_csv, deadletters = outputs(settings, job, weights_sha12(settings.weights))
+    model = load_survey_model(survey, o.weights, o.model_kind, variable)
+    name = model_label(model, o.weights)
+    results_csv, deadletters = outputs(settings, job, weights_sha12(o.weights))
     fritz = None
     if job.annotate and settings.fritz.enabled and survey.fritz:
         fritz = FritzClient(settings.fritz)
@@ -192,11 +193,13 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
 
     flow = Dataflow(f"backfill_{survey.name.lower()}")
     source = WindowSource(make_scanner, collection, survey.time_field, job.since, job.until, job.narrowing,
-                          job.slices, settings.batch_size, label=f"backfill {survey.name}")
+                          job.slices, o.batch_size, label=f"backfill {survey.name}")
     batch_stream = op.map("start", op.input("window", flow, source), start_batch)
-    batch_stream = classify_steps(batch_stream, survey, model, name, lazy_store)
-    write_outputs(batch_stream, survey, results_csv, deadletters, settings=settings, fritz=fritz,
-                  slack=job.annotate and settings.slack.enabled, layout=CsvLayout.of(survey, model))
+    batch_stream = classify_steps("classify_steps", batch_stream, survey, Models(Loaded(model, name)), lazy_store)
+    slack = settings.slack if job.annotate and settings.slack.enabled else None
+    write_outputs("write_outputs", batch_stream, Outputs(survey, results_csv, deadletters, settings, fritz=fritz,
+                                                         fritz_config=settings.fritz, slack=slack,
+                                                         layout=CsvLayout.of(survey, model)))
     return flow, results_csv
 
 
@@ -264,12 +267,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.warning("backfill %s: %s; nothing to classify", survey.name, nothing)
         return 0
     rec = args.recovery_dir or recovery_dir(settings, results_csv, job)
-    ensure_partitions(rec, settings.recovery_partitions)
+    ensure_partitions(rec, settings.recovery.partitions)
     log.info("position kept in %s: the same command resumes after a stop; delete it to start over", rec)
     try:
         cli_main(flow, workers_per_process=args.workers, process_id=args.process_id,
                  addresses=args.addresses.split(";") if args.addresses else None,
-                 epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
+                 epoch_interval=timedelta(seconds=settings.recovery.snapshot_interval_s),
                  recovery_config=RecoveryConfig(str(rec)))
     except KeyboardInterrupt:
         log.info("backfill stopped by Ctrl-C; run the same command to resume")

@@ -95,12 +95,13 @@ def check_weights(settings, survey, shadow: bool = False):
 
     name = "shadow" if shadow else "weights"
     var = f"ORACLE_{survey.name}_SHADOW_WEIGHTS" if shadow else f"ORACLE_{survey.name}_WEIGHTS"
-    path = Path(settings.shadow_weights if shadow else settings.weights)
+    o = settings.oracle
+    path = Path(o.shadow_weights if shadow else o.weights)
     if not path.is_file():
         return CheckResult(name, False, f"{var}={path}: no such file",
                            f"set {var} to an ORACLE checkpoint (.pth)"), None
     try:
-        model = load_oracle(path, None if shadow else settings.model_kind, taxonomy=survey.taxonomy)
+        model = load_oracle(path, None if shadow else o.model_kind, taxonomy=survey.taxonomy)
     except TaxonomyMismatch as exc:
         return CheckResult(name, False, f"{var}={path} is not a model of the {survey.name} classes "
                                         f"({str(exc).split(': ', 1)[-1]})",
@@ -109,7 +110,7 @@ def check_weights(settings, survey, shadow: bool = False):
         return CheckResult(name, False, f"{var}={path} is not a PyTorch checkpoint ({exc.what})",
                            f"point {var} at an ORACLE {survey.name} checkpoint (.pth)", exc), None
     except ValueError as exc:  # ORACLE_MODEL_KIND is not a kind
-        return CheckResult(name, False, f"ORACLE_MODEL_KIND={settings.model_kind}: {exc}",
+        return CheckResult(name, False, f"ORACLE_MODEL_KIND={o.model_kind}: {exc}",
                            "unset ORACLE_MODEL_KIND (detected from the checkpoint) or give one of the kinds",
                            exc), None
     except Exception as exc:  # noqa: BLE001 - ModelLoadError, a corrupt or foreign file
@@ -128,14 +129,15 @@ def check_compile(settings, model) -> Optional[CheckResult]:
     when compile is off."""
     from models.oracle.loading import compile_problem
 
-    if not getattr(settings, "compile", False):
+    o = settings.oracle
+    if not o.compile:
         return None
     if model is not None and not model.needs_stamp:
         return CheckResult("compile", True, f"ORACLE_COMPILE=true: nothing to compile, ORACLE {model.kind} has "
                                             "no image network")
-    if settings.precision != "fp32" or settings.device != "cpu":
+    if o.precision != "fp32" or o.device != "cpu":
         return None  # reported by check_numbers
-    problem = compile_problem(settings.precision, settings.device)
+    problem = compile_problem(o.precision, o.device)
     if problem:
         return CheckResult("compile", False, f"ORACLE_COMPILE=true: {problem}",
                            "install gcc and g++ (or set CXX to a C++ compiler), or unset ORACLE_COMPILE")
@@ -148,13 +150,14 @@ def check_backend(settings) -> list[CheckResult]:
     writable export cache (models/oracle/onnx_backend.py). Nothing for torch."""
     from models.oracle.onnx_backend import backend_problems, default_cache_dir
 
-    backend = getattr(settings, "backend", "torch")
+    o = settings.oracle
+    backend = o.backend
     if backend == "torch":
         return []
-    problems = backend_problems(backend, settings.precision, settings.compile, settings.device)
+    problems = backend_problems(backend, o.precision, o.compile, o.device)
     if problems:
         return [CheckResult("backend", False, detail, fix) for _, detail, fix in problems]
-    cache = settings.onnx_cache_dir or default_cache_dir()
+    cache = o.onnx_cache_dir or default_cache_dir()
     why = unwritable_reason(cache)
     if why:
         return [CheckResult("backend", False, f"ORACLE_ONNX_CACHE_DIR={cache}: {why}",
@@ -169,10 +172,11 @@ def predict_or_exit(settings, survey, models) -> Callable:
     from models.oracle.onnx_backend import make_predict
 
     try:
-        return make_predict(settings.backend, models, survey.name, settings.torch_threads, settings.onnx_cache_dir)
+        o = settings.oracle
+        return make_predict(o.backend, models, survey.name, o.torch_threads, o.onnx_cache_dir)
     except Exception as exc:  # noqa: BLE001 - the exporter's and ONNX Runtime's errors are many
         text = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
-        exit_on_failures([CheckResult("backend", False, f"ORACLE_BACKEND={settings.backend}: {text}",
+        exit_on_failures([CheckResult("backend", False, f"ORACLE_BACKEND={settings.oracle.backend}: {text}",
                                       "unset ORACLE_BACKEND (torch, the default, gives the same probabilities)",
                                       exc)])
 
@@ -181,25 +185,26 @@ def check_input(settings) -> CheckResult:
     if settings.kafka is not None:
         k = settings.kafka
         return CheckResult("input", True, f"Kafka {','.join(k.brokers)} topic {k.topic}")
-    sample = Path(settings.sample_dir) / "messages.jsonl"
+    sample_dir = settings.outputs.sample_dir
+    sample = Path(sample_dir) / "messages.jsonl"
     if not sample.is_file():
-        return CheckResult("input", False, f"ALERTFLOW_SAMPLE_DIR={settings.sample_dir}: no messages.jsonl there "
+        return CheckResult("input", False, f"ALERTFLOW_SAMPLE_DIR={sample_dir}: no messages.jsonl there "
                                            f"(and KAFKA_BROKERS is unset)",
                            "set KAFKA_BROKERS, or ALERTFLOW_SAMPLE_DIR to a sample directory")
     with sample.open() as f:
         n = sum(1 for line in f if line.strip())
-    return CheckResult("input", True, f"bundled sample {settings.sample_dir} ({n} messages; "
+    return CheckResult("input", True, f"bundled sample {sample_dir} ({n} messages; "
                                       f"set KAFKA_BROKERS to follow the live topic)")
 
 
 def check_recovery(settings) -> CheckResult:
     """What a restart will do, and whether the recovery directory can be written."""
-    if not settings.recovery:
+    if not settings.recovery.enabled:
         if settings.kafka is None:
             return CheckResult("recovery", True, "off (bundled replay)")
         return CheckResult("recovery", True, f"off: a restart replays the topic from its "
                                              f"{settings.kafka.starting_offset} (set ALERTFLOW_RECOVERY=true)")
-    d = Path(settings.recovery_dir)
+    d = Path(settings.recovery.directory)
     why = unwritable_reason(d)
     if why:
         return CheckResult("recovery", False, f"ALERTFLOW_RECOVERY_DIR={d}: {why}",
@@ -207,41 +212,34 @@ def check_recovery(settings) -> CheckResult:
     parts = len(list(d.glob("part-*.sqlite3"))) if d.is_dir() else 0
     if parts:
         return CheckResult("recovery", True, f"{d}: {parts} partition(s); a restart resumes from the last snapshot")
-    return CheckResult("recovery", True, f"{d}: first start, {settings.recovery_partitions} partition(s) "
+    return CheckResult("recovery", True, f"{d}: first start, {settings.recovery.partitions} partition(s) "
                                          f"will be created")
 
 
 def check_numbers(settings) -> list[CheckResult]:
-    """Values that parse but make no sense (or a device this machine does not have)."""
+    """What this machine can do with settings that are each valid: a device it does not
+    have, a precision or compilation the device or the other settings rule out. (Each
+    value's own range is its field's type: operators/runtime/config.py refuses it when read.)"""
     from models.oracle.loading import device_problem, precision_problem
 
+    o = settings.oracle
     out = []
-    problem = device_problem(settings.device)
+    problem = device_problem(o.device)
     if problem:
-        out.append(CheckResult("config", False, f"ORACLE_DEVICE={settings.device}: {problem}",
+        out.append(CheckResult("config", False, f"ORACLE_DEVICE={o.device}: {problem}",
                                "set ORACLE_DEVICE=cpu, or run where that device is"))
-    problem = None if problem else precision_problem(settings.precision, settings.device)
+    problem = None if problem else precision_problem(o.precision, o.device)
     if problem:
-        out.append(CheckResult("config", False, f"ORACLE_PRECISION={settings.precision}: {problem}",
+        out.append(CheckResult("config", False, f"ORACLE_PRECISION={o.precision}: {problem}",
                                "set ORACLE_PRECISION=fp32 or bf16, or ORACLE_DEVICE=cpu"))
-    if getattr(settings, "compile", False) and not problem and settings.precision != "fp32":
+    if o.compile and not problem and o.precision != "fp32":
         out.append(CheckResult("config", False, f"ORACLE_COMPILE=true works with ORACLE_PRECISION=fp32 only, "
-                                                f"not {settings.precision}",
+                                                f"not {o.precision}",
                                "unset ORACLE_COMPILE, or set ORACLE_PRECISION=fp32"))
-    elif getattr(settings, "compile", False) and not problem and settings.device != "cpu":
+    elif o.compile and not problem and o.device != "cpu":
         out.append(CheckResult("config", False, f"ORACLE_COMPILE=true works with ORACLE_DEVICE=cpu only, "
-                                                f"not {settings.device}",
+                                                f"not {o.device}",
                                "unset ORACLE_COMPILE, or set ORACLE_DEVICE=cpu"))
-    for variable, value, low in (("ORACLE_BATCH_TIMEOUT_S", settings.batch_timeout_s, 0.0),
-                                 ("ALERTFLOW_SNAPSHOT_INTERVAL_S", settings.snapshot_interval_s, 0.0)):
-        if not value > low:
-            out.append(CheckResult("config", False, f"{variable}={value} must be more than {low:g}",
-                                   f"set {variable} to a positive number of seconds, or unset it"))
-    for variable, value in (("ALERTFLOW_RECOVERY_PARTITIONS", settings.recovery_partitions),
-                            ("ORACLE_TORCH_THREADS", settings.torch_threads)):
-        if value < 1:
-            out.append(CheckResult("config", False, f"{variable}={value} must be at least 1",
-                                   f"set {variable} to a whole number ≥ 1, or unset it"))
     return out
 
 
@@ -250,14 +248,15 @@ def check_cpu_precision(settings, model) -> Optional[CheckResult]:
     None when not asked for, not on the CPU, or the model has no image network to run in them."""
     from models.oracle.cpu_features import FIX, refusal_here
 
-    if settings.precision == "fp32" or settings.device != "cpu" or (model is not None and not model.needs_stamp):
+    o = settings.oracle
+    if o.precision == "fp32" or o.device != "cpu" or (model is not None and not model.needs_stamp):
         return None
-    if getattr(settings, "backend", "torch") != "torch":
+    if o.backend != "torch":
         return None  # ONNX Runtime runs fp32 only: check_backend says so
-    why = refusal_here(settings.precision)
+    why = refusal_here(o.precision)
     if why is None:
         return None
-    return CheckResult("config", False, f"ORACLE_PRECISION={settings.precision} would be slower than fp32 here: {why}",
+    return CheckResult("config", False, f"ORACLE_PRECISION={o.precision} would be slower than fp32 here: {why}",
                        f"{FIX}, or run on a CPU with AVX512-BF16/AMX for bf16, AVX2 for int8")
 
 
@@ -266,7 +265,14 @@ def check_cpu_precision(settings, model) -> Optional[CheckResult]:
 
 def validate(settings, survey) -> tuple[list[CheckResult], Optional[object]]:
     """Every local check of an ORACLE flow's configuration, and the loaded model
-    (None when the weights failed). Used by the flow at start and by `check`."""
+    (None when the weights failed). Used by `check`."""
+    checks, model, _ = checked_models(settings, survey)
+    return checks, model
+
+
+def checked_models(settings, survey) -> tuple[list[CheckResult], Optional[object], Optional[object]]:
+    """`validate`, and the shadow model too (None when unset or failed): the flow keeps
+    the models these checks loaded (dataflows/oracle_runtime.py) instead of loading them again."""
     checks = check_numbers(settings) + check_backend(settings)
     weights, model = check_weights(settings, survey)
     checks.append(weights)
@@ -274,16 +280,18 @@ def validate(settings, survey) -> tuple[list[CheckResult], Optional[object]]:
         compiled = check_compile(settings, model)
         if compiled is not None:
             checks.append(compiled)
-    if getattr(settings, "shadow_weights", None) is not None:
-        checks.append(check_weights(settings, survey, shadow=True)[0])
+    shadow = None
+    if settings.oracle.shadow_weights is not None:
+        shadow_check, shadow = check_weights(settings, survey, shadow=True)
+        checks.append(shadow_check)
     speed = check_cpu_precision(settings, model)
     if speed is not None:
         checks.append(speed)
     checks.append(check_input(settings))
-    checks.append(check_directories("outputs", [("ALERTFLOW_RESULTS_DIR", settings.results_dir),
-                                                ("ALERTFLOW_LOGS_DIR", settings.logs_dir)]))
+    checks.append(check_directories("outputs", [("ALERTFLOW_RESULTS_DIR", settings.outputs.results_dir),
+                                                ("ALERTFLOW_LOGS_DIR", settings.outputs.logs_dir)]))
     checks.append(check_recovery(settings))
-    return checks, model
+    return checks, model, shadow
 
 
 def validate_fink_vra(cfg) -> list[CheckResult]:

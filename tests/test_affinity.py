@@ -38,8 +38,8 @@ def test_process_i_gets_core_i_modulo_the_cores():
 
 
 def test_the_settings_refuse_a_bad_value_naming_the_variable():
-    assert Settings.from_env(ZTF, {}).cpu_affinity == ""
-    assert Settings.from_env(ZTF, {"ALERTFLOW_CPU_AFFINITY": "AUTO"}).cpu_affinity == "auto"
+    assert Settings.from_env(ZTF, {}).oracle.cpu_affinity == ""
+    assert Settings.from_env(ZTF, {"ALERTFLOW_CPU_AFFINITY": "AUTO"}).oracle.cpu_affinity == "auto"
     with pytest.raises(ConfigError, match="ALERTFLOW_CPU_AFFINITY"):
         Settings.from_env(ZTF, {"ALERTFLOW_CPU_AFFINITY": "0-"})
     with pytest.raises(ConfigError, match="ALERTFLOW_CPU_AFFINITY.*not available"):
@@ -68,3 +68,20 @@ print(json.dumps({"core": core, "threads": cores}))
     available = affinity.available_cores()
     assert res["core"] == available[1 % len(available)]
     assert len(res["threads"]) >= 3 and all(c == [res["core"]] for c in res["threads"].values()), res
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no sched_setaffinity on this OS")
+def test_the_flow_pins_its_process_at_start(tmp_path):
+    """The ZTF flow on the bundled sample, told to run on the last available core: it says so in its
+    log and writes its rows as without pinning."""
+    core = affinity.available_cores()[-1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "MONGODB_", "BOOM_", "ALERTFLOW_",
+                                                                   "ORACLE_", "BYTEWAX_"))}
+    env.update(PYTHONPATH=str(REPO_ROOT), ALERTFLOW_CPU_AFFINITY=str(core), ALERTFLOW_RESULTS_DIR=str(tmp_path / "r"),
+               ALERTFLOW_LOGS_DIR=str(tmp_path / "logs"))
+    out = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.ztf"], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    log = (tmp_path / "logs" / "oracle_ztf.log").read_text()
+    assert f"ALERTFLOW_CPU_AFFINITY={core}: this process runs on core {core}" in log
+    assert (tmp_path / "r" / "oracle_ztf_results.csv").read_text().count("\n") > 10

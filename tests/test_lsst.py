@@ -218,9 +218,9 @@ def test_forced_photometry_adds_flag_zero_points_only_when_enabled():
 
 
 def test_forced_photometry_setting_is_off_by_default_and_read_from_the_environment(tmp_path):
-    assert settings_for(LSST, tmp_path).forced_photometry is False
+    assert settings_for(LSST, tmp_path).oracle.forced_photometry is False
     on = settings_for(LSST, tmp_path, ORACLE_LSST_FORCED_PHOTOMETRY="true")
-    assert on.forced_photometry is True
+    assert on.oracle.forced_photometry is True
     survey, _ = configured(LSST, on)
     alert = next(a for a in STORE._alerts.values() if a["objectId"] == Y_OBJECT)
     aux = STORE._aux[Y_OBJECT]
@@ -254,7 +254,7 @@ def test_lsst_survey_configuration():
     assert LSST.taxonomy is LSST_TAXONOMY and len(LSST_TAXONOMY) == 26
     settings = settings_for(LSST, DATA_DIR)
     assert settings.results_csv.name == "oracle_lsst_results.csv" and settings.log_file.name == "oracle_lsst.log"
-    assert settings.weights == DATA_DIR / "best_model_f1_lsst.pth"
+    assert settings.oracle.weights == DATA_DIR / "best_model_f1_lsst.pth"
 
 
 def test_sample_documents_are_boom_shaped():

@@ -309,8 +309,8 @@ def test_enrich_dead_letters_replay_into_rows_once_their_documents_exist(tmp_pat
     before = len(read_dead_letters(settings.deadletters))
     proc = subprocess.run([sys.executable, "-m", "dataflows", "replay-dead-letters", str(settings.deadletters)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-                          env=clean_env(ALERTFLOW_RESULTS_DIR=settings.results_dir,
-                                        ALERTFLOW_LOGS_DIR=settings.logs_dir, **env))
+                          env=clean_env(ALERTFLOW_RESULTS_DIR=settings.outputs.results_dir,
+                                        ALERTFLOW_LOGS_DIR=settings.outputs.logs_dir, **env))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = read_results(settings.results_csv)
     assert waiting <= set(rows.candid) and rows.candid.is_unique

@@ -186,7 +186,7 @@ def test_the_topic_gets_one_avro_record_per_alert_keyed_by_object(tmp_path, kafk
                                          {"flow": "oracle_ztf", "survey": "ZTF", "sink": "topic"}) or 0.0
 
     before = published()
-    run_main(build_flow(ZTF, s, source=SampleSource(s.sample_dir, ZTF.topic),
+    run_main(build_flow(ZTF, s, source=SampleSource(s.outputs.sample_dir, ZTF.topic),
                         store=EmbeddedStore(ZTF.sample_dir, ZTF.collections)))
     assert published() - before == len(CLASSIFIED)
     msgs = kafka.read(topic, len(CLASSIFIED) + 5, timeout_s=5)
@@ -239,7 +239,7 @@ def test_the_shadow_model_writes_its_own_collection_and_never_the_topic(tmp_path
     s = settings_for(ZTF, tmp_path, KAFKA_BROKERS=kafka.bootstrap, KAFKA_TOPIC="unused", ALERTFLOW_RECOVERY="false",
                      ORACLE_RESULTS_TOPIC=topic, MONGODB_URI=mongo.uri, BOOM_DATABASE__NAME=mongo_db,
                      ORACLE_RESULTS_COLLECTION="ZTF_alerts_oracle", ORACLE_ZTF_SHADOW_WEIGHTS=other)
-    run_main(build_flow(ZTF, s, source=SampleSource(s.sample_dir, ZTF.topic),
+    run_main(build_flow(ZTF, s, source=SampleSource(s.outputs.sample_dir, ZTF.topic),
                         store=EmbeddedStore(ZTF.sample_dir, ZTF.collections)))
     db = mongo.client()[mongo_db]
     main = {d["_id"]: d for d in db["ZTF_alerts_oracle"].find({})}
@@ -298,7 +298,7 @@ def test_dead_letters_also_go_to_the_dead_letter_topic(tmp_path, kafka, create_t
     topic, dead_topic = create_topic("oracle"), create_topic("dead")
     s = settings_for(ZTF, tmp_path, KAFKA_BROKERS=kafka.bootstrap, KAFKA_TOPIC="unused", ALERTFLOW_RECOVERY="false",
                      ORACLE_RESULTS_TOPIC=topic, ALERTFLOW_DEADLETTER_TOPIC=dead_topic)
-    run_main(build_flow(ZTF, s, source=SampleSource(s.sample_dir, ZTF.topic),
+    run_main(build_flow(ZTF, s, source=SampleSource(s.outputs.sample_dir, ZTF.topic),
                         store=EmbeddedStore(ZTF.sample_dir, ZTF.collections)))
     in_file = sorted(json.dumps(d, sort_keys=True) for d in read_dead_letters(s.deadletters))
     on_topic = sorted(m.value().decode() for m in kafka.read(dead_topic, len(in_file) + 5, timeout_s=5))

@@ -32,9 +32,9 @@ def test_precision_and_device_are_checked_before_the_flow_starts():
     from operators.runtime.config import ConfigError
 
     s = Settings.from_env(ZTF, {})
-    assert (s.precision, s.device) == ("fp32", "cpu")
-    assert Settings.from_env(ZTF, {"ORACLE_PRECISION": "BF16", "ORACLE_DEVICE": "cpu"}).precision == "bf16"
-    assert Settings.from_env(ZTF, {"ORACLE_PRECISION": "int8"}).precision == "int8"
+    assert (s.oracle.precision, s.oracle.device) == ("fp32", "cpu")
+    assert Settings.from_env(ZTF, {"ORACLE_PRECISION": "BF16", "ORACLE_DEVICE": "cpu"}).oracle.precision == "bf16"
+    assert Settings.from_env(ZTF, {"ORACLE_PRECISION": "int8"}).oracle.precision == "int8"
     with pytest.raises(ConfigError, match="ORACLE_PRECISION='int4'") as refused:
         Settings.from_env(ZTF, {"ORACLE_PRECISION": "int4"})
     assert "\n" not in str(refused.value) and "int8" in str(refused.value)  # one line, naming the choices
@@ -54,13 +54,12 @@ def test_a_device_the_machine_lacks_fails_the_checks_before_the_flow(tmp_path):
 
 
 def test_int8_off_the_cpu_fails_the_checks_before_the_flow():
-    from dataclasses import replace
 
     from dataflows.preflight import check_numbers
 
     settings = Settings.from_env(ZTF, {"ORACLE_PRECISION": "int8"})
     assert not [c for c in check_numbers(settings) if not c.ok]
-    failed = [c for c in check_numbers(replace(settings, device="cuda")) if not c.ok]
+    failed = [c for c in check_numbers(settings.replace(oracle={"device": "cuda"})) if not c.ok]
     # one line: int8 off the CPU where there is a GPU, else the missing GPU
     assert len(failed) == 1
     assert ("ORACLE_PRECISION=int8" if torch.cuda.is_available() else "ORACLE_DEVICE=cuda") in failed[0].line()

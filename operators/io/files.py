@@ -21,11 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, Optional
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from cachetools import FIFOCache
+
+from operators.runtime import bounds
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,31 @@ def _starts_with(path: Path, header: str) -> bool:
     with path.open("r", encoding="utf-8", newline="") as f:
         head = f.read(len(header))
     return head == "" or head == header
+
+
+class RecentKeys:
+    """The last `maxsize` distinct keys added: a set to look them up, a deque to forget the
+    oldest. ~90 bytes a key against ~200 for cachetools' FIFOCache (three dicts): the
+    results CSV's 200,000-candid window is the flow's largest structure (issue 28)."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = max(1, maxsize)
+        self._order: deque = deque()
+        self._keys: set = set()
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: Hashable) -> None:
+        if key in self._keys:
+            return
+        self._keys.add(key)
+        self._order.append(key)
+        if len(self._order) > self.maxsize:
+            self._keys.discard(self._order.popleft())
 
 
 def _cut_partial_line(path: Path, chunk: int = 1 << 16) -> int:
@@ -73,7 +100,8 @@ class _AppendPartition(StatefulSinkPartition):
         if path.exists() and path.stat().st_size and (cut := _cut_partial_line(path)):
             log.warning("%s: cut %d bytes of an unfinished last line (a write interrupted by a crash); "
                         "that record is written again when it comes again", path, cut)
-        self._seen: FIFOCache = FIFOCache(maxsize=max(1, sink.window))  # the last `window` keys written
+        self._seen = RecentKeys(sink.window)  # the last `window` keys written
+        bounds.track(f"{sink.bound_name}_dedup_window", self._seen, self._seen.maxsize)
         if sink.header and path.exists() and not _starts_with(path, sink.header):
             # Columns changed (an upgrade added one): appending would put rows under a header
             # that does not describe them. Keep the old file whole beside the new one.
@@ -98,7 +126,7 @@ class _AppendPartition(StatefulSinkPartition):
         for item in items:
             key = self._sink.key(item)
             if key not in self._seen:
-                self._seen[key] = None
+                self._seen.add(key)
                 fresh.append(item)
         skipped = len(items) - len(fresh)
         self._skipped += skipped
@@ -106,16 +134,22 @@ class _AppendPartition(StatefulSinkPartition):
             self._sink.after_skip(skipped)
         items = fresh
         if items:
-            self._f.write(self._sink.encode(items))
-            self._f.flush()
+            try:
+                self._f.write(self._sink.encode(items))
+                self._f.flush()
+            except OSError as exc:  # a full or read-only disk: name the file (operators/runtime/exits.py)
+                raise OSError(exc.errno, exc.strerror, str(self._sink.path)) from exc
         self._sink.after_write(items)
 
     def _remember(self, keys: Iterable[Hashable]) -> None:
         for key in keys:
-            self._seen[key] = None
+            self._seen.add(key)
 
     def snapshot(self) -> int:
-        self._f.flush()
+        try:
+            self._f.flush()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self._sink.path)) from exc
         return self._f.tell()
 
     def close(self) -> None:
@@ -156,6 +190,7 @@ class AppendFileSink(FixedPartitionedSink):
         self.window = window
         self.grouped = grouped
         self.after_skip = after_skip  # called with how many items of a batch were written before
+        self.bound_name = self.path.stem  # its dedup window's name in operators/runtime/bounds.py
 
     def list_parts(self) -> list[str]:
         return [self.path.name]

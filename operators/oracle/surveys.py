@@ -123,7 +123,7 @@ def configured(survey: Survey, settings: Optional[Settings] = None) -> tuple[Sur
     """What `build_flow` takes: `survey` with its input builder given the `input_options`
     it takes from `settings`, and those settings (read from the environment when not given)."""
     settings = settings or Settings.from_env(survey)
-    options = {name: getattr(settings, name) for name in survey.input_options}
+    options = {name: getattr(settings.oracle, name) for name in survey.input_options}
     if options:
         survey = replace(survey, build_inputs=partial(survey.build_inputs, **options))
     return survey, settings

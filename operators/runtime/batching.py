@@ -17,6 +17,8 @@ import bytewax.operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulLogic
 
+from operators.runtime import bounds
+
 V = TypeVar("V")
 
 
@@ -31,6 +33,10 @@ class _BatchLogic(StatefulLogic):
         self.max_size = max_size
         self.timeout = timeout
         self.state = state or _OpenBatch()
+        bounds.track("open_batches", self, max_size)
+
+    def __len__(self) -> int:  # items waiting in this key's open batch (< max_size between items)
+        return len(self.state.items)
 
     def on_item(self, values: list) -> Tuple[Iterable[list], bool]:
         """`values`: the alerts of one key from one input batch (grouped before the exchange)."""

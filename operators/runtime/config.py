@@ -1,13 +1,18 @@
-"""The ORACLE flows' settings: one model per concern, composed into `Settings`.
+"""The ORACLE flows' settings: one frozen root (`Settings`) nesting one model per concern.
 
 `Settings.from_env(survey)` is the only reader of the environment for the
-ORACLE flows; every other module receives the pieces it needs. Each concern is
-an `EnvModel` (operators/runtime/settings.py): ORACLE, outputs and logging, recovery,
-metrics here; Kafka and MongoDB in operators/runtime/service_settings.py; Fritz in
-operators/runtime/fritz_settings.py; Slack in operators/runtime/slack_settings.py. Survey-dependent names and defaults
-(`ORACLE_ZTF_WEIGHTS`, the topic, the group id, ...) come from `for_survey`,
-which derives a survey's own model from the generic one.
+ORACLE flows, read once; every other module receives the pieces it needs
+(`settings.oracle.batch_size`, `settings.kafka`, ...). Each concern is an
+`EnvModel` (operators/runtime/settings.py): ORACLE, outputs and logging,
+recovery, metrics here; Kafka and MongoDB in operators/runtime/service_settings.py;
+Fritz in operators/runtime/fritz_settings.py; Slack in operators/runtime/slack_settings.py.
+A value's range is its field's type (`AtLeastOne`, `PositiveSeconds`, `Literal[...]`),
+so the flow and `python -m dataflows check` refuse the same values with the same line;
+only what depends on this machine (a GPU, a compiler) is left to dataflows/preflight.py.
+Survey-dependent names and defaults (`ORACLE_ZTF_WEIGHTS`, the topic, the group id, ...)
+come from `for_survey`, which derives a survey's own model from the generic one.
 
+A new concern is a model, a field of `Settings` and a line in `_make_survey_models`.
 `python -m dataflows --help` and docs/configuration.md's table list these
 models' fields (`oracle_models`).
 """
@@ -16,11 +21,11 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional
+from typing import Annotated, Any, Callable, Literal, Mapping, Optional
 
-from pydantic import Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from operators.runtime import affinity
 from operators.runtime.fritz_settings import FritzConfig
@@ -42,6 +47,24 @@ DATA_DIR = REPO_ROOT / "data"
 log = logging.getLogger(__name__)
 
 
+# Constraints are field types: a value outside them is refused when the settings are read
+# (one line naming the variable and the bound, `operators.runtime.settings.one_line`), by the
+# flow and by `check` alike.
+AtLeastOne = Annotated[int, Field(ge=1)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+Seconds = Annotated[float, Field(ge=0)]
+Port = Annotated[int, Field(ge=0, lt=65536)]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def lower(v: Any) -> Any:
+    return v.lower() if isinstance(v, str) else v
+
+
+def upper(v: Any) -> Any:
+    return v.upper() if isinstance(v, str) else v
+
+
 class OracleSettings(EnvModel):
     """The model and its batches."""
 
@@ -53,30 +76,32 @@ class OracleSettings(EnvModel):
         description="a second checkpoint run on the same batches into oracle_<survey>_shadow_results.csv; never posts")
     model_kind: Optional[str] = Field(None, validation_alias="ORACLE_MODEL_KIND",
                                       description="btsv2, lsst_lite or omni; unset: detected from the checkpoint")
-    batch_size: int = Field(256, validation_alias="ORACLE_BATCH_SIZE", description="alerts per model batch (at most)")
-    batch_timeout_s: float = Field(1.0, validation_alias="ORACLE_BATCH_TIMEOUT_S",
-                                   description="seconds a partial batch waits before it is classified")
-    shards: Optional[int] = Field(None, validation_alias="ORACLE_SHARDS",
-                                  description="batch keys, spread evenly over the workers; unset: one per worker "
-                                              "(32 when not run by `python -m bytewax.run`)")
-    torch_threads: int = Field(1, validation_alias="ORACLE_TORCH_THREADS",
-                               description="torch threads per process (workers are threads already; use processes "
-                                           "for more cores)")
+    batch_size: AtLeastOne = Field(256, validation_alias="ORACLE_BATCH_SIZE",
+                                   description="alerts per model batch (at most)")
+    batch_timeout_s: PositiveSeconds = Field(1.0, validation_alias="ORACLE_BATCH_TIMEOUT_S",
+                                             description="seconds a partial batch waits before it is classified")
+    shards: Optional[AtLeastOne] = Field(None, validation_alias="ORACLE_SHARDS",
+                                         description="batch keys, spread evenly over the workers; unset: one per "
+                                                     "worker (32 when not run by `python -m bytewax.run`)")
+    torch_threads: AtLeastOne = Field(1, validation_alias="ORACLE_TORCH_THREADS",
+                                      description="torch threads per process (workers are threads already; use "
+                                                  "processes for more cores)")
     cpu_affinity: str = Field("", validation_alias="ALERTFLOW_CPU_AFFINITY",
                               description="pin each flow process to one core at start: auto (process i on core i "
                                           "mod cores) or a core list such as 0,2-3 (process i on its i-th entry); "
-                                          "unset: not pinned (bench/scaling.py says when it helps)")
-    precision: str = Field("fp32", validation_alias="ORACLE_PRECISION",
-                           description="Omni's image network: fp32, or opt-in bf16 (autocast; fastest where the CPU "
-                                       "has bf16) or int8 (dynamic int8 of the 1x1 and Linear layers, CPU only): "
-                                       "2-4x the alerts/s, probabilities move slightly; `bench/bench_flow.py` "
-                                       "prints by how much")
+                                          "unset: not pinned (docs/performance.md says when it helps)")
+    precision: Literal["fp32", "bf16", "int8"] = Field(
+        "fp32", validation_alias="ORACLE_PRECISION",
+        description="Omni's image network: fp32, or opt-in bf16 (autocast; fastest where the CPU has bf16) or int8 "
+                    "(dynamic int8 of the 1x1 and Linear layers, CPU only): 2-4x the alerts/s, probabilities move "
+                    "slightly; `bench/bench_flow.py` prints by how much")
     compile: bool = Field(False, validation_alias="ORACLE_COMPILE",
                           description="torch.compile Omni's image network at start-up (fp32 on the CPU only; needs "
                                       "a C++ compiler, g++ or $CXX; ~10-45 s at start): ~1.2x the alerts/s, same "
                                       "probabilities to 1e-5")
-    device: str = Field("cpu", validation_alias="ORACLE_DEVICE",
-                        description="where the model runs: cpu, cuda or mps (the model and each batch move there)")
+    device: Literal["cpu", "cuda", "mps"] = Field(
+        "cpu", validation_alias="ORACLE_DEVICE",
+        description="where the model runs: cpu, cuda or mps (the model and each batch move there)")
     backend: Literal["torch", "onnxruntime"] = Field(
         "torch", validation_alias="ORACLE_BACKEND",
         description="torch, or onnxruntime: the same networks exported to ONNX (cached by the weights' sha256) "
@@ -88,17 +113,7 @@ class OracleSettings(EnvModel):
     forced_photometry: bool = Field(False, validation_alias="ORACLE_{survey}_FORCED_PHOTOMETRY",
                                     description="add BOOM's forced photometry (fp_hists) as flag-0 epochs")
 
-    @field_validator("batch_size")
-    @classmethod
-    def _batch(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"ORACLE_BATCH_SIZE={v} -> set ORACLE_BATCH_SIZE to at least 1")
-        return v
-
-    @field_validator("shards")
-    @classmethod
-    def _shards(cls, v: Optional[int]) -> Optional[int]:
-        return None if v is None else max(1, v)
+    _lower = field_validator("precision", "device", mode="before")(lower)
 
     @field_validator("cpu_affinity")
     @classmethod
@@ -108,20 +123,6 @@ class OracleSettings(EnvModel):
         except ValueError as exc:
             raise ValueError(f"ALERTFLOW_CPU_AFFINITY={v!r}: {exc}") from None
         return v.strip().lower()
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, v: str) -> str:
-        if v.lower() not in {"fp32", "bf16", "int8"}:
-            raise ValueError(f"ORACLE_PRECISION={v.lower()!r}: use fp32 (default), bf16 or int8")
-        return v.lower()
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if v.lower() not in {"cpu", "cuda", "mps"}:
-            raise ValueError(f"ORACLE_DEVICE={v.lower()!r}: use cpu (default), cuda or mps")
-        return v.lower()
 
 
 class OutputSettings(EnvModel):
@@ -133,9 +134,10 @@ class OutputSettings(EnvModel):
                            description="log files (one per flow, rotated at 50 MB, 5 kept)")
     sample_dir: Path = Field(DATA_DIR, validation_alias="ALERTFLOW_SAMPLE_DIR",
                              description="bundled sample replayed without Kafka")
-    log_level: str = Field("INFO", validation_alias="ALERTFLOW_LOG_LEVEL", description="DEBUG, INFO, WARNING")
+    log_level: LogLevel = Field("INFO", validation_alias="ALERTFLOW_LOG_LEVEL",
+                                description="DEBUG, INFO, WARNING")
 
-    _upper = field_validator("log_level")(lambda v: v.upper())
+    _upper = field_validator("log_level", mode="before")(upper)
 
 
 class RecoverySettings(EnvModel):
@@ -146,39 +148,28 @@ class RecoverySettings(EnvModel):
         description="bytewax recovery (resume from the last snapshot after a restart); unset: on with Kafka")
     directory: Path = Field(Path("recovery"), validation_alias="ALERTFLOW_RECOVERY_DIR",
                             description="recovery partitions (created on first start; keep on a persistent disk)")
-    partitions: int = Field(4, validation_alias="ALERTFLOW_RECOVERY_PARTITIONS",
-                            description="recovery partitions created on first start")
-    snapshot_interval_s: float = Field(5.0, validation_alias="ALERTFLOW_SNAPSHOT_INTERVAL_S",
-                                       description="seconds between recovery snapshots (a restart replays at most "
-                                                   "this much)")
-    backup_interval_s: float = Field(0.0, validation_alias="ALERTFLOW_BACKUP_INTERVAL_S",
-                                     description="seconds old snapshots are kept (for backups of the recovery "
-                                                 "directory)")
+    partitions: AtLeastOne = Field(4, validation_alias="ALERTFLOW_RECOVERY_PARTITIONS",
+                                   description="recovery partitions created on first start")
+    snapshot_interval_s: PositiveSeconds = Field(
+        5.0, validation_alias="ALERTFLOW_SNAPSHOT_INTERVAL_S",
+        description="seconds between recovery snapshots (a restart replays at most this much)")
+    backup_interval_s: Seconds = Field(0.0, validation_alias="ALERTFLOW_BACKUP_INTERVAL_S",
+                                       description="seconds old snapshots are kept (for backups of the recovery "
+                                                   "directory)")
 
 
 class MetricsSettings(EnvModel):
-    """Prometheus /metrics. A malformed port is logged and ignored: metrics must not
-    stop a flow (`python -m dataflows check` reports it as a failure)."""
+    """Prometheus /metrics."""
 
-    port: Optional[int] = Field(None, validation_alias="ALERTFLOW_METRICS_PORT",
-                                description="serve Prometheus /metrics on this port (for runs without bytewax's "
-                                            "API server)")
-    api_enabled: str = Field("false", validation_alias="BYTEWAX_DATAFLOW_API_ENABLED",
-                             description="true: bytewax serves /metrics (ours and its own) on its API port "
-                                         "(read by bytewax)")
-    api_port: str = Field("3030", validation_alias="BYTEWAX_DATAFLOW_API_PORT",
-                          description="bytewax API server port (one per process: give each process on a host "
-                                      "its own; read by bytewax)")
-
-    @field_validator("port", mode="before")
-    @classmethod
-    def _port(cls, v: Any) -> Optional[int]:
-        if v is None or isinstance(v, int):
-            return v
-        if str(v).isdigit() and 0 <= int(v) < 65536:
-            return int(v)
-        log.warning("ALERTFLOW_METRICS_PORT=%r is not a port number; no metrics exporter started", v)
-        return None
+    port: Optional[Port] = Field(None, validation_alias="ALERTFLOW_METRICS_PORT",
+                                 description="serve Prometheus /metrics on this port (for runs without bytewax's "
+                                             "API server)")
+    api_enabled: bool = Field(False, validation_alias="BYTEWAX_DATAFLOW_API_ENABLED",
+                              description="true: bytewax serves /metrics (ours and its own) on its API port "
+                                          "(read by bytewax)")
+    api_port: Port = Field(3030, validation_alias="BYTEWAX_DATAFLOW_API_PORT",
+                           description="bytewax API server port (one per process: give each process on a host "
+                                       "its own; read by bytewax)")
 
 
 # ---------------------------------------------------------------- per survey
@@ -241,61 +232,48 @@ def oracle_models(survey, fritz: bool = True) -> list[type[EnvModel]]:
     return [m for concern, m in survey_models(survey).items() if fritz or concern != "fritz"]
 
 
-# ---------------------------------------------------------------- the composed settings
+# ---------------------------------------------------------------- the settings root
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything an ORACLE flow reads, composed from the models above."""
+class Settings(BaseModel):
+    """Everything an ORACLE flow reads: one frozen root nesting one model per concern,
+    read once (`from_env`). A new concern is a field here and a line in
+    `_make_survey_models`. `kafka` and `mongo` are None when not configured (bundled
+    sample, bundled documents); `recovery.enabled` is resolved (on with Kafka unless set)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     survey: str
-    filter_name: str
-    weights: Path
-    model_kind: Optional[str]
-    batch_size: int
-    batch_timeout_s: float
-    shards: Optional[int]  # None: one batch key per worker (operators/runtime/routing.py)
-    results_dir: Path
-    logs_dir: Path
-    sample_dir: Path
+    oracle: OracleSettings
+    outputs: OutputSettings
+    recovery: RecoverySettings
     kafka: Optional[KafkaSettings] = None
     mongo: Optional[MongoSettings] = None
-    log_level: str = "INFO"
-    # Input-builder options; a survey's `input_options` names those its builder takes.
-    forced_photometry: bool = False  # LSST: add DiaForcedSource epochs as flag-0 points
-    recovery: bool = False  # bytewax recovery for this run (default: on with Kafka)
-    recovery_dir: Path = Path("recovery")
-    recovery_partitions: int = 4
-    snapshot_interval_s: float = 5.0
-    backup_interval_s: float = 0.0
-    torch_threads: int = 1
-    cpu_affinity: str = ""  # ALERTFLOW_CPU_AFFINITY: "", "auto" or a core list (operators/runtime/affinity.py)
-    precision: str = "fp32"  # Omni's image network: fp32, or bf16/int8 (opt-in, faster, probabilities move slightly)
-    device: str = "cpu"  # where the model runs: cpu, cuda, mps
-    compile: bool = False  # torch.compile Omni's image network at start-up (fp32, CPU)
-    fritz: Optional[FritzConfig] = None
-    slack: Optional[SlackConfig] = None
-    metrics_port: Optional[int] = None
-    shadow_weights: Optional[Path] = None  # a second model on the same batches; never posts
-    backend: str = "torch"  # torch or onnxruntime (models/oracle/onnx_backend.py)
-    onnx_cache_dir: Optional[Path] = None  # None: the user's cache directory
-    results: ResultsSettings = ResultsSettings()  # results topic and collection (operators/sinks/results_outputs.py)
+    fritz: FritzConfig = Field(default_factory=FritzConfig)
+    slack: SlackConfig = Field(default_factory=SlackConfig)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    results: ResultsSettings = Field(default_factory=ResultsSettings)  # topic, collection (operators/sinks/results_outputs.py)
+
+    # -- file names derived from the survey and the output directories
+
+    def _named(self, suffix: str) -> Path:
+        return self.outputs.results_dir / f"oracle_{self.survey.lower()}_{suffix}"
 
     @property
     def results_csv(self) -> Path:
-        return self.results_dir / f"oracle_{self.survey.lower()}_results.csv"
+        return self._named("results.csv")
 
     @property
     def shadow_results_csv(self) -> Path:
-        return self.results_dir / f"oracle_{self.survey.lower()}_shadow_results.csv"
+        return self._named("shadow_results.csv")
 
     @property
     def deadletters(self) -> Path:
-        return self.results_dir / f"oracle_{self.survey.lower()}_deadletters.jsonl"
+        return self._named("deadletters.jsonl")
 
     @property
     def log_file(self) -> Path:
-        return self.logs_dir / f"oracle_{self.survey.lower()}.log"
+        return self.outputs.logs_dir / f"oracle_{self.survey.lower()}.log"
 
     @property
     def secrets(self) -> list[str]:
@@ -304,45 +282,56 @@ class Settings:
     def redact(self, text: str) -> str:
         return redact(text, self.secrets)
 
+    def replace(self, **concerns: Mapping[str, Any]) -> "Settings":
+        """These settings with some fields of some concerns changed:
+        `settings.replace(oracle={"device": "cuda"})` (tests, `check`)."""
+        return self.model_copy(update={name: getattr(self, name).model_copy(update=dict(changes))
+                                       for name, changes in concerns.items()})
+
+    # -- reading
+
     @classmethod
     def from_env(cls, survey, env: Optional[Mapping[str, str]] = None) -> "Settings":
-        """Read every ORACLE-flow setting; `survey` is an `operators.oracle.surveys.Survey`."""
+        """Read every ORACLE-flow setting; `survey` is an `operators.oracle.surveys.Survey`.
+        The first bad variable raises `ConfigError` (one line naming it and the fix)."""
+        parts, errors = read_concerns(survey, env)
+        if errors:
+            raise next(iter(errors.values()))
+        return cls.compose(survey, parts)
+
+    @classmethod
+    def compose(cls, survey, parts: Mapping[str, EnvModel]) -> "Settings":
+        """The root from models read by `read_concerns` (a missing concern: its defaults)."""
+        parts = dict(parts)
+        kafka, mongo = parts.get("kafka"), parts.get("mongo")
+        parts["kafka"] = kafka if kafka is not None and kafka.brokers else None
+        parts["mongo"] = mongo if mongo is not None and mongo.configured else None
         models = survey_models(survey)
-        kafka = models["kafka"].read(env)
-        mongo = models["mongo"].read(env)
-        oracle = models["oracle"].read(env)
-        outputs = models["outputs"].read(env)
-        recovery = models["recovery"].read(env)
-        return cls(
-            survey=survey.name,
-            filter_name=oracle.filter_name,
-            weights=Path(oracle.weights),
-            model_kind=oracle.model_kind,
-            batch_size=oracle.batch_size,
-            batch_timeout_s=oracle.batch_timeout_s,
-            shards=oracle.shards,
-            results_dir=outputs.results_dir,
-            logs_dir=outputs.logs_dir,
-            sample_dir=outputs.sample_dir,
-            kafka=kafka if kafka.brokers else None,
-            mongo=mongo if mongo.configured else None,
-            log_level=outputs.log_level,
-            forced_photometry=oracle.forced_photometry,
-            recovery=bool(kafka.brokers) if recovery.enabled is None else recovery.enabled,
-            recovery_dir=recovery.directory,
-            recovery_partitions=recovery.partitions,
-            snapshot_interval_s=recovery.snapshot_interval_s,
-            backup_interval_s=recovery.backup_interval_s,
-            torch_threads=oracle.torch_threads,
-            cpu_affinity=oracle.cpu_affinity,
-            precision=oracle.precision,
-            device=oracle.device,
-            compile=oracle.compile,
-            fritz=models["fritz"].read(env),
-            slack=SlackConfig.from_env(env, channel_variables=(survey.slack_channel_env,)),
-            metrics_port=models["metrics"].read(env).port,
-            shadow_weights=oracle.shadow_weights,
-            backend=oracle.backend,
-            onnx_cache_dir=oracle.onnx_cache_dir,
-            results=models["results"].read(env),
-        )
+        for concern in ("oracle", "outputs", "recovery"):
+            if concern not in parts:
+                parts[concern] = models[concern].read({})
+        recovery = parts["recovery"]
+        if recovery.enabled is None:  # default: on with Kafka
+            parts["recovery"] = recovery.model_copy(update={"enabled": parts["kafka"] is not None})
+        return cls(survey=survey.name, **parts)
+
+
+def read_concerns(survey, env: Optional[Mapping[str, str]] = None) -> tuple[dict[str, EnvModel], dict[str, ConfigError]]:
+    """Every concern's model read from `env`, and the concerns that could not be read
+    (concern -> the error, in listing order): the flow stops at the first, `check`
+    reports each and checks the rest."""
+    parts: dict[str, EnvModel] = {}
+    errors: dict[str, ConfigError] = {}
+    for concern, read in concern_readers(survey).items():
+        try:
+            parts[concern] = read(env)
+        except ConfigError as exc:
+            errors[concern] = exc
+    return parts, errors
+
+
+def concern_readers(survey) -> dict[str, Callable[[Optional[Mapping[str, str]]], EnvModel]]:
+    """concern -> how to read it: `Model.read`, except Slack's survey channel variable."""
+    readers = {concern: model.read for concern, model in survey_models(survey).items()}
+    readers["slack"] = partial(SlackConfig.from_env, channel_variables=(survey.slack_channel_env,))
+    return readers

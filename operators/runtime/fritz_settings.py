@@ -59,21 +59,21 @@ class FritzConfig(EnvModel):
     group_ids: Annotated[tuple[int, ...], NoDecode] = Field(
         DEFAULT_GROUP_IDS, validation_alias="FRITZ_GROUP_IDS", json_schema_extra=BLANK_IS_VALUE,
         description="groups that see the annotations (comma-separated)")
-    decimals: int = Field(4, validation_alias="FRITZ_DECIMALS", description="decimals of annotated probabilities")
-    rate: float = Field(5.0, validation_alias="FRITZ_RATE",
+    decimals: Annotated[int, Field(ge=0)] = Field(4, validation_alias="FRITZ_DECIMALS", description="decimals of annotated probabilities")
+    rate: Annotated[float, Field(gt=0)] = Field(5.0, validation_alias="FRITZ_RATE",
                         description="requests per second for the token, whole cluster (SkyPortal allows 5)")
-    burst: int = Field(10, validation_alias="FRITZ_BURST", description="request burst (SkyPortal allows 10)")
-    timeout: float = Field(10.0, validation_alias="FRITZ_TIMEOUT", description="seconds per request")
-    max_retries: int = Field(4, validation_alias="FRITZ_MAX_RETRIES",
+    burst: Annotated[int, Field(ge=1)] = Field(10, validation_alias="FRITZ_BURST", description="request burst (SkyPortal allows 10)")
+    timeout: Annotated[float, Field(gt=0)] = Field(10.0, validation_alias="FRITZ_TIMEOUT", description="seconds per request")
+    max_retries: Annotated[int, Field(ge=0)] = Field(4, validation_alias="FRITZ_MAX_RETRIES",
                              description="retries on 429 (1, 2, 4 ... s), 5xx and timeouts")
-    workers: int = Field(2, validation_alias="FRITZ_WORKERS", description="annotation requests in flight")
-    max_pending: int = Field(10_000, validation_alias="FRITZ_MAX_PENDING",
+    workers: Annotated[int, Field(ge=1)] = Field(2, validation_alias="FRITZ_WORKERS", description="annotation requests in flight")
+    max_pending: Annotated[int, Field(ge=1)] = Field(10_000, validation_alias="FRITZ_MAX_PENDING",
                              description="objects waiting to be annotated before the oldest is dropped")
-    not_found_ttl: float = Field(600.0, validation_alias="FRITZ_NOT_FOUND_TTL",
+    not_found_ttl: Annotated[float, Field(ge=0)] = Field(600.0, validation_alias="FRITZ_NOT_FOUND_TTL",
                                  description="seconds to skip objects Fritz does not know (404)")
-    context_ttl: float = Field(3600.0, validation_alias="FRITZ_CONTEXT_TTL",
+    context_ttl: Annotated[float, Field(ge=0)] = Field(3600.0, validation_alias="FRITZ_CONTEXT_TTL",
                                description="seconds Fritz classifications are cached per object")
-    context_timeout: float = Field(1.0, validation_alias="FRITZ_CONTEXT_TIMEOUT",
+    context_timeout: Annotated[float, Field(ge=0)] = Field(1.0, validation_alias="FRITZ_CONTEXT_TIMEOUT",
                                    description="seconds to wait for Fritz classifications of an object")
     # Not read from the environment: tuned in code (tests, `check`).
     backoff_factor: float = 0.5  # seconds, 5xx and timeouts: 0, 1, 2, 4 ... x factor/0.5, plus jitter
@@ -111,8 +111,6 @@ class FritzConfig(EnvModel):
                 raise ValueError(
                     f"FRITZ_URL={self.url} would send FRITZ_TOKEN unencrypted: use https://, or set "
                     f"FRITZ_ALLOW_INSECURE=true if this network is trusted")
-        if self.rate <= 0 or self.burst < 1:
-            raise ValueError("FRITZ_RATE must be > 0 and FRITZ_BURST >= 1")
         return self
 
     @property

@@ -120,6 +120,16 @@ def quiet_interrupt(on_stop=None) -> None:
         atexit.register(_exit_after_drain)
 
 
+def exit_130_if_stopped() -> None:
+    """For `atexit` in a process that is the run: Ctrl-C caught where a traceback would
+    help nobody (a sink's close waiting for a service, operators/sinks/background.py)
+    lets the flow close normally; the process still ends as a Ctrl-C stop, status 130."""
+    if STOPPING.is_set():
+        global _on_stop
+        _on_stop = None  # the run summary was logged by the flow's own exit hook, registered later
+        stop_now()
+
+
 def setup_logging(log_file: Path, level: str = "INFO") -> None:
     """Idempotent: a second call (another flow in the same process) adds only its file."""
     root = logging.getLogger()

@@ -394,12 +394,15 @@ _exporter_port: Optional[int] = None
 def metrics_port(env: Optional[Mapping[str, str]] = None) -> Optional[int]:
     """`ALERTFLOW_METRICS_PORT` as an int, or None when unset (0 picks a free port).
 
-    A malformed value is logged and ignored (metrics must not stop a flow);
-    `python -m dataflows check` reports it as a failure. Read by
-    `operators.runtime.config.MetricsSettings`."""
-    from operators.runtime.config import MetricsSettings
+    For callers outside the flows (which refuse a malformed value at start, as `check`
+    does): a malformed value is logged and ignored. Read by `operators.runtime.config.MetricsSettings`."""
+    from operators.runtime.config import ConfigError, MetricsSettings
 
-    return MetricsSettings.read(env).port
+    try:
+        return MetricsSettings.read(env).port
+    except ConfigError as exc:
+        log.warning("%s; no metrics exporter started", exc)
+        return None
 
 
 def start_exporter(port: Optional[int], addr: str = "0.0.0.0") -> Optional[int]:

@@ -57,6 +57,15 @@ def database_problem(name: str) -> Optional[str]:
     return None
 
 
+# field -> (variable, the check that names what is wrong, a good name to suggest)
+NAME_RULES = {
+    "topic": ("ORACLE_RESULTS_TOPIC", topic_problem, "ZTF_alerts_oracle"),
+    "deadletter_topic": ("ALERTFLOW_DEADLETTER_TOPIC", topic_problem, "ZTF_alerts_oracle_deadletters"),
+    "collection": ("ORACLE_RESULTS_COLLECTION", collection_problem, "ZTF_alerts_oracle"),
+    "database": ("ORACLE_RESULTS_DATABASE", database_problem, "boom"),
+}
+
+
 class ResultsSettings(EnvModel):
     """The results topic and collection (issue 25): first-class outputs written by every worker."""
 
@@ -76,32 +85,14 @@ class ResultsSettings(EnvModel):
                                   description="Kafka topic that also gets every dead letter (the file's JSON line, "
                                               "reason and payload), keyed by candid; unset: off")
 
-    @field_validator("topic", "deadletter_topic")
+    @field_validator("topic", "deadletter_topic", "collection", "database")
     @classmethod
-    def _topic(cls, v: str, info) -> str:
-        variable = {"topic": "ORACLE_RESULTS_TOPIC", "deadletter_topic": "ALERTFLOW_DEADLETTER_TOPIC"}[info.field_name]
-        problem = topic_problem(v) if v else None
+    def _name(cls, v: str, info) -> str:
+        """A name Kafka or MongoDB would refuse stops the flow here, in one line."""
+        variable, problem_of, example = NAME_RULES[info.field_name]
+        problem = problem_of(v) if v else None
         if problem:
-            raise ValueError(f"{variable}={v!r} {problem} -> set {variable} to a name like ZTF_alerts_oracle, "
-                             f"or unset it")
-        return v
-
-    @field_validator("collection")
-    @classmethod
-    def _collection(cls, v: str) -> str:
-        problem = collection_problem(v) if v else None
-        if problem:
-            raise ValueError(f"ORACLE_RESULTS_COLLECTION={v!r} {problem} -> set ORACLE_RESULTS_COLLECTION to a name "
-                             f"like ZTF_alerts_oracle, or unset it")
-        return v
-
-    @field_validator("database")
-    @classmethod
-    def _database(cls, v: str) -> str:
-        problem = database_problem(v) if v else None
-        if problem:
-            raise ValueError(f"ORACLE_RESULTS_DATABASE={v!r} {problem} -> set ORACLE_RESULTS_DATABASE to a "
-                             f"database name like boom, or unset it")
+            raise ValueError(f"{variable}={v!r} {problem} -> set {variable} to a name like {example}, or unset it")
         return v
 
     @model_validator(mode="after")

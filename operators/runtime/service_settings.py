@@ -7,7 +7,7 @@ Shared by the ORACLE flows (operators/runtime/config.py composes them) and, for
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 from urllib.parse import quote_plus
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -60,8 +60,8 @@ class KafkaSettings(KafkaWaitSettings):
         description="Kafka bootstrap servers (comma-separated); unset: replay the bundled sample and exit")
     topic: str = Field("", validation_alias="KAFKA_TOPIC", description="BOOM filter-results topic")
     group_id: str = Field("", validation_alias="KAFKA_GROUP_ID", description="Kafka consumer group id")
-    starting_offset: str = Field("beginning", validation_alias="KAFKA_STARTING_OFFSET",
-                                 description="where a first start reads from: beginning or end")
+    starting_offset: Literal["beginning", "end"] = Field("beginning", validation_alias="KAFKA_STARTING_OFFSET",
+                                                       description="where a first start reads from: beginning or end")
     options: dict[str, str] = Field(
         default_factory=dict, validation_alias="KAFKA_OPT_*", repr=False,
         description="any librdkafka setting: KAFKA_OPT_SECURITY_PROTOCOL=SASL_SSL sets security.protocol")
@@ -69,12 +69,7 @@ class KafkaSettings(KafkaWaitSettings):
 
     _brokers = field_validator("brokers", mode="before")(comma_list)
 
-    @field_validator("starting_offset")
-    @classmethod
-    def _offset(cls, v: str) -> str:
-        if v.lower() not in {"beginning", "end"}:
-            raise ValueError(f"KAFKA_STARTING_OFFSET={v.lower()!r} -> use beginning or end")
-        return v.lower()
+    _offset = field_validator("starting_offset", mode="before")(lambda v: v.lower() if isinstance(v, str) else v)
 
     @model_validator(mode="before")
     @classmethod
@@ -113,16 +108,17 @@ class MongoSettings(EnvModel):
     host: Optional[str] = Field(None, validation_alias="BOOM_DATABASE__HOST",
                                 description="BOOM's MongoDB host; with MONGODB_URI unset and this unset: "
                                             "bundled documents")
-    port: int = Field(27017, validation_alias="BOOM_DATABASE__PORT", description="BOOM's MongoDB port")
+    port: Annotated[int, Field(ge=1, lt=65536)] = Field(27017, validation_alias="BOOM_DATABASE__PORT",
+                                                         description="BOOM's MongoDB port")
     database: str = Field("boom", validation_alias="BOOM_DATABASE__NAME", description="BOOM's database name")
     username: Optional[str] = Field(None, validation_alias="BOOM_DATABASE__USERNAME", repr=False,
                                     description="MongoDB user")
     password: Optional[SecretStr] = Field(None, validation_alias="BOOM_DATABASE__PASSWORD",
                                           description="MongoDB password")
     tls: bool = Field(False, validation_alias="BOOM_DATABASE__TLS", description="connect to MongoDB with TLS")
-    timeout_ms: int = Field(5000, validation_alias="MONGODB_TIMEOUT_MS",
+    timeout_ms: Annotated[int, Field(ge=1)] = Field(5000, validation_alias="MONGODB_TIMEOUT_MS",
                             description="MongoDB server-selection / socket timeout")
-    retries: int = Field(0, validation_alias="MONGODB_RETRIES",
+    retries: Annotated[int, Field(ge=0)] = Field(0, validation_alias="MONGODB_RETRIES",
                          description="attempts per batch before the flow stops on a store outage; "
                                      "0: wait until MongoDB is back")
 

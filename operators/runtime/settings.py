@@ -116,6 +116,12 @@ _TYPE_FIXES = {
     "float_parsing": ("is not a number", "a number"),
     "bool_parsing": ("is not true or false", "true or false"),
 }
+_BOUNDS = {
+    "greater_than_equal": ("at least", "≥", "ge"),
+    "greater_than": ("more than", ">", "gt"),
+    "less_than_equal": ("at most", "≤", "le"),
+    "less_than": ("less than", "<", "lt"),
+}
 
 
 def is_secret(field) -> bool:
@@ -136,6 +142,13 @@ def one_line(exc: ValidationError, cls) -> str:
     if err["type"] in _TYPE_FIXES:
         what, fix = _TYPE_FIXES[err["type"]]
         return f"{name}={shown} {what} -> set {name} to {fix}, or unset it"
+    ctx = err.get("ctx", {})
+    if err["type"] == "literal_error":  # a `Literal[...]` field: name the choices
+        return f"{name}={shown} is not one of {ctx['expected']} -> set {name} to one of them, or unset it"
+    if err["type"] in _BOUNDS:  # an `Annotated[int, Field(ge=1)]`-like field: name the bound
+        what, sign, key = _BOUNDS[err["type"]]
+        bound = f"{ctx[key]:g}" if isinstance(ctx[key], (int, float)) else ctx[key]
+        return f"{name}={shown} must be {what} {bound} -> set {name} to a number {sign} {bound}, or unset it"
     return f"{name}={shown}: {err['msg']} -> fix or unset {name}"
 
 

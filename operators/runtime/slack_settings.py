@@ -7,7 +7,7 @@ never import the sink: the sink imports its settings.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional
+from typing import Annotated, Mapping, Optional
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -28,7 +28,7 @@ class SlackConfig(EnvModel):
                               description="Slack channel id for LSST posts")
     # Further surveys' channels: their `slack_channel_env` variable -> channel id (read by `from_env`).
     channels: Mapping[str, str] = Field(default_factory=dict, exclude=True)
-    min_leaf_probability: float = Field(
+    min_leaf_probability: Annotated[float, Field(ge=0, le=1)] = Field(
         0.0, validation_alias="SLACK_MIN_LEAF_PROBABILITY",
         description="post only alerts whose predicted leaf has at least this probability")
     fritz_url: str = Field(FRITZ_DEFAULT_URL, validation_alias="FRITZ_URL",
@@ -56,8 +56,6 @@ class SlackConfig(EnvModel):
 
     @model_validator(mode="after")
     def _check(self) -> "SlackConfig":
-        if not 0.0 <= self.min_leaf_probability <= 1.0:
-            raise ValueError("SLACK_MIN_LEAF_PROBABILITY must be within [0, 1]")
         if self.enabled:
             if not plain(self.token):
                 raise ValueError("POST_TO_SLACK is true but SLACK_BOT_TOKEN is not set")
@@ -65,8 +63,12 @@ class SlackConfig(EnvModel):
 
     def channel_for(self, survey) -> str:
         """The channel id set in the survey's `slack_channel_env` variable ("" when unset)."""
+        return self.channel_named(survey.slack_channel_env)
+
+    def channel_named(self, variable: str) -> str:
+        """The channel id set in `variable` ("" when unset)."""
         known = {"SLACK_ORACLE_CHANNEL_ID": self.ztf_channel, "SLACK_ORACLE_LSST_CHANNEL_ID": self.lsst_channel}
-        return {**known, **self.channels}.get(survey.slack_channel_env, "")
+        return {**known, **self.channels}.get(variable, "")
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None,

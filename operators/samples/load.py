@@ -416,12 +416,12 @@ def main(argv: Optional[Sequence[str]] = None, env: Mapping[str, str] = os.envir
         ap.error("no MongoDB: pass --mongodb-uri, set MONGODB_URI or BOOM_DATABASE__HOST, or use --skip-mongo")
     if kafka is None and not args.skip_kafka:
         ap.error("no Kafka: pass --kafka-brokers, set KAFKA_BROKERS, or use --skip-kafka")
-    if not (settings.sample_dir / "messages.jsonl").exists():
-        ap.error(f"{settings.sample_dir} holds no messages.jsonl")
-    sample = read_sample(settings.sample_dir, survey.collections)
+    if not (settings.outputs.sample_dir / "messages.jsonl").exists():
+        ap.error(f"{settings.outputs.sample_dir} holds no messages.jsonl")
+    sample = read_sample(settings.outputs.sample_dir, survey.collections)
     log.info(
         "loading %s (%d messages × %d) into %s and %s",
-        settings.sample_dir, len(sample.messages), args.repeat,
+        settings.outputs.sample_dir, len(sample.messages), args.repeat,
         mongo.describe() + f" db={mongo.database}" if mongo else "no MongoDB",
         f"{','.join(kafka.brokers)} topic={kafka.topic}" if kafka else "no Kafka",
     )

@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from dataclasses import replace
 from typing import Any, Mapping, Optional, Sequence
 
@@ -43,7 +42,7 @@ from cachetools import LRUCache, TTLCache
 
 from models.oracle.taxonomy import Taxonomy
 from operators.runtime import metrics
-from operators.sinks.background import BackgroundSender
+from operators.sinks.background import Delivery
 from operators.sinks.fritz_client import (
     AUTH_MESSAGE,
     FritzAuthError,
@@ -107,34 +106,31 @@ _HINTS = {
 }
 
 
-class FritzAnnotator:
-    """Sends annotations through a `BackgroundSender` with `config.workers` threads.
+class FritzAnnotator(Delivery):
+    """How to send one annotation to Fritz (the rest is `Delivery`'s), with
+    `config.workers` threads. The client retries what can heal (urllib3: 429, 5xx,
+    timeouts; paced by its token bucket), so `send` never asks for a retry.
 
     `submit` never blocks and never raises; `stats` counts outcomes; `flush`
     waits for the queue to drain; `close` flushes (bounded) and stops.
     """
 
+    what = "annotations"
+    service = "Fritz"
+    kept = "the next alert of each object annotates it again"
+
     def __init__(self, client: FritzClient):
         self.client = client
         self.config = client.config
-        self.stats: Counter[str] = Counter()
         # Objects not to send again: unknown to Fritz (for a while), or whose annotation
         # this token cannot update (for the run; said once each).
         self._not_found: Optional[TTLCache] = (
             TTLCache(maxsize=100_000, ttl=self.config.not_found_ttl, timer=time.monotonic)
             if self.config.not_found_ttl > 0 else None)
         self._forbidden: LRUCache = LRUCache(maxsize=100_000)
-        self._lock = threading.Lock()
-        self._auth_failed = False
-        self._failure_kinds: set[str] = set()
         self._last_report = time.monotonic()
         self._reported = (0, 0)
-        self.sender = BackgroundSender("fritz-annotate", self._send_and_report, max_pending=self.config.max_pending,
-                                       workers=self.config.workers)
-
-    def count(self, what: str, n: int = 1) -> None:
-        with self._lock:
-            self.stats[what] += n
+        super().__init__("fritz-annotate", max_pending=self.config.max_pending, workers=self.config.workers)
 
     def submit(self, object_id: str, data: Mapping[str, Any], jd: Optional[float] = None) -> None:
         try:
@@ -142,36 +138,30 @@ class FritzAnnotator:
                 skip = ("skipped_forbidden" if object_id in self._forbidden else
                         "skipped_not_found" if self._not_found is not None and object_id in self._not_found
                         else None)
-                if skip:
-                    self.stats[skip] += 1
-                    return
-            self.sender.submit(object_id, dict(data), jd)
-            with self._lock:
-                self.stats["submitted"] += 1
+            if skip:
+                self.count(skip)
+                return
+            super().submit(object_id, dict(data), jd)
+            self.count("submitted")
             self._maybe_report()
         except Exception:  # noqa: BLE001
             log.exception("Fritz: could not queue the annotation of %s", object_id)
 
-    def _send_and_report(self, object_id: str, data: dict) -> None:
+    def send(self, object_id: str, data: dict) -> None:
         """One annotation, whatever happens (the client retries what can heal): never a retry here."""
         try:
-            self._send(object_id, data)
+            self._annotate(object_id, data)
         finally:
             self._maybe_report()
 
-    def _send(self, object_id: str, data: dict) -> None:
+    def _annotate(self, object_id: str, data: dict) -> None:
         try:
             result = self.client.upsert_annotation(object_id, data)
         except FritzAuthError as e:
             metrics.fritz_request("unauthorized")
-            with self._lock:
-                self.stats["auth_failed"] += 1
-                first = not self._auth_failed
-                self._auth_failed = True
-            if first:
-                log.error("%s", e)
-            else:
-                log.debug("Fritz 401 again for %s", object_id)
+            self.count("auth_failed")
+            self.last_failure = "Fritz: 401, FRITZ_TOKEN refused"
+            self.once("auth", logging.ERROR, "%s", e)
             return
         except FritzNotFoundError:
             metrics.fritz_request("not_found")
@@ -192,24 +182,17 @@ class FritzAnnotator:
             status = getattr(e, "status", None)
             kind = f"HTTP {status}" if status else type(e).__name__
             metrics.fritz_request("failure")
-            with self._lock:
-                self.stats["failed"] += 1
-                first = kind not in self._failure_kinds
-                self._failure_kinds.add(kind)
-            if first:
-                hint = _HINTS.get(status, "")
-                log.warning("Fritz annotation of %s failed: %s%s (said once per kind of failure; "
-                            "counts in the periodic summary)", object_id, self.client.scrub(e),
-                            f". {hint}" if hint else "")
-            else:
-                log.debug("Fritz annotation of %s failed: %s", object_id, self.client.scrub(e))
+            self.count("failed")
+            self.last_failure = f"Fritz: {kind}"
+            hint = _HINTS.get(status, "")
+            self.once(f"failure-{kind}", logging.WARNING,
+                      "Fritz annotation of %s failed: %s%s (said once per kind of failure; counts in the periodic "
+                      "summary)", object_id, self.client.scrub(e), f". {hint}" if hint else "")
             return
         metrics.fritz_request("success")
-        with self._lock:
-            self.stats[result.action] += 1
-            recovered = self._auth_failed
-            self._auth_failed = False
-        if recovered:
+        self.count(result.action)
+        if "auth" in self._said:  # the token was refused before: say it works again (once)
+            self.forget("auth")
             log.warning("Fritz accepts the token again; annotations are being posted")
         log.debug("Fritz annotation %s on %s (id %s)", result.action, object_id, result.annotation_id)
 
@@ -234,13 +217,11 @@ class FritzAnnotator:
         else:
             log.info("Fritz annotations: %s", stats)
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
-        return self.sender.flush(timeout)
-
-    def close(self, timeout: float = 30.0) -> None:
-        left = self.sender.close(timeout)
+    def close(self, timeout: float = 30.0) -> int:
+        left = super().close(timeout)
         log.info("Fritz annotations this run: %s%s", dict(self.stats),
                  f"; {left} objects not sent (flow closing)" if left else "")
+        return left
 
 
 # ---------------------------------------------------------------------------
@@ -287,7 +268,7 @@ class FritzAnnotationSink(DynamicSink):
         self._annotator: Optional[FritzAnnotator] = None
         self._users = 0
         self._lock = threading.Lock()
-        self._warned: set[str] = set()
+        self._warned: set[str] = set()  # "disabled", said once per sink (no delivery exists then)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _FritzPartition:
         with self._lock:
@@ -311,16 +292,13 @@ class FritzAnnotationSink(DynamicSink):
                 return
             data = annotation_data(record.probabilities, self.taxonomy, self.config.decimals)
             if all(v is None for v in data.values()):
-                if "taxonomy" not in self._warned:
-                    self._warned.add("taxonomy")
-                    log.error("Fritz sink: record %s has none of the %s taxonomy's classes; skipped",
-                              getattr(record, "candid", "?"), self.taxonomy.name)
+                annotator.once("taxonomy", logging.ERROR, "Fritz sink: record %s has none of the %s taxonomy's "
+                               "classes; skipped", getattr(record, "candid", "?"), self.taxonomy.name)
                 return
             annotator.submit(str(record.objectId), data, _jd(record))
         except Exception:  # noqa: BLE001 - never raise out of the sink
-            if "record" not in self._warned:
-                self._warned.add("record")
-                log.exception("Fritz sink: cannot annotate record %r", getattr(record, "candid", record))
+            annotator.once("record", logging.ERROR, "Fritz sink: cannot annotate record %r",
+                           getattr(record, "candid", record), exc_info=True)
 
     def _release(self) -> None:
         with self._lock:

@@ -176,7 +176,7 @@ def check_results(settings, survey, start: bool = False) -> list[CheckLine]:
     out.extend(ensure_topic(settings, topic, variable, create=start) for variable, topic in topics)
     if r.collection:
         out.append(check_collection(settings, survey, r.collection, "results", wait=start))
-        if settings.shadow_weights is not None:
+        if settings.oracle.shadow_weights is not None:
             out.append(check_collection(settings, survey, r.shadow_collection, "shadow", wait=start))
     return out
 

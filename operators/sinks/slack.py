@@ -11,7 +11,7 @@ gave on Fritz; the file is a PNG of the probability tree (`operators.oracle.tree
 Only alerts worth a look are posted (predicted leaf probability at least
 `SLACK_MIN_LEAF_PROBABILITY`), and an alert (candid) is never posted twice:
 the posted candids and the alerts still waiting are the sink's recovery state.
-Posting happens on the one-thread `BackgroundSender` (operators/sinks/background.py)
+Posting happens on the one-thread `SlackPoster`, a `Delivery` (operators/sinks/background.py),
 with a bounded queue, so a slow or failing Slack never blocks classification. What a failure does:
 
 - errors that cannot heal by waiting (`not_in_channel`, `channel_not_found`,
@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Mapping, Optional, Union
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from cachetools import FIFOCache
@@ -47,9 +47,8 @@ from slack_sdk.errors import SlackRequestError
 
 from operators.runtime import metrics
 from operators.runtime.settings import plain
-from operators.sinks.background import STOP, BackgroundSender
+from operators.sinks.background import RETRY, STOP, Delivery
 from operators.sinks.fritz_client import scrub
-from operators.sinks.ratelimit import backoff_delay
 from operators.oracle.results import Result
 from operators.runtime.slack_settings import SlackConfig  # noqa: F401 - the sink's settings, re-exported
 from operators.sinks.slack_post import (  # noqa: F401 - the plain parts, re-exported for callers
@@ -92,105 +91,23 @@ class _Alert:
                    r.model, r.fritz_classifications, r.fritz_ml_classifications, r.fritz_link)
 
 
-class _SlackPartition(StatefulSinkPartition):
-    """Takes `Result`s (bytewax hands a partitioned sink the values, not the keys) and
-    posts them from a one-thread `BackgroundSender`: in order, the head retried."""
+class SlackPoster(Delivery):
+    """How to post one alert to Slack (the rest is `Delivery`'s): one thread, so posts keep
+    their order and a transient failure keeps the alert at the head, retried with backoff."""
 
-    def __init__(self, sink: "SlackSink", resume_state: Optional[dict]):
-        self._sink = sink
-        self._cfg = sink.config
-        self._posted: FIFOCache = FIFOCache(maxsize=max(1, self._cfg.max_remembered))
-        self.stats: Counter[str] = Counter()
-        self._warned: set[str] = set()
-        self._failures = 0  # consecutive transient failures of the alert at the head
+    what = "alerts"
+    service = "Slack"
+    kept = "they are in the recovery state (with ALERTFLOW_RECOVERY on) and posted after a restart"
+
+    def __init__(self, sink: "SlackSink", client: WebClient, posted: FIFOCache):
+        cfg = sink.config
+        super().__init__("slack-poster", max_pending=cfg.max_pending, retry_base=cfg.retry_base,
+                         retry_max=cfg.retry_max)
+        self._sink, self._cfg, self._client, self._posted = sink, cfg, client, posted
         self.stopped: Optional[str] = None  # why posting stopped (an error that cannot heal)
-        state = resume_state or {}
-        for c in state.get("posted", []):
-            self._posted[int(c)] = None
-        self._client: Optional[WebClient] = None
-        self._sender: Optional[BackgroundSender] = None
-        if self._cfg.enabled:
-            self._client = sink.client or make_client(
-                plain(self._cfg.token), base_url=self._cfg.base_url,
-                rate_limit_retries=self._cfg.rate_limit_retries, timeout=self._cfg.timeout)
-            self._sender = BackgroundSender("slack-poster", self._send, max_pending=self._cfg.max_pending)
-            for a in state.get("pending", []):
-                alert = _Alert(**a)
-                self._sender.submit(alert.candid, alert)
-        elif "disabled" not in sink._said:
-            sink._said.add("disabled")
-            log.info("Slack posts disabled (POST_TO_SLACK is not true)")
-        self._resumed_pending = [] if self._sender else list(state.get("pending", []))
 
-    # -- bytewax side (never blocks, never raises) ----------------------------
-
-    def write_batch(self, values: list[Result]) -> None:
-        if self._sender is None:
-            return
-        for result in values:
-            try:
-                self._accept(result)
-            except Exception:  # noqa: BLE001
-                self._once("record", logging.ERROR, "Slack sink: cannot use record %r",
-                           getattr(result, "candid", result), exc_info=True)
-
-    def _accept(self, result: Result) -> None:
-        if self.stopped:
-            self.stats["not_posted_stopped"] += 1
-            return
-        alert = _Alert.of(result)
-        survey = self._sink.survey_for(alert.survey)
-        if survey is None:
-            self._once(f"tax-{alert.survey}", logging.WARNING,
-                       "Slack sink: unknown survey %s; its alerts are not posted", alert.survey)
-            return
-        if not self._cfg.channel_for(survey):
-            self._once(f"chan-{alert.survey}", logging.WARNING,
-                       "Slack sink: no channel for %s alerts (set %s); they are not posted", survey.name,
-                       survey.slack_channel_env)
-            return
-        if leaf_probability(alert, survey.taxonomy) < self._cfg.min_leaf_probability:
-            self.stats["below_threshold"] += 1
-            return
-        if alert.candid in self._posted or alert.candid in self._sender:
-            self.stats["already_posted"] += 1
-            return
-        dropped = self._sender.submit(alert.candid, alert)
-        if dropped:
-            self.stats["dropped"] += len(dropped)
-            first = dropped[0][1]
-            self._once("dropped", logging.WARNING,
-                       "Slack posting is behind: more than %d alerts waiting; dropping the oldest "
-                       "(first dropped: %s %s)", self._cfg.max_pending, first.objectId, first.candid)
-
-    def snapshot(self) -> dict:
-        pending = self._sender.pending() if self._sender else []
-        return {"posted": list(self._posted), "pending": [asdict(a) for a in pending] or self._resumed_pending}
-
-    def close(self) -> None:
-        if self._sender is not None:
-            left = self._sender.close(self._cfg.close_timeout)
-            log.info("Slack posts this run: %s%s", dict(self.stats),
-                     f"; {left} alerts not posted (flow closing)" if left else "")
-
-    # -- the sender's thread --------------------------------------------------
-
-    def _send(self, candid: int, alert: _Alert) -> Union[None, float, str]:
-        """Post one alert: None when done with it, a pause before retrying it, or STOP."""
-        outcome = self._post(alert, self._failures)
-        if outcome == "retry":
-            self._failures += 1
-            self.stats["retries"] += 1
-            return backoff_delay(self._failures, base=self._cfg.retry_base, cap=self._cfg.retry_max, jitter=0.5)
-        self._failures = 0
-        if outcome == "stopped":
-            return STOP
-        if outcome == "posted":
-            self._posted[alert.candid] = None
-        return None
-
-    def _post(self, alert: _Alert, failures: int) -> str:
-        """Post one alert: "posted", "retry" (transient: keep it at the head), "dropped" or "stopped"."""
+    def send(self, candid: int, alert: _Alert) -> Union[None, str]:
+        """Post one alert: None when done with it (posted, or dropped after saying why), RETRY or STOP."""
         cfg = self._cfg
         try:
             survey = self._sink.survey_for(alert.survey)
@@ -202,33 +119,114 @@ class _SlackPartition(StatefulSinkPartition):
             kind, name = failure_kind(e)
             text = scrub(f"{type(e).__name__}: {e}", (plain(cfg.token),)).splitlines()[0][:300]
             metrics.slack_post("failure", survey=alert.survey)
-            self.stats[f"error_{name}"] += 1
+            self.count(f"error_{name}")
             if kind == "fatal":
-                channel = cfg.channel_for(survey)
                 self.stopped = name
                 log.error("Slack posting stopped: Slack answered %s for channel %s (%s). Classification and "
-                          "the CSV go on; restart the flow after fixing it in Slack.", name, channel, FATAL[name])
-                return "stopped"
-            if kind == "transient" or (isinstance(e, SlackRequestError) and failures < MAX_OTHER_ATTEMPTS):
-                self._once(f"transient-{name}", logging.WARNING,
-                           "Slack post of %s (%s) failed (%s); it is retried with backoff and the alerts "
-                           "behind it wait in the queue (at most %d). Said once per kind of failure.",
-                           alert.objectId, alert.candid, text, cfg.max_pending)
-                return "retry"
-            self._once(f"other-{name}", logging.ERROR,
-                       "Slack refused the post of %s (%s): %s. This alert is not posted; classification and "
-                       "the CSV are not affected; said once per error kind.", alert.objectId, alert.candid, text)
-            return "dropped"
+                          "the CSV go on; restart the flow after fixing it in Slack.", name,
+                          cfg.channel_for(survey), FATAL[name])
+                return STOP
+            if kind == "transient" or (isinstance(e, SlackRequestError) and self._failures < MAX_OTHER_ATTEMPTS):
+                self.last_failure = f"Slack: {text}"
+                self.once(f"transient-{name}", logging.WARNING,
+                          "Slack post of %s (%s) failed (%s); it is retried with backoff and the alerts "
+                          "behind it wait in the queue (at most %d). Said once per kind of failure.",
+                          alert.objectId, alert.candid, text, cfg.max_pending)
+                return RETRY
+            self.once(f"other-{name}", logging.ERROR,
+                      "Slack refused the post of %s (%s): %s. This alert is not posted; classification and "
+                      "the CSV are not affected; said once per error kind.", alert.objectId, alert.candid, text)
+            return None
         metrics.slack_post("success", survey=alert.survey)
-        self.stats["posted"] += 1
-        return "posted"
+        self.count("posted")
+        self._posted[alert.candid] = None
+        return None
 
-    def _once(self, key: str, level: int, msg: str, *args: Any, exc_info: bool = False) -> None:
-        if key in self._warned:
-            log.debug(msg, *args)
+
+class _SlackPartition(StatefulSinkPartition):
+    """Takes `Result`s (bytewax hands a partitioned sink the values, not the keys), keeps
+    those worth a post and not posted yet, and hands them to a `SlackPoster`."""
+
+    def __init__(self, sink: "SlackSink", resume_state: Optional[dict]):
+        self._sink = sink
+        self._cfg = sink.config
+        self._posted: FIFOCache = FIFOCache(maxsize=max(1, self._cfg.max_remembered))
+        state = resume_state or {}
+        for c in state.get("posted", []):
+            self._posted[int(c)] = None
+        self._poster: Optional[SlackPoster] = None
+        if self._cfg.enabled:
+            client = sink.client or make_client(
+                plain(self._cfg.token), base_url=self._cfg.base_url,
+                rate_limit_retries=self._cfg.rate_limit_retries, timeout=self._cfg.timeout)
+            self._poster = SlackPoster(sink, client, self._posted)
+            for a in state.get("pending", []):
+                alert = _Alert(**a)
+                self._poster.submit(alert.candid, alert)
+        elif "disabled" not in sink._said:
+            sink._said.add("disabled")
+            log.info("Slack posts disabled (POST_TO_SLACK is not true)")
+        self._resumed_pending = [] if self._poster else list(state.get("pending", []))
+
+    @property
+    def stats(self) -> Counter:
+        return self._poster.stats if self._poster is not None else Counter()
+
+    @property
+    def stopped(self) -> Optional[str]:
+        return self._poster.stopped if self._poster is not None else None
+
+    # -- bytewax side (never blocks, never raises) ----------------------------
+
+    def write_batch(self, values: list[Result]) -> None:
+        if self._poster is None:
             return
-        self._warned.add(key)
-        log.log(level, msg, *args, exc_info=exc_info)
+        for result in values:
+            try:
+                self._accept(result)
+            except Exception:  # noqa: BLE001
+                self._poster.once("record", logging.ERROR, "Slack sink: cannot use record %r",
+                                  getattr(result, "candid", result), exc_info=True)
+
+    def _accept(self, result: Result) -> None:
+        poster = self._poster
+        if poster.stopped:
+            poster.count("not_posted_stopped")
+            return
+        alert = _Alert.of(result)
+        survey = self._sink.survey_for(alert.survey)
+        if survey is None:
+            poster.once(f"tax-{alert.survey}", logging.WARNING,
+                        "Slack sink: unknown survey %s; its alerts are not posted", alert.survey)
+            return
+        if not self._cfg.channel_for(survey):
+            poster.once(f"chan-{alert.survey}", logging.WARNING,
+                        "Slack sink: no channel for %s alerts (set %s); they are not posted", survey.name,
+                        survey.slack_channel_env)
+            return
+        if leaf_probability(alert, survey.taxonomy) < self._cfg.min_leaf_probability:
+            poster.count("below_threshold")
+            return
+        if alert.candid in self._posted or alert.candid in poster:
+            poster.count("already_posted")
+            return
+        dropped = poster.submit(alert.candid, alert)
+        if dropped:
+            poster.count("dropped", len(dropped))
+            first = dropped[0][1]
+            poster.once("dropped", logging.WARNING,
+                        "Slack posting is behind: more than %d alerts waiting; dropping the oldest "
+                        "(first dropped: %s %s)", self._cfg.max_pending, first.objectId, first.candid)
+
+    def snapshot(self) -> dict:
+        pending = self._poster.pending() if self._poster else []
+        return {"posted": list(self._posted), "pending": [asdict(a) for a in pending] or self._resumed_pending}
+
+    def close(self) -> None:
+        if self._poster is not None:
+            left = self._poster.close(self._cfg.close_timeout)
+            log.info("Slack posts this run: %s%s", dict(self.stats),
+                     f"; {left} alerts not posted (flow closing)" if left else "")
 
 
 class SlackSink(FixedPartitionedSink):

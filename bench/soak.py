@@ -1,0 +1,310 @@
+"""Soak: the ZTF flow following a Kafka topic for N messages with recovery on; does anything grow?
+
+    python bench/soak.py --n 100000              # a short run (~10 min here); the default N is 2,000,000
+    python bench/soak.py --n 2000000 --every 50000
+
+The topic (tansu, Kafka protocol, memory storage, `--partitions` partitions) is fed by a
+publisher thread with messages synthesized from the bundled real alerts (bench/synthetic.py,
+~41 kB each, unique candids, ~90% passing the filter), kept at most `--lag-max` messages
+ahead of the flow. The flow is the real `dataflows.ztf` (`python -m bytewax.run`, Kafka
+input, recovery on by default, its snapshot interval), enriched from the embedded-style
+`SynthStore` so that MongoDB is not the bound. Every `--every` messages read it samples:
+the flow's RSS; the recovery directory's bytes; the results CSV's, dead letters' and log
+files' bytes; the size of every bounded structure (operators/runtime/bounds.py: the dedup
+windows of the CSV and the dead-letter file, the open batches, and whatever sinks
+register); the consumer lag (published − read). Targets (issue 28): RSS flat after warm-up
+(median of the last quarter ≤ median of the second quarter + 10 MB); the recovery
+directory bounded (its largest size ≤ 3 × the open batches' bound × a message's bytes + 4 MB
+of WAL per partition, whatever N: bytewax deletes every snapshot older than the last
+committed epoch, src/recovery.rs `commit`, and SQLite reuses the freed pages); every
+structure at or under its bound at every sample.
+JSON and PNG go to `--out` (results/bench/ by default).
+
+The broker keeps every message in memory (tansu's memory storage has no retention, and
+answers no DeleteRecords): N × 41 kB must fit in RAM beside the flow, so the run refuses an
+N over `--broker-gb` (default 8 GB ≈ 200,000 messages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.children import CSV_NAME, PY, Child, base_env  # noqa: E402
+from bench.measure import count_rows, proc_status  # noqa: E402
+
+STATUS = "soak-status.json"
+MESSAGE_BYTES = 41_200  # a synthesized message (bench/synthetic.py), carried by each open-batch alert
+
+
+# ---------------------------------------------------------------- inside the flow process
+
+
+def _sample_forever(out: Path, every_s: float) -> None:
+    from prometheus_client import REGISTRY
+
+    from operators.runtime import bounds
+
+    status = out / STATUS
+    while True:
+        n_in = REGISTRY.get_sample_value("alertflow_messages_total", {"survey": "ZTF", "flow": "oracle_ztf"}) or 0
+        data = {"in": int(n_in), "rss": proc_status().get("VmRSS", 0), "bounds": bounds.snapshot(), "t": time.time()}
+        tmp = status.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(status)
+        time.sleep(every_s)
+
+
+def soak_flow(out_dir: str, every_s: float = 0.5):
+    """`dataflows.ztf` as configured by the environment (Kafka), enriched from `SynthStore`."""
+    from bench.synthetic import SynthStore, Workload
+    from dataflows.oracle import build_flow
+    from operators.oracle.surveys import ZTF
+
+    threading.Thread(target=_sample_forever, args=(Path(out_dir), every_s), daemon=True).start()
+    return build_flow(ZTF, store=SynthStore(Workload(), ZTF.collections))
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def dir_bytes(path: Path) -> int:
+    total = 0
+    for p in path.rglob("*") if path.exists() else ():
+        try:
+            total += p.stat().st_size if p.is_file() else 0
+        except OSError:
+            pass
+    return total
+
+
+def cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    keep = [f for f in flags if f.startswith(("avx", "amx", "sse4", "fma", "f16c"))]
+    return " ".join(sorted(keep)) or "none of avx/amx/sse4/fma"
+
+
+class Publisher(threading.Thread):
+    """Publishes message i of the workload to partition i % P, at most `lag_max` ahead of the flow."""
+
+    def __init__(self, bootstrap: str, topic: str, workload, n: int, partitions: int, lag_max: int):
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.w, self.n, self.p, self.lag_max = bootstrap, topic, workload, n, partitions, lag_max
+        self.published = 0
+        self.read = 0  # set by the driver from the flow's status
+        self.error: Optional[str] = None
+
+    def run(self) -> None:
+        from confluent_kafka import Producer
+
+        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 20, "message.max.bytes": 2_000_000,
+                             "queue.buffering.max.kbytes": 256_000})
+        try:
+            for i in range(self.n):
+                while self.published - self.read >= self.lag_max:
+                    producer.poll(0.05)
+                while True:
+                    try:
+                        producer.produce(self.topic, value=self.w.message(i), partition=i % self.p)
+                        break
+                    except BufferError:
+                        producer.poll(0.1)
+                self.published += 1
+                producer.poll(0)
+            producer.flush(60)
+        except Exception as exc:  # noqa: BLE001 - reported by the driver
+            self.error = repr(exc)
+
+
+def run_soak(n: int, work: Path, partitions: int, every: int, lag_max: int, timeout_s: float) -> dict:
+    from bench.synthetic import Workload
+    from tests.conftest import KafkaService
+
+    work.mkdir(parents=True, exist_ok=True)
+    workload = Workload()
+    kafka = KafkaService(work)
+    kafka.start()
+    samples: list[dict] = []
+    try:
+        topic = kafka.create_topic("soak", partitions)
+        out = work / "flow"
+        out.mkdir(exist_ok=True)
+        recovery, results, logs = out / "recovery", out / "results", out / "logs"
+        env = base_env(KAFKA_BROKERS=kafka.bootstrap, KAFKA_TOPIC=topic, KAFKA_GROUP_ID="soak",
+                       KAFKA_STARTING_OFFSET="beginning", ALERTFLOW_RESULTS_DIR=results, ALERTFLOW_LOGS_DIR=logs,
+                       ALERTFLOW_RECOVERY_DIR=recovery)
+        publisher = Publisher(kafka.bootstrap, topic, workload, n, partitions, lag_max)
+        publisher.start()
+        flow = Child([PY, "-m", "bytewax.run", f"bench.soak:soak_flow({str(out)!r})"], env, out / "flow.log", "soak")
+        expected_rows = workload.passing(n)
+        rows_state: dict = {}
+        next_at, t0, last_change, last = every, time.monotonic(), time.monotonic(), -1
+        while True:
+            if not flow.alive():
+                raise RuntimeError(f"the flow exited with {flow.proc.returncode}:\n{flow.tail()}")
+            if time.monotonic() - t0 > timeout_s:
+                raise RuntimeError(f"timed out after {timeout_s:.0f} s at {last} messages")
+            if publisher.error:
+                raise RuntimeError(f"publisher: {publisher.error}")
+            try:
+                status = json.loads((out / STATUS).read_text())
+            except (OSError, ValueError):
+                time.sleep(0.5)
+                continue
+            publisher.read = status["in"]
+            rows = count_rows(results / CSV_NAME, rows_state)
+            if status["in"] != last:
+                last, last_change = status["in"], time.monotonic()
+            done = status["in"] >= n and rows >= expected_rows
+            if status["in"] >= next_at or done:
+                samples.append({
+                    "messages": status["in"], "seconds": round(time.monotonic() - t0, 1),
+                    "rss_mb": round(status["rss"] / 2**20, 1),
+                    "recovery_bytes": dir_bytes(recovery),
+                    "results_bytes": (results / CSV_NAME).stat().st_size if (results / CSV_NAME).exists() else 0,
+                    "dead_letter_bytes": sum(p.stat().st_size for p in results.glob("*deadletters*")),
+                    "log_bytes": dir_bytes(logs), "rows": rows,
+                    "lag": publisher.published - status["in"], "bounds": status["bounds"]})
+                s = samples[-1]
+                print(f"{s['messages']:>9} msgs  RSS {s['rss_mb']:7.1f} MB  recovery {s['recovery_bytes'] / 1e6:6.2f} MB  "
+                      f"CSV {s['results_bytes'] / 1e6:7.1f} MB  lag {s['lag']:>6}  "
+                      + "  ".join(f"{k} {v['items']}/{v['limit']}" for k, v in sorted(s["bounds"].items())),
+                      flush=True)
+                while next_at <= status["in"]:
+                    next_at += every
+            if done:
+                break
+            time.sleep(0.5)
+        flow.proc.send_signal(signal.SIGINT)
+        code = flow.stop()
+        return {"n": n, "partitions": partitions, "every": every, "lag_max": lag_max, "expected_rows": expected_rows,
+                "exit_status": code, "samples": samples, "wall_s": round(time.monotonic() - t0, 1)}
+    finally:
+        kafka.stop()
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    return v[len(v) // 2] if v else float("nan")
+
+
+def verdict(r: dict) -> dict:
+    s, n = r["samples"], r["n"]
+
+    def quarter(key: str, lo: float, hi: float) -> float:
+        return _median([x[key] for x in s if lo * n <= x["messages"] <= hi * n])
+
+    q2, q4 = quarter("rss_mb", 0.25, 0.5), quarter("rss_mb", 0.75, 1.0)
+    r2, r4 = quarter("recovery_bytes", 0.25, 0.5), quarter("recovery_bytes", 0.75, 1.0)
+    # What the recovery store can hold at most, whatever the messages read: bytewax keeps one
+    # snapshot per state key (older epochs deleted at each commit, src/recovery.rs), so the live
+    # data is the open batches (each alert carries its ~41 kB message) plus offsets; SQLite keeps
+    # freed pages for reuse, so a file holds ≤ 2 epochs (the old one is deleted after the new one
+    # is written), and its WAL ≤ the largest transaction + the 4 MB auto-checkpoint.
+    open_limit = max((x["bounds"].get("open_batches", {}).get("limit", 0) for x in s), default=0)
+    recovery_bound = 3 * open_limit * MESSAGE_BYTES + 4 * 2**20 * r.get("partitions", 1)
+    recovery_max = max((x["recovery_bytes"] for x in s), default=0)
+    over = sorted({f"{k} {v['items']}>{v['limit']} at {x['messages']}" for x in s for k, v in x["bounds"].items()
+                   if v["items"] > v["limit"]})
+    return {
+        "rss_q2_mb": q2, "rss_q4_mb": q4, "rss_flat": q4 <= q2 + 10,
+        "recovery_q2_bytes": r2, "recovery_q4_bytes": r4, "recovery_max_bytes": recovery_max,
+        "recovery_bound_bytes": recovery_bound, "recovery_bounded": recovery_max <= recovery_bound,
+        "structures_within_bounds": not over, "over_bounds": over[:20],
+        "bounds": {k: v["limit"] for k, v in (s[-1]["bounds"].items() if s else {}.items())},
+    }
+
+
+def chart(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = r["samples"]
+    x = [p["messages"] for p in s]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    axes[0][0].plot(x, [p["rss_mb"] for p in s], marker="o")
+    axes[0][0].set_title("flow RSS (MB)")
+    axes[0][1].plot(x, [p["recovery_bytes"] / 1e6 for p in s], marker="o", label="recovery dir")
+    axes[0][1].plot(x, [p["log_bytes"] / 1e6 for p in s], marker=".", label="logs")
+    axes[0][1].plot(x, [p["dead_letter_bytes"] / 1e6 for p in s], marker=".", label="dead letters")
+    axes[0][1].set_title("bytes on disk (MB; the results CSV grows by design)")
+    axes[0][1].legend()
+    for name in sorted({k for p in s for k in p["bounds"]}):
+        line, = axes[1][0].plot(x, [p["bounds"].get(name, {}).get("items", 0) for p in s], marker=".", label=name)
+        axes[1][0].plot(x, [p["bounds"].get(name, {}).get("limit", 0) for p in s], ls="--", color=line.get_color())
+    axes[1][0].set_yscale("symlog")
+    axes[1][0].set_title("bounded structures (dashed: bound)")
+    axes[1][0].legend(fontsize=7)
+    axes[1][1].plot(x, [p["lag"] for p in s], marker="o")
+    axes[1][1].set_title("consumer lag (published − read)")
+    for ax in axes.flat:
+        ax.set_xlabel("messages read")
+    v = r["verdict"]
+    fig.suptitle(f"soak: {r['n']:,} messages, {r['partitions']} partitions — RSS flat {v['rss_flat']}, "
+                 f"recovery bounded {v['recovery_bounded']}, within bounds {v['structures_within_bounds']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=2_000_000)
+    ap.add_argument("--every", type=int, default=50_000, help="sample every this many messages read")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--lag-max", type=int, default=20_000, help="publish at most this far ahead of the flow")
+    ap.add_argument("--broker-gb", type=float, default=8.0, help="memory the broker may use (N x ~41 kB)")
+    ap.add_argument("--timeout-s", type=float, default=6 * 3600)
+    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    args = ap.parse_args(argv)
+    need_gb = args.n * MESSAGE_BYTES / 1e9
+    if need_gb > args.broker_gb:
+        print(f"--n {args.n:,} needs ~{need_gb:.0f} GB in the broker (tansu memory storage keeps every message); "
+              f"raise --broker-gb if the machine has it, or lower --n", file=sys.stderr)
+        return 2
+    import tempfile
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="alertflow-soak-"))
+    flags = cpu_flags()
+    print(f"soak: {args.n:,} messages, sample every {args.every:,}; CPU flags: {flags}; work dir {work}", flush=True)
+    r = run_soak(args.n, work, args.partitions, args.every, args.lag_max, args.timeout_s)
+    r.update(verdict=verdict(r), cpu_flags=flags, command=" ".join(["python", "bench/soak.py", *(argv or sys.argv[1:])]),
+             when=datetime.now().isoformat(timespec="seconds"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"soak-{datetime.now():%Y%m%dT%H%M%S}"
+    stem.with_suffix(".json").write_text(json.dumps(r, indent=1))
+    chart(r, stem.with_suffix(".png"))
+    v = r["verdict"]
+    print(f"RSS median 2nd quarter {v['rss_q2_mb']:.1f} MB, last quarter {v['rss_q4_mb']:.1f} MB: "
+          f"{'met' if v['rss_flat'] else 'MISSED'} (≤ +10 MB)  [CPU flags: {flags}]")
+    print(f"recovery dir median 2nd quarter {v['recovery_q2_bytes'] / 1e6:.2f} MB, last quarter "
+          f"{v['recovery_q4_bytes'] / 1e6:.2f} MB, largest {v['recovery_max_bytes'] / 1e6:.2f} MB ≤ bound "
+          f"{v['recovery_bound_bytes'] / 1e6:.2f} MB (3 × open-batch bound × message + 4 MB WAL per partition): "
+          f"{'met' if v['recovery_bounded'] else 'MISSED'}")
+    print(f"bounded structures within their bounds: {'met' if v['structures_within_bounds'] else 'MISSED'} "
+          f"{v['over_bounds'] or ''} (bounds: {v['bounds']})")
+    print(f"flow exit status {r['exit_status']}; report {stem}.json / .png")
+    return 0 if v["rss_flat"] and v["recovery_bounded"] and v["structures_within_bounds"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
