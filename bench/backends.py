@@ -9,7 +9,7 @@ calls it, on one thread (ORACLE_TORCH_THREADS=1; ONNX Runtime one intra-op threa
 sequential), the torch/ONNX Runtime time ratio (>1: ONNX Runtime faster) and the
 largest probability difference between them. The two backends take turns in short
 rounds so that both see the same machine load; CPU time (process) is the figure,
-wall time is given beside it. The CPU's flags are printed with the figures.
+wall time is given beside it. The CPU's features (models/oracle/cpu_features.py) are printed with the figures.
 Also the `backends` part of bench/bench_flow.py.
 """
 
@@ -24,25 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-
-# /proc/cpuinfo flags that decide the speed of these models: AVX2/AVX-512 fp32, native bf16, AMX, VNNI (int8).
-FLAGS = ("avx", "fma", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni")
-
-
-def cpu_flags(path: str = "/proc/cpuinfo") -> dict:
-    """The CPU's model name and which of FLAGS it has (empty off Linux)."""
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return {"model": "unknown", "flags": {}}
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    have = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    return {"model": model, "flags": {f: f in have for f in FLAGS}}
-
-
-def flags_line(cpu: dict) -> str:
-    return f"CPU {cpu['model']}; flags: " + " ".join(f"{f}{'+' if v else '-'}" for f, v in cpu["flags"].items())
-
 
 def bundled_inputs(survey, with_stamp: bool = False):
     """`[ts, lengths, static, stamps]` of the bundled sample's alerts that make inputs (static and
@@ -112,7 +93,9 @@ def backend_rates(seconds: float = 3.0, batch: int = 256, omni_stamps: int = 8) 
     from operators.oracle.surveys import LSST, ZTF
 
     torch.set_num_threads(1)
-    res = {"cpu": cpu_flags(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "threads": 1,
+    from bench.measure import cpu_line
+
+    res = {"cpu": cpu_line(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "threads": 1,
            "seconds": seconds, "networks": {}}
     with tempfile.TemporaryDirectory(prefix="bench_backends_") as tmp:
         cache = Path(tmp)
@@ -133,7 +116,7 @@ def backend_rates(seconds: float = 3.0, batch: int = 256, omni_stamps: int = 8) 
 
 def print_backends(res: dict) -> None:
     print(f"\nBackends, torch {res['torch']} vs ONNX Runtime {res['onnxruntime']}, {res['threads']} thread, "
-          f"CPU time per alert (wall in brackets); {flags_line(res['cpu'])}")
+          f"CPU time per alert (wall in brackets); CPU {res['cpu']}")
     print(f"  {'network':24} {'torch µs':>16} {'onnxruntime µs':>18} {'torch/ort':>9} {'max |Δp|':>9}")
     for name, r in res["networks"].items():
         t, o = r["torch"], r["onnxruntime"]

@@ -13,7 +13,12 @@ codec, ~90% passing the filter). Parts (`--only` / `--skip`), all measured in
 one run so that ratios share the machine's conditions:
 
   embedded                 1. the real flow, embedded-style store, 1 worker (synthesized source + store)
+  efficiency               the models' achieved GFLOP/s against this core's fp32 matmul and conv rates
+                              (bench/efficiency.py, issue 29)
+  scaling                  this host's two-core ceiling (two pinned matmul processes over one, bench/scaling.py);
+                              the report gives cluster-embedded's speed-up over embedded as a fraction of it
   cluster-embedded            the same as 1, 2-process cluster (the flow's own scaling, no servers)
+  cluster-embedded-pinned     cluster-embedded with ALERTFLOW_CPU_AFFINITY=auto (process i on core i)
   embedded-onnx               1 with ORACLE_BACKEND=onnxruntime (docs/onnx.md; its export is made before the timing)
   embedded-loop               the per-message design of part 3 on the embedded store: dictionary lookups in
                               place of find_one, no Kafka (the ratio where the store is not the bottleneck;
@@ -27,6 +32,9 @@ one run so that ratios share the machine's conditions:
   workers2                 4. `dataflows.ztf` on the servers, `-w 2`
   cluster2                 4. `dataflows.ztf` on the servers, 2-process cluster (`-i 0/1 -a ...`)
   kafka-shards, cluster2-shards   kafka, cluster2 with ORACLE_SHARDS=--alt-shards            [--only]
+  bursts                   --bursts bursts of --burst-size messages every --burst-every s through tansu,
+                              embedded store and nx-27017: per-burst p50/p99 latency, drained or not
+                              (bench/bursts.py)                                            [--only]
   memory                      embedded replay of --memory-n messages, generated lazily, RSS sampled
   backends                 torch vs ONNX Runtime per network (bench/backends.py): model CPU µs per alert of
                               BTSv2 and LSST-lite (batches and single alerts) and Omni fp32, their ratio, max |Δp|
@@ -75,9 +83,11 @@ from bench.report import chart, cpu_split, per_msg_us, print_report, targets, un
 from bench.servers import Feed, Servers, run_kafka_flow  # noqa: E402
 from bench.synthetic import Workload  # noqa: E402
 
-PARTS = ("omni", "backends", "embedded", "embedded-onnx", "embedded-results", "cluster-embedded", "embedded-loop", "embedded-shards", "cluster-embedded-shards",
-         "kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards", "memory")
-OPT_IN = ("embedded-results", "embedded-shards", "cluster-embedded-shards", "kafka-shards", "cluster2-shards")  # only with --only
+PARTS = ("efficiency", "scaling", "omni", "backends", "embedded", "embedded-onnx", "embedded-results", "cluster-embedded",
+         "cluster-embedded-pinned", "embedded-loop", "embedded-shards", "cluster-embedded-shards", "kafka",
+         "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards", "bursts", "memory")
+OPT_IN = ("bursts", "embedded-results", "embedded-shards", "cluster-embedded-shards", "kafka-shards",
+          "cluster2-shards")  # only with --only
 SERVER_PARTS = {"kafka", "kafka-shards", "baseline", "workers2", "cluster2", "cluster2-shards"}
 
 
@@ -116,6 +126,9 @@ def main(argv=None) -> int:
     ap.add_argument("--alt-shards", type=int, default=8,
                     help="ORACLE_SHARDS of the *-shards parts (default 8, the old default: bytewax routes the 8 "
                          "shard keys 6:2 over 2 workers, 32 keys 17:15)")
+    ap.add_argument("--bursts", type=int, default=3, help="bursts of the bursts part (Rubin, 5 min: 8)")
+    ap.add_argument("--burst-size", type=int, default=3000, help="messages per burst (Rubin: 10,000)")
+    ap.add_argument("--burst-every", type=float, default=20.0, help="seconds between bursts (Rubin: 40)")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"), help="where the JSON goes")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (CSVs, logs)")
     args = ap.parse_args(argv)
@@ -179,6 +192,14 @@ def main(argv=None) -> int:
             print(f"{key} failed: {exc}", file=sys.stderr)
 
     try:
+        if "efficiency" in parts:
+            from bench.efficiency import efficiency
+
+            attempt("efficiency", lambda: {"label": "efficiency", **efficiency(6.0 if args.quick else 12.0)})
+        if "scaling" in parts:
+            from bench.scaling import two_core_ceiling
+
+            attempt("scaling", lambda: {"label": "scaling", **two_core_ceiling(2.0 if args.quick else 4.0)})
         if "omni" in parts:
             from bench.omni import omni_rates
 
@@ -196,6 +217,9 @@ def main(argv=None) -> int:
             attempt("embedded-results", lambda: run_with_results(n, work))
         if "cluster-embedded" in parts:
             attempt("cluster-embedded", lambda: run_embedded("cluster-embedded", n, work, processes=2))
+        if "cluster-embedded-pinned" in parts:
+            attempt("cluster-embedded-pinned", lambda: run_embedded("cluster-embedded-pinned", n, work, processes=2,
+                                                                    env={"ALERTFLOW_CPU_AFFINITY": "auto"}))
         if "embedded-loop" in parts:
             attempt("embedded-loop", lambda: run_loop(work, n, baseline_s))
         if "embedded-shards" in parts:
@@ -226,6 +250,11 @@ def main(argv=None) -> int:
                                                                   timeout))
             finally:
                 servers.stop()
+        if "bursts" in parts:
+            from bench.bursts import bursts
+
+            attempt("bursts", lambda: {"label": "bursts", **bursts(args.bursts, args.burst_size, args.burst_every,
+                                                                   work=work / "bursts")})
         if "memory" in parts:
             attempt("memory", lambda: run_memory(memory_n, work, timeout_s=600 + memory_n / 200))
     finally:

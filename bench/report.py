@@ -174,6 +174,7 @@ def print_report(res: dict) -> None:
         print_backends(modes["backends"])
     elif modes.get("backends"):
         print(f"\nBackends: FAILED: {modes['backends']['error'][:200]}")
+    issue29(res)
     print()
     print("Targets (issue 19):")
     for t in res["targets"]:
@@ -368,3 +369,21 @@ def targets(res: dict) -> list[dict]:
             f"{mem['rss_start_mb']:.0f} → {mem['rss_end_mb']:.0f} MB; last quarter vs second quarter "
             f"{mem['growth_after_warmup_mb']:+.1f} MB", flat)
     return out
+
+
+def issue29(res: dict) -> None:
+    """Efficiency, two-core scaling against the host's ceiling, bursts (issue 29), when their parts ran."""
+    modes = res["modes"]
+    for key, printer in (("efficiency", "print_efficiency"), ("bursts", "print_bursts")):
+        r = modes.get(key)
+        if r and "error" not in r:
+            module = __import__(f"bench.{key}", fromlist=[printer])
+            getattr(module, printer)(r)
+        elif r:
+            print(f"\n{key}: FAILED: {r['error'][:200]}")
+    r = modes.get("scaling")
+    if r and "error" not in r:
+        from bench.scaling import flow_scaling, print_scaling
+
+        res["ratios"]["of_two_core_ceiling"] = flow_scaling(modes, r)
+        print_scaling(r, res["ratios"]["of_two_core_ceiling"])

@@ -68,19 +68,10 @@ def sample_results(n: int) -> list:
 
 
 def cpu_flags() -> str:
-    """The CPU's model and the instruction-set flags speed depends on (from /proc/cpuinfo)."""
-    import platform
-    import re
+    """The CPU's instruction-set features: the one reader, models/oracle/cpu_features.py."""
+    from bench.measure import cpu_line
 
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = (re.search(r"^model name\s*:\s*(.+)$", text, re.M) or [None, model])[1]
-        flags = set((re.search(r"^flags\s*:\s*(.+)$", text, re.M) or [None, ""])[1].split())
-    except OSError:
-        pass
-    wanted = sorted(f for f in flags if f.startswith(("avx", "amx", "sse4_2", "fma")) or "bf16" in f)
-    return f"{model}: {' '.join(wanted) or 'flags unknown'}"
+    return cpu_line()
 
 
 def cpu_of(pid: int) -> float:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import sys
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -32,7 +34,7 @@ from operators.oracle import steps
 from operators.oracle.results import CsvLayout
 from operators.oracle.store import EmbeddedStore
 from operators.oracle.surveys import Survey, configured
-from operators.runtime import exits, metrics
+from operators.runtime import affinity, exits, metrics
 from operators.runtime.config import Settings
 from operators.runtime.logs import STOPPING, exit_130_if_stopped, quiet_interrupt, setup_logging, watch_sigint
 from operators.runtime.recovery import enable_default_recovery, run_by_bytewax
@@ -154,11 +156,16 @@ def prepare(survey: Survey, settings: Optional[Settings] = None, *, store=None, 
 
 
 def start_process(settings: Settings, survey: Survey) -> None:
-    """The process-wide hooks: logging, metrics, recovery defaults, Ctrl-C, torch threads."""
+    """The process-wide hooks: the core (ALERTFLOW_CPU_AFFINITY), logging, metrics, recovery defaults,
+    Ctrl-C, torch threads."""
     import torch
 
+    # Every thread the process has now is pinned; those started later (bytewax's workers) inherit it.
+    core = affinity.apply(settings.oracle.cpu_affinity, sys.argv, os.environ) if settings.oracle.cpu_affinity else None
     setup_logging(settings.log_file, settings.outputs.log_level)
     metrics.begin(survey.name)
+    if core is not None:
+        log.info("ALERTFLOW_CPU_AFFINITY=%s: this process runs on core %s", settings.oracle.cpu_affinity, core)
     r = settings.recovery
     recovery_dir = enable_default_recovery(r.directory, r.partitions, r.snapshot_interval_s,
                                            r.backup_interval_s) if r.enabled else None

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Callable, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from operators.runtime import affinity
 from operators.runtime.fritz_settings import FritzConfig
 from operators.runtime.service_settings import (  # noqa: F401 - re-exported: the flows' one place for settings
     KAFKA_CONSUMER_DEFAULTS,
@@ -85,6 +86,10 @@ class OracleSettings(EnvModel):
     torch_threads: AtLeastOne = Field(1, validation_alias="ORACLE_TORCH_THREADS",
                                       description="torch threads per process (workers are threads already; use "
                                                   "processes for more cores)")
+    cpu_affinity: str = Field("", validation_alias="ALERTFLOW_CPU_AFFINITY",
+                              description="pin each flow process to one core at start: auto (process i on core i "
+                                          "mod cores) or a core list such as 0,2-3 (process i on its i-th entry); "
+                                          "unset: not pinned (docs/performance.md says when it helps)")
     precision: Literal["fp32", "bf16", "int8"] = Field(
         "fp32", validation_alias="ORACLE_PRECISION",
         description="Omni's image network: fp32, or opt-in bf16 (autocast; fastest where the CPU has bf16) or int8 "
@@ -109,6 +114,15 @@ class OracleSettings(EnvModel):
                                     description="add BOOM's forced photometry (fp_hists) as flag-0 epochs")
 
     _lower = field_validator("precision", "device", mode="before")(lower)
+
+    @field_validator("cpu_affinity")
+    @classmethod
+    def _cpu_affinity(cls, v: str) -> str:
+        try:
+            affinity.parse(v, affinity.available_cores())
+        except ValueError as exc:
+            raise ValueError(f"ALERTFLOW_CPU_AFFINITY={v!r}: {exc}") from None
+        return v.strip().lower()
 
 
 class OutputSettings(EnvModel):
