@@ -177,7 +177,8 @@ def test_fast_gru_matches_torchs_gru(which, request):
     """The GRU and attention of models/oracle/gru.py (packed, both directions per matmul,
     tanh as sigmoid, state kept as (h + 1) / 2) against torch's own packed `nn.GRU` and masked
     attention over the padded output: pooled features within float32 rounding; probabilities
-    match each row alone (no padding) and any order of the batch to 1e-6."""
+    match each row alone (no padding) and any order of the batch to float32 rounding (2e-6:
+    torch's own GRU gives up to 1.3e-6 between batched and alone on such batches)."""
     model = request.getfixturevalue(which)
     lengths = [1, 3, 4, 5, 9, 70, 16, 17, 33, 64, 65, 2, 120, 8, 1, 120]
     ts, lengths, static = random_batch(lengths, model.n_static, seed=5)
@@ -190,10 +191,10 @@ def test_fast_gru_matches_torchs_gru(which, request):
     batched = predict_proba(model, ts, lengths, static)
     for i, n in enumerate(lengths):
         alone = predict_proba(model, ts[i:i + 1, :n], lengths[i:i + 1], None if static is None else static[i:i + 1])
-        np.testing.assert_allclose(batched[i], alone[0], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(batched[i], alone[0], atol=2e-6, rtol=0)
     order = np.random.default_rng(1).permutation(len(lengths))
     shuffled = predict_proba(model, ts[order], lengths[order], None if static is None else static[order])
-    np.testing.assert_allclose(shuffled, batched[order], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(shuffled, batched[order], atol=2e-6, rtol=0)
 
 
 def test_fast_gru_follows_the_weights_and_leaves_gradients_to_torch():

@@ -153,7 +153,8 @@ class LightCurveOracle(OracleModel):
         """The GRU's and attention's weights laid out for `pooled_sequence`, rebuilt when a
         parameter changes (loading a state_dict, moving the model to another device)."""
         params = (*self.gru.parameters(), *self.attn_W.parameters(), *self.attn_v.parameters())
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        # In-place changes bump a tensor's version; `.to()` and `.double()` make new tensors.
+        key = (params[0].data_ptr(), params[-1].data_ptr(), params[0].dtype, *(p._version for p in params))
         cached = self.__dict__.get("_gru_cache")
         if cached is None or cached[0] != key:
             cached = self.__dict__["_gru_cache"] = (key, gru_weights(self.gru, self.attn_W, self.attn_v))
