@@ -142,28 +142,11 @@ def pooled_sequence(ts: torch.Tensor, lengths: torch.Tensor, weights: GruWeights
     """Bidirectional GRU over each series' own steps of `ts [B, T, F]` (zero-padded after each
     series' `lengths`, int64 on the CPU), then attention pooling -> `[B, 2H]`."""
     B, T, F = ts.shape
-    if B == 1:
-        return pooled_single(ts[0, :int(lengths[0])], weights).unsqueeze(0)
     packed = packed_layout(lengths, T, ts.device)
     q = bigru_packed(ts.reshape(B * T, F), packed, weights.layers)
     H = q.shape[-1]
     pooled_q = attention_pool(q.view(-1, H).index_select(0, packed.states).view(-1, 2 * H), packed, B, weights)
     return pooled_q.mul_(2).sub_(1)  # the attention weights sum to 1: sum a (2q - 1) = 2 sum a q - 1
-
-
-def pooled_single(x: torch.Tensor, weights: GruWeights) -> torch.Tensor:
-    """`pooled_sequence` of one series `x [L, F]` -> `[2H]`: the same arithmetic without the
-    packed layout's bookkeeping, which costs more than the series itself (a quiet night's
-    single alerts): the reverse direction's input is the series flipped."""
-    L = x.shape[0]
-    for k, (w_ih, b_ih, w_hh, b_hh) in enumerate(weights.layers):
-        gates_in = torch.baddbmm(b_ih, torch.stack((x, x.flip(0))), w_ih)  # [2, L, 3H]
-        q = gates_in.new_empty((2, L, w_hh.shape[1]))
-        _recurrence(gates_in, [1] * L, w_hh, b_hh, gates_in.new_full((2, 1, w_hh.shape[1]), 0.5), q)
-        x = torch.cat((q[0], q[1].flip(0)), dim=1)  # [L, 2H]: each point's states in forward time
-    scores = torch.addmm(weights.attn_b, x, weights.attn_w).sigmoid_().mm(weights.attn_v).squeeze(1)
-    e = scores.sub_(scores.max()).exp_()  # the softmax as attention_pool computes it: normalised last
-    return e.matmul(x).div_(e.sum()).mul_(2).sub_(1)
 
 
 def bigru_packed(ts: torch.Tensor, packed: Packed, layers) -> torch.Tensor:

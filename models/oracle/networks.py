@@ -143,9 +143,10 @@ class LightCurveOracle(OracleModel):
         self.head_ln2 = nn.LayerNorm(64)
 
     def _pooled_sequence(self, ts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Bidirectional GRU over each series' own steps, then attention pooling -> [B, 2H]
-        (`models/oracle/gru.py`; `_pooled_reference` where gradients are wanted)."""
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.gru.parameters()):
+        """Bidirectional GRU over each series' own steps, then attention pooling -> [B, 2H]:
+        `models/oracle/gru.py` for batches; torch's own GRU (`_pooled_reference`) for one
+        series, where its C++ loop beats any per-step Python, and where gradients are wanted."""
+        if ts.shape[0] == 1 or (torch.is_grad_enabled() and any(p.requires_grad for p in self.gru.parameters())):
             return self._pooled_reference(ts, lengths)
         return pooled_sequence(ts, lengths, self._gru_weights())
 
@@ -163,10 +164,14 @@ class LightCurveOracle(OracleModel):
     def _pooled_reference(self, ts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The same with torch's own packed GRU and masked attention over the padded output:
         the definition `pooled_sequence` is checked against (tests/test_model.py)."""
-        packed = pack_padded_sequence(ts, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True)
-        mask = torch.arange(out.shape[1], device=out.device).unsqueeze(0) >= lengths.to(out.device).unsqueeze(1)
-        scores = self.attn_v(torch.tanh(self.attn_W(out))).squeeze(-1).masked_fill(mask, float("-inf"))  # [B, T]
+        if ts.shape[0] == 1:  # no padding to keep out of the recurrence
+            out, _ = self.gru(ts[:, :int(lengths[0])])
+            scores = self.attn_v(torch.tanh(self.attn_W(out))).squeeze(-1)
+        else:
+            packed = pack_padded_sequence(ts, lengths, batch_first=True, enforce_sorted=False)
+            out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True)
+            mask = torch.arange(out.shape[1], device=out.device).unsqueeze(0) >= lengths.to(out.device).unsqueeze(1)
+            scores = self.attn_v(torch.tanh(self.attn_W(out))).squeeze(-1).masked_fill(mask, float("-inf"))  # [B, T]
         return torch.bmm(torch.softmax(scores, dim=1).unsqueeze(1), out).squeeze(1)
 
     def latent(self, ts: torch.Tensor, lengths: torch.Tensor, static: torch.Tensor | None = None) -> torch.Tensor:
