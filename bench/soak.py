@@ -5,8 +5,9 @@
 
 The topic (tansu, Kafka protocol, memory storage, `--partitions` partitions) is fed by a
 publisher thread with messages synthesized from the bundled real alerts (bench/synthetic.py,
-~41 kB each, unique candids, ~90% passing the filter), kept at most `--lag-max` messages
-ahead of the flow. The flow is the real `dataflows.ztf` (`python -m bytewax.run`, Kafka
+unique candids, ~90% passing the filter; every `--full-every`-th whole, ~41 kB, the others
+slim, ~1.8 kB: no photometry, empty cutouts — the flow reads the light curve from the store
+either way), kept at most `--lag-max` messages ahead of the flow. The flow is the real `dataflows.ztf` (`python -m bytewax.run`, Kafka
 input, recovery on by default, its snapshot interval), enriched from the embedded-style
 `SynthStore` so that MongoDB is not the bound. Every `--every` messages read it samples:
 the flow's RSS; the recovery directory's bytes; the results CSV's, dead letters' and log
@@ -21,8 +22,9 @@ structure at or under its bound at every sample.
 JSON and PNG go to `--out` (results/bench/ by default).
 
 The broker keeps every message in memory (tansu's memory storage has no retention, and
-answers no DeleteRecords): N × 41 kB must fit in RAM beside the flow, so the run refuses an
-N over `--broker-gb` (default 8 GB ≈ 200,000 messages).
+answers no DeleteRecords): N × the mean message must fit in RAM beside the flow, so the run
+refuses an N over `--broker-gb` (default 8 GB: ~3 M messages at the default `--full-every 50`,
+~200,000 whole ones with `--full-every 1`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from bench.children import CSV_NAME, PY, Child, base_env  # noqa: E402
 from bench.measure import count_rows, proc_status  # noqa: E402
 
 STATUS = "soak-status.json"
-MESSAGE_BYTES = 41_200  # a synthesized message (bench/synthetic.py), carried by each open-batch alert
+MESSAGE_BYTES = 42_500  # a whole synthesized message (bench/synthetic.py): the most an open-batch alert carries
 
 
 # ---------------------------------------------------------------- inside the flow process
@@ -107,6 +109,7 @@ class Publisher(threading.Thread):
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.w, self.n, self.p, self.lag_max = bootstrap, topic, workload, n, partitions, lag_max
         self.published = 0
+        self.bytes = 0
         self.read = 0  # set by the driver from the flow's status
         self.error: Optional[str] = None
 
@@ -121,7 +124,9 @@ class Publisher(threading.Thread):
                     producer.poll(0.05)
                 while True:
                     try:
-                        producer.produce(self.topic, value=self.w.message(i), partition=i % self.p)
+                        value = self.w.message(i)
+                        producer.produce(self.topic, value=value, partition=i % self.p)
+                        self.bytes += len(value)
                         break
                     except BufferError:
                         producer.poll(0.1)
@@ -132,12 +137,13 @@ class Publisher(threading.Thread):
             self.error = repr(exc)
 
 
-def run_soak(n: int, work: Path, partitions: int, every: int, lag_max: int, timeout_s: float) -> dict:
+def run_soak(n: int, work: Path, partitions: int, every: int, lag_max: int, timeout_s: float,
+             full_every: int = 50) -> dict:
     from bench.synthetic import Workload
     from tests.conftest import KafkaService
 
     work.mkdir(parents=True, exist_ok=True)
-    workload = Workload()
+    workload = Workload(full_every=full_every)
     kafka = KafkaService(work)
     kafka.start()
     samples: list[dict] = []
@@ -194,6 +200,7 @@ def run_soak(n: int, work: Path, partitions: int, every: int, lag_max: int, time
         flow.proc.send_signal(signal.SIGINT)
         code = flow.stop()
         return {"n": n, "partitions": partitions, "every": every, "lag_max": lag_max, "expected_rows": expected_rows,
+                "full_every": full_every, "published_bytes": publisher.bytes,
                 "exit_status": code, "samples": samples, "wall_s": round(time.monotonic() - t0, 1)}
     finally:
         kafka.stop()
@@ -271,22 +278,32 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=50_000, help="sample every this many messages read")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--lag-max", type=int, default=20_000, help="publish at most this far ahead of the flow")
-    ap.add_argument("--broker-gb", type=float, default=8.0, help="memory the broker may use (N x ~41 kB)")
+    ap.add_argument("--full-every", type=int, default=50,
+                    help="every K-th message whole (~41 kB), the others slim (~1.8 kB); 1 = all whole")
+    ap.add_argument("--broker-gb", type=float, default=8.0, help="memory the broker may use (N x the mean message)")
     ap.add_argument("--timeout-s", type=float, default=6 * 3600)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     args = ap.parse_args(argv)
-    need_gb = args.n * MESSAGE_BYTES / 1e9
+    if args.full_every < 1:
+        ap.error("--full-every must be >= 1")
+    from bench.synthetic import Workload
+
+    sample = Workload(full_every=args.full_every)
+    mean_bytes = sum(len(sample.message(i)) for i in range(5000)) / 5000
+    need_gb = args.n * mean_bytes / 1e9
     if need_gb > args.broker_gb:
-        print(f"--n {args.n:,} needs ~{need_gb:.0f} GB in the broker (tansu memory storage keeps every message); "
-              f"raise --broker-gb if the machine has it, or lower --n", file=sys.stderr)
+        print(f"--n {args.n:,} needs ~{need_gb:.1f} GB in the broker ({mean_bytes / 1e3:.1f} kB per message; tansu's "
+              f"memory storage keeps every message): raise --broker-gb if the machine has it, or lower --n or "
+              f"raise --full-every", file=sys.stderr)
         return 2
     import tempfile
 
     work = args.work or Path(tempfile.mkdtemp(prefix="alertflow-soak-"))
     flags = cpu_flags()
-    print(f"soak: {args.n:,} messages, sample every {args.every:,}; CPU flags: {flags}; work dir {work}", flush=True)
-    r = run_soak(args.n, work, args.partitions, args.every, args.lag_max, args.timeout_s)
+    print(f"soak: {args.n:,} messages ({mean_bytes / 1e3:.1f} kB mean, every {args.full_every}th whole), sample every "
+          f"{args.every:,}; CPU flags: {flags}; work dir {work}", flush=True)
+    r = run_soak(args.n, work, args.partitions, args.every, args.lag_max, args.timeout_s, args.full_every)
     r.update(verdict=verdict(r), cpu_flags=flags, command=" ".join(["python", "bench/soak.py", *(argv or sys.argv[1:])]),
              when=datetime.now().isoformat(timespec="seconds"))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,10 @@
   once; a message is the candid, the first field, as a Snappy literal before the
   template's compressed rest, with the CRC updated arithmetically), so
   1,000,000 are never held at once. `check()` verifies them against fastavro.
+  With `full_every=K > 1` only every K-th message is whole; the others are slim
+  (no photometry, empty cutouts: ~0.3 kB instead of ~41 kB) so that a broker
+  keeping every message in memory can hold millions (the soak); the flow takes
+  the light curve from the store either way, so the work per alert is the same.
 - `SynthStore`: the store contract (`fetch`) over synthesized candids: candid
   `BASE + i` maps back to its template's documents, so no per-alert document
   is stored.
@@ -119,9 +123,12 @@ class Workload:
     """Synthesized filter-result messages and the documents they need (see module doc)."""
 
     def __init__(self, sample_dir: Optional[Path] = None, collections: Optional[Collections] = None,
-                 filter_name: Optional[str] = None, base: int = SYNTHETIC_CANDID_BASE):
+                 filter_name: Optional[str] = None, base: int = SYNTHETIC_CANDID_BASE, full_every: int = 1):
         from operators.oracle.surveys import ZTF
 
+        if full_every < 1:
+            raise ValueError("full_every must be >= 1")
+        self.full_every = full_every
         sample = read_sample(sample_dir or ZTF.sample_dir, collections or ZTF.collections)
         self.filter_name = filter_name or ZTF.filter_name
         self.base = base
@@ -148,21 +155,22 @@ class Workload:
             head = io.BytesIO()
             fastavro.writer(head, schema, [], codec=reader.codec, metadata=metadata or None, sync_marker=SYNC)
             tail = {}
-            for passes in (True, False):
+            for passes, slim in ((p, s) for p in (True, False) for s in ((False, True) if full_every > 1 else (False,))):
                 name = self.filter_name if passes else OTHER_FILTER
                 first = (rec.get("filters") or [{}])[0]
                 filters = [{"filter_id": name, "filter_name": name,
                             "passed_at": first.get("passed_at", rec["jd"]),
                             "annotations": first.get("annotations", "{}")}]
+                slimmed = {"photometry": [], "cutoutScience": b"", "cutoutTemplate": b"", "cutoutDifference": b""}
                 buf = io.BytesIO()
-                fastavro.schemaless_writer(buf, schema, {**rec, "filters": filters})
+                fastavro.schemaless_writer(buf, schema, {**rec, "filters": filters, **(slimmed if slim else {})})
                 raw = buf.getvalue()
                 prefix = _varint(rec["candid"])
                 assert raw.startswith(prefix)
                 rest = raw[len(prefix):]
                 length, elements = _split_uvarint(bytes(snappy.compress_raw(rest)))
                 assert length == len(rest)
-                tail[passes] = _Variant(rest, elements, _Crc(rest))
+                tail[passes, slim] = _Variant(rest, elements, _Crc(rest))
             self.templates.append(_Tmpl(rec["candid"], rec["objectId"], head.getvalue(), reader.codec, tail))
             self.alert_docs.append(alerts[rec["candid"]])
             self.aux_docs[rec["objectId"]] = aux[rec["objectId"]]
@@ -185,6 +193,9 @@ class Workload:
 
     passes = staticmethod(_passes)
 
+    def _variant(self, t: _Tmpl, i: int) -> _Variant:
+        return t.variants[_passes(i), self.full_every > 1 and i % self.full_every != 0]
+
     def message(self, i: int) -> bytes:
         """Message `i`: its template's Avro container with candid `base + i` (same schema and codec).
 
@@ -192,7 +203,7 @@ class Workload:
         compressed tail (its back-references stay within the tail, so the stream
         is valid), and the CRC comes from `_Crc`: no per-message compression."""
         t = self.templates[self.template_of(i)]
-        v = t.variants[_passes(i)]
+        v = self._variant(t, i)
         prefix = _varint(self.base + i)
         if t.codec == "snappy":
             crc = v.crc(zlib.crc32(prefix)).to_bytes(4, "big")
@@ -220,7 +231,7 @@ class Workload:
             assert records[0]["objectId"] == t.objectId
             out = io.BytesIO()
             fastavro.schemaless_writer(out, fastavro.parse_schema(reader.writer_schema), records[0])
-            assert out.getvalue() == _varint(self.base + i) + t.variants[_passes(i)].tail, i
+            assert out.getvalue() == _varint(self.base + i) + self._variant(t, i).tail, i
             if t.codec == "snappy":  # fastavro does not check the block CRC: do it here
                 from cramjam import snappy
 
