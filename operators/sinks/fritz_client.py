@@ -42,7 +42,7 @@ from cachetools import LRUCache, TLRUCache
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from operators.runtime import metrics
+from operators.runtime import bounds, metrics
 from operators.sinks.fritz_config import (
     FritzConfig,
     FritzContext,
@@ -54,6 +54,10 @@ from operators.sinks.ratelimit import TokenBucket, backoff_delay
 from operators.runtime.settings import redact
 
 log = logging.getLogger("operators.sinks.fritz")
+
+ANNOTATION_IDS_MAX = 50_000  # object -> our annotation id (a shortcut, not a truth)
+CONTEXT_MAX = 50_000  # object -> what people said and the link, for FRITZ_CONTEXT_TTL
+CONTEXT_READS_MAX = 1000  # context reads queued or running; past it an alert gets no context
 
 AUTH_MESSAGE = (
     "Fritz answered 401 Unauthorized: FRITZ_TOKEN is wrong, or its user lacks the "
@@ -162,11 +166,15 @@ class FritzClient:
         self._session.headers["Authorization"] = f"token {config.token.get_secret_value()}"
         self._session.headers["User-Agent"] = "alertflow-oracle"
         self._lock = threading.Lock()
-        self._annotation_ids: LRUCache = LRUCache(maxsize=50_000)  # a shortcut, not a truth
+        self._annotation_ids: LRUCache = LRUCache(maxsize=ANNOTATION_IDS_MAX)  # a shortcut, not a truth
         # object -> (seconds to keep, context); failed reads are kept for a shorter time
-        self._context: TLRUCache = TLRUCache(maxsize=50_000, ttu=lambda _k, v, now: now + v[0],
+        self._context: TLRUCache = TLRUCache(maxsize=CONTEXT_MAX, ttu=lambda _k, v, now: now + v[0],
                                              timer=time.monotonic)
-        self._context_inflight: dict[str, Future] = {}
+        self._context_inflight: dict[str, Future] = _Reads()
+        # Sizes for the soak and `alertflow_bounded_items`, measured under the client's lock.
+        bounds.track("fritz_annotation_ids", self._annotation_ids, ANNOTATION_IDS_MAX, self._lock)
+        bounds.track("fritz_context", self._context, CONTEXT_MAX, self._lock)
+        bounds.track("fritz_context_reads", self._context_inflight, CONTEXT_READS_MAX, self._lock)
         self._reads: Optional[ThreadPoolExecutor] = None
         self._auth_warned = False
 
@@ -345,7 +353,7 @@ class FritzClient:
             with self._lock:
                 fut = self._context_inflight.get(object_id)
                 if fut is None:
-                    if len(self._context_inflight) >= 1000:
+                    if len(self._context_inflight) >= CONTEXT_READS_MAX:
                         log.debug("Fritz reads are behind; no context for %s", object_id)
                         return fallback
                     if self._reads is None:
@@ -386,6 +394,10 @@ class FritzClient:
     def close(self) -> None:
         self.stop_reads()
         self._session.close()
+
+
+class _Reads(dict):
+    """object -> the Future of its context read (a dict that `bounds.track` can hold weakly)."""
 
 
 def _short(e: BaseException) -> str:
