@@ -2,6 +2,7 @@
 
     python bench/soak.py --n 100000              # a short run (~10 min here); the default N is 2,000,000
     python bench/soak.py --n 2000000 --every 50000
+    python bench/soak.py --n 300000 --every 25000 --downstreams slow   # Fritz at 2 s/request, Slack down
 
 The topic (tansu, Kafka protocol, memory storage, `--partitions` partitions) is fed by a
 publisher thread with messages synthesized from the bundled real alerts (bench/synthetic.py,
@@ -18,7 +19,16 @@ register); the consumer lag (published − read). Targets (issue 28): RSS flat a
 directory bounded (its largest size ≤ 3 × the open batches' bound × a message's bytes + 4 MB
 of WAL per partition, whatever N: bytewax deletes every snapshot older than the last
 committed epoch, src/recovery.rs `commit`, and SQLite reuses the freed pages); every
-structure at or under its bound at every sample.
+structure at or under its bound at every sample. The report states each bound and where it
+is set (`bounds.track(..., where=)`).
+
+`--downstreams slow` (issue 28 item 3) adds the test fakes of tests/fakes.py: SkyPortal
+answering every request in 2 s (`FakeSkyPortal.delay`; its rules otherwise: 404 on POST for
+the objects it does not know, one annotation per origin) and Slack down (503 to everything,
+the whole run), and points the flow at them (FRITZ_*, POST_TO_SLACK, SLACK_*). The alerts then
+belong to `--objects` synthetic objects (200,000 by default; Fritz knows 9 in 10 of them), so
+the Fritz queue and caches see many objects, not the sample's 36: the Slack queue, the Fritz
+queue and the Fritz context reads fill to their bounds and must stay there while RSS stays flat.
 JSON and PNG go to `--out` (results/bench/ by default).
 
 The broker keeps every message in memory (tansu's memory storage has no retention, and
@@ -32,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -69,14 +80,14 @@ def _sample_forever(out: Path, every_s: float) -> None:
         time.sleep(every_s)
 
 
-def soak_flow(out_dir: str, every_s: float = 0.5):
+def soak_flow(out_dir: str, every_s: float = 0.5, objects: Optional[int] = None):
     """`dataflows.ztf` as configured by the environment (Kafka), enriched from `SynthStore`."""
     from bench.synthetic import SynthStore, Workload
     from dataflows.oracle import build_flow
     from operators.oracle.surveys import ZTF
 
     threading.Thread(target=_sample_forever, args=(Path(out_dir), every_s), daemon=True).start()
-    return build_flow(ZTF, store=SynthStore(Workload(), ZTF.collections))
+    return build_flow(ZTF, store=SynthStore(Workload(objects=objects), ZTF.collections))
 
 
 # ---------------------------------------------------------------- the driver
@@ -137,16 +148,74 @@ class Publisher(threading.Thread):
             self.error = repr(exc)
 
 
+FRITZ_TOKEN = "soak-fritz-token-0123456789abcdef"  # the fakes' tokens, never a real one
+SLACK_TOKEN = "xoxb-soak"
+FRITZ_DELAY_S = 2.0
+
+
+class Downstreams:
+    """The fakes of tests/fakes.py for `--downstreams slow`: SkyPortal answering every request in
+    2 s, knowing 9 in 10 of the workload's objects (the others: 404 on POST), and Slack down."""
+
+    def __init__(self, workload):
+        from bench.synthetic import object_name
+        from tests.fakes import FakeSkyPortal, FakeSlack
+
+        count = workload._groups * len(workload.templates)
+        known = tuple(object_name(k) for k in range(count) if k % 10)
+        self.fritz = FakeSkyPortal(token=FRITZ_TOKEN, objects=known, sources=known[::4])
+        self.fritz.delay = FRITZ_DELAY_S
+        self.slack = FakeSlack(token=SLACK_TOKEN)
+        self.slack.outage(10 * 365 * 86400.0)  # 503 to everything, the whole run
+
+    def __enter__(self):
+        self.fritz.start()
+        self.slack.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.fritz.stop()
+        self.slack.stop()
+
+    def env(self) -> dict:
+        return {"FRITZ_TOKEN": FRITZ_TOKEN, "FRITZ_URL": self.fritz.url, "POST_TO_SLACK": "true",
+                "SLACK_BOT_TOKEN": SLACK_TOKEN, "SLACK_ORACLE_CHANNEL_ID": "CZTF", "SLACK_API_URL": self.slack.base_url}
+
+    def counts(self) -> dict:
+        with self.fritz.lock, self.slack.lock:
+            fritz = [r["method"] for r in self.fritz.requests]
+            return {"fritz_delay_s": FRITZ_DELAY_S, "fritz_requests": {m: fritz.count(m) for m in sorted(set(fritz))},
+                    "fritz_annotations": len(self.fritz.annotations), "slack_requests": len(self.slack.requests),
+                    "slack_posts": len(self.slack.posts)}
+
+
+# What the sinks say about what they could not send (kept, dropped, counted): the last of each.
+_SAID = {"slack_behind": r"Slack posting is behind[^\n]*", "slack_summary": r"Slack posts this run[^\n]*",
+         "fritz_backlog": r"Fritz backlog[^\n]*", "fritz_summary": r"Fritz annotations this run[^\n]*"}
+
+
+def said(log_text: str) -> dict:
+    out = {}
+    for key, pattern in _SAID.items():
+        found = re.findall(pattern, log_text)
+        out[key] = {"times": len(found), "last": found[-1][:400] if found else ""}
+    return out
+
+
 def run_soak(n: int, work: Path, partitions: int, every: int, lag_max: int, timeout_s: float,
-             full_every: int = 50) -> dict:
+             full_every: int = 50, downstreams: str = "none", objects: Optional[int] = None) -> dict:
+    from contextlib import ExitStack
+
     from bench.synthetic import Workload
     from tests.conftest import KafkaService
 
     work.mkdir(parents=True, exist_ok=True)
-    workload = Workload(full_every=full_every)
+    workload = Workload(full_every=full_every, objects=objects)
     kafka = KafkaService(work)
     kafka.start()
     samples: list[dict] = []
+    stack = ExitStack()
+    fakes = stack.enter_context(Downstreams(workload)) if downstreams == "slow" else None
     try:
         topic = kafka.create_topic("soak", partitions)
         out = work / "flow"
@@ -154,10 +223,12 @@ def run_soak(n: int, work: Path, partitions: int, every: int, lag_max: int, time
         recovery, results, logs = out / "recovery", out / "results", out / "logs"
         env = base_env(KAFKA_BROKERS=kafka.bootstrap, KAFKA_TOPIC=topic, KAFKA_GROUP_ID="soak",
                        KAFKA_STARTING_OFFSET="beginning", ALERTFLOW_RESULTS_DIR=results, ALERTFLOW_LOGS_DIR=logs,
-                       ALERTFLOW_RECOVERY_DIR=recovery)
+                       ALERTFLOW_RECOVERY_DIR=recovery,
+                       **(fakes.env() if fakes else {"FRITZ_TOKEN": "", "POST_TO_SLACK": "false"}))
         publisher = Publisher(kafka.bootstrap, topic, workload, n, partitions, lag_max)
         publisher.start()
-        flow = Child([PY, "-m", "bytewax.run", f"bench.soak:soak_flow({str(out)!r})"], env, out / "flow.log", "soak")
+        flow = Child([PY, "-m", "bytewax.run", f"bench.soak:soak_flow({str(out)!r}, objects={objects!r})"], env,
+                     out / "flow.log", "soak")
         expected_rows = workload.passing(n)
         rows_state: dict = {}
         next_at, t0, last_change, last = every, time.monotonic(), time.monotonic(), -1
@@ -199,10 +270,16 @@ def run_soak(n: int, work: Path, partitions: int, every: int, lag_max: int, time
             time.sleep(0.5)
         flow.proc.send_signal(signal.SIGINT)
         code = flow.stop()
+        try:
+            log_text = (out / "flow.log").read_text(errors="replace")
+        except OSError:
+            log_text = ""
         return {"n": n, "partitions": partitions, "every": every, "lag_max": lag_max, "expected_rows": expected_rows,
-                "full_every": full_every, "published_bytes": publisher.bytes,
+                "full_every": full_every, "published_bytes": publisher.bytes, "downstreams": downstreams,
+                "objects": objects, "downstream_counts": fakes.counts() if fakes else {}, "said": said(log_text),
                 "exit_status": code, "samples": samples, "wall_s": round(time.monotonic() - t0, 1)}
     finally:
+        stack.close()
         kafka.stop()
 
 
@@ -229,12 +306,20 @@ def verdict(r: dict) -> dict:
     recovery_max = max((x["recovery_bytes"] for x in s), default=0)
     over = sorted({f"{k} {v['items']}>{v['limit']} at {x['messages']}" for x in s for k, v in x["bounds"].items()
                    if v["items"] > v["limit"]})
+    bounds: dict[str, dict] = {}
+    for x in s:  # every structure seen, its bound (the largest: 0 while none is alive), where set, most held
+        for k, v in x["bounds"].items():
+            b = bounds.setdefault(k, {"limit": v["limit"], "where": v.get("where", ""), "max_items": 0})
+            b.update(limit=max(b["limit"], v["limit"]), max_items=max(b["max_items"], v["items"]))
+    steady = [x for x in s if x["messages"] >= 0.25 * n]
+    rate = ((steady[-1]["messages"] - steady[0]["messages"]) / max(1e-3, steady[-1]["seconds"] - steady[0]["seconds"])
+            if len(steady) > 1 else float("nan"))
     return {
         "rss_q2_mb": q2, "rss_q4_mb": q4, "rss_flat": q4 <= q2 + 10,
         "recovery_q2_bytes": r2, "recovery_q4_bytes": r4, "recovery_max_bytes": recovery_max,
         "recovery_bound_bytes": recovery_bound, "recovery_bounded": recovery_max <= recovery_bound,
         "structures_within_bounds": not over, "over_bounds": over[:20],
-        "bounds": {k: v["limit"] for k, v in (s[-1]["bounds"].items() if s else {}.items())},
+        "bounds": dict(sorted(bounds.items())), "read_per_s_after_first_quarter": round(rate, 1),
     }
 
 
@@ -246,7 +331,7 @@ def chart(r: dict, path: Path) -> None:
 
     s = r["samples"]
     x = [p["messages"] for p in s]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(18, 8))
     axes[0][0].plot(x, [p["rss_mb"] for p in s], marker="o")
     axes[0][0].set_title("flow RSS (MB)")
     axes[0][1].plot(x, [p["recovery_bytes"] / 1e6 for p in s], marker="o", label="recovery dir")
@@ -258,14 +343,25 @@ def chart(r: dict, path: Path) -> None:
         line, = axes[1][0].plot(x, [p["bounds"].get(name, {}).get("items", 0) for p in s], marker=".", label=name)
         axes[1][0].plot(x, [p["bounds"].get(name, {}).get("limit", 0) for p in s], ls="--", color=line.get_color())
     axes[1][0].set_yscale("symlog")
-    axes[1][0].set_title("bounded structures (dashed: bound)")
+    axes[1][0].set_title("bounded structures: items (dashed: bound)")
     axes[1][0].legend(fontsize=7)
-    axes[1][1].plot(x, [p["lag"] for p in s], marker="o")
-    axes[1][1].set_title("consumer lag (published − read)")
+    for name, b in r["verdict"]["bounds"].items():
+        axes[1][1].plot(x, [p["bounds"].get(name, {}).get("items", 0) / max(1, b["limit"]) for p in s], marker=".",
+                        label=f"{name} ≤ {b['limit']:,}: {b['where'] or '?'}")
+    axes[1][1].axhline(1.0, color="k", ls="--", lw=1)
+    axes[1][1].set_ylim(0, 1.15)
+    axes[1][1].set_title("items / bound (1 = full; over 1 = a bug)")
+    axes[1][1].legend(fontsize=6, loc="lower right")
+    axes[1][2].plot(x, [p["lag"] for p in s], marker="o")
+    axes[1][2].set_title("consumer lag (published − read)")
+    axes[0][2].plot(x, [p["rows"] for p in s], marker="o")
+    axes[0][2].set_title("rows in the results CSV")
     for ax in axes.flat:
         ax.set_xlabel("messages read")
     v = r["verdict"]
-    fig.suptitle(f"soak: {r['n']:,} messages, {r['partitions']} partitions — RSS flat {v['rss_flat']}, "
+    away = (f", Fritz at {r['downstream_counts'].get('fritz_delay_s')} s/request + Slack down"
+            if r.get("downstreams") == "slow" else "")
+    fig.suptitle(f"soak: {r['n']:,} messages, {r['partitions']} partitions{away} — RSS flat {v['rss_flat']}, "
                  f"recovery bounded {v['recovery_bounded']}, within bounds {v['structures_within_bounds']}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -281,12 +377,19 @@ def main(argv=None) -> int:
     ap.add_argument("--full-every", type=int, default=50,
                     help="every K-th message whole (~41 kB), the others slim (~1.8 kB); 1 = all whole")
     ap.add_argument("--broker-gb", type=float, default=8.0, help="memory the broker may use (N x the mean message)")
+    ap.add_argument("--downstreams", choices=("none", "slow"), default="none",
+                    help="slow: Fritz (fake SkyPortal) answering every request in 2 s and Slack (fake) down")
+    ap.add_argument("--objects", type=int, default=None,
+                    help="alerts of ~this many synthetic objects (default: the sample's 36; 200,000 with "
+                         "--downstreams slow)")
     ap.add_argument("--timeout-s", type=float, default=6 * 3600)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     args = ap.parse_args(argv)
     if args.full_every < 1:
         ap.error("--full-every must be >= 1")
+    if args.objects is None and args.downstreams == "slow":
+        args.objects = 200_000
     from bench.synthetic import Workload
 
     sample = Workload(full_every=args.full_every)
@@ -301,9 +404,12 @@ def main(argv=None) -> int:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="alertflow-soak-"))
     flags = cpu_flags()
+    away = (f"; Fritz at {FRITZ_DELAY_S:.0f} s/request and Slack down, {args.objects:,} objects"
+            if args.downstreams == "slow" else "")
     print(f"soak: {args.n:,} messages ({mean_bytes / 1e3:.1f} kB mean, every {args.full_every}th whole), sample every "
-          f"{args.every:,}; CPU flags: {flags}; work dir {work}", flush=True)
-    r = run_soak(args.n, work, args.partitions, args.every, args.lag_max, args.timeout_s, args.full_every)
+          f"{args.every:,}{away}; CPU flags: {flags}; work dir {work}", flush=True)
+    r = run_soak(args.n, work, args.partitions, args.every, args.lag_max, args.timeout_s, args.full_every,
+                 args.downstreams, args.objects)
     r.update(verdict=verdict(r), cpu_flags=flags, command=" ".join(["python", "bench/soak.py", *(argv or sys.argv[1:])]),
              when=datetime.now().isoformat(timespec="seconds"))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -317,8 +423,16 @@ def main(argv=None) -> int:
           f"{v['recovery_q4_bytes'] / 1e6:.2f} MB, largest {v['recovery_max_bytes'] / 1e6:.2f} MB ≤ bound "
           f"{v['recovery_bound_bytes'] / 1e6:.2f} MB (3 × open-batch bound × message + 4 MB WAL per partition): "
           f"{'met' if v['recovery_bounded'] else 'MISSED'}")
-    print(f"bounded structures within their bounds: {'met' if v['structures_within_bounds'] else 'MISSED'} "
-          f"{v['over_bounds'] or ''} (bounds: {v['bounds']})")
+    print(f"bounded structures within their bounds at every sample: "
+          f"{'met' if v['structures_within_bounds'] else 'MISSED'} {v['over_bounds'] or ''}")
+    for name, b in v["bounds"].items():
+        print(f"  {name:<40} most held {b['max_items']:>8,} of {b['limit']:>8,}  (set by {b['where'] or '?'})")
+    print(f"read {v['read_per_s_after_first_quarter']:.0f} messages/s after the first quarter")
+    for key, said_ in r["said"].items():
+        if said_["times"]:
+            print(f"  log {key}: said {said_['times']}x; last: {said_['last'][:200]}")
+    if r["downstream_counts"]:
+        print(f"  downstreams: {r['downstream_counts']}")
     print(f"flow exit status {r['exit_status']}; report {stem}.json / .png")
     return 0 if v["rss_flat"] and v["recovery_bounded"] and v["structures_within_bounds"] else 1
 

@@ -26,9 +26,10 @@ _lock = threading.Lock()
 _tracked: dict[str, dict[int, tuple]] = {}  # name -> id(obj) -> (weak reference, limit, lock); caches are unhashable
 
 
-def track(name: str, obj: object, limit: int, lock: Optional[Any] = None) -> None:
-    """Measure `len(obj)` under `name` while `obj` lives; `limit` is its documented bound;
-    `lock` (a context manager) is held while measuring, for a structure its owner guards."""
+def track(name: str, obj: object, limit: int, lock: Optional[Any] = None, where: str = "") -> None:
+    """Measure `len(obj)` under `name` while `obj` lives; `limit` is its documented bound and
+    `where` says where it is set (for reports); `lock` (a context manager) is held while
+    measuring, for a structure its owner guards."""
     key = id(obj)
 
     def gone(_ref, name=name, key=key):
@@ -36,18 +37,18 @@ def track(name: str, obj: object, limit: int, lock: Optional[Any] = None) -> Non
             _tracked.get(name, {}).pop(key, None)
 
     with _lock:
-        _tracked.setdefault(name, {})[key] = (weakref.ref(obj, gone), int(limit), lock)
+        _tracked.setdefault(name, {})[key] = (weakref.ref(obj, gone), int(limit), lock, where)
 
 
 def snapshot() -> dict[str, dict[str, int]]:
-    """{name: {"items": n, "limit": bound, "objects": k}} of what is alive now."""
+    """{name: {"items": n, "limit": bound, "objects": k, "where": text}} of what is alive now."""
     with _lock:
-        groups = {name: [(ref(), limit, lock) for ref, limit, lock in objs.values()] for name, objs in _tracked.items()}
+        groups = {name: [(ref(), *rest) for ref, *rest in objs.values()] for name, objs in _tracked.items()}
     out = {}
     for name, entries in groups.items():
         entries = [e for e in entries if e[0] is not None]
         items = 0
-        for obj, _, lock in entries:
+        for obj, _, lock, _ in entries:
             try:
                 if lock is None:
                     items += len(obj)
@@ -56,7 +57,8 @@ def snapshot() -> dict[str, dict[str, int]]:
                         items += len(obj)
             except Exception:  # noqa: BLE001 - a structure mid-change is measured next time
                 pass
-        out[name] = {"items": items, "limit": sum(e[1] for e in entries), "objects": len(entries)}
+        out[name] = {"items": items, "limit": sum(e[1] for e in entries), "objects": len(entries),
+                     "where": next((e[3] for e in entries if e[3]), "")}
     return out
 
 

@@ -136,10 +136,13 @@ class FritzAnnotator(Delivery):
         # Sizes for the soak and `alertflow_bounded_items`: the queue holds at most FRITZ_MAX_PENDING
         # objects waiting plus one being sent per worker; the caches are read under the lock their
         # owner takes (a TTL cache's len() expires entries).
-        bounds.track("fritz_queue", self, self.config.max_pending + self.config.workers)
+        bounds.track("fritz_queue", self, self.config.max_pending + self.config.workers,
+                     where="FRITZ_MAX_PENDING waiting + FRITZ_WORKERS being sent")
         if self._not_found is not None:
-            bounds.track("fritz_not_found", self._not_found, NOT_FOUND_MAX, self._lock)
-        bounds.track("fritz_forbidden", self._forbidden, FORBIDDEN_MAX, self._lock)
+            bounds.track("fritz_not_found", self._not_found, NOT_FOUND_MAX, self._lock,
+                         where="NOT_FOUND_MAX (operators/sinks/fritz.py)")
+        bounds.track("fritz_forbidden", self._forbidden, FORBIDDEN_MAX, self._lock,
+                     where="FORBIDDEN_MAX (operators/sinks/fritz.py)")
 
     def submit(self, object_id: str, data: Mapping[str, Any], jd: Optional[float] = None) -> None:
         try:

@@ -170,8 +170,10 @@ class _SlackPartition(StatefulSinkPartition):
         # Sizes for the soak and `alertflow_bounded_items` (one writer, the poster thread; len() is atomic):
         # the queue holds at most max_pending alerts waiting plus the one being posted.
         if self._poster is not None:
-            bounds.track("slack_posted", self._posted, self._posted.maxsize)
-            bounds.track("slack_queue", self._poster, self._cfg.max_pending + 1)
+            bounds.track("slack_posted", self._posted, self._posted.maxsize,
+                         where="SlackConfig.max_remembered (operators/runtime/slack_settings.py)")
+            bounds.track("slack_queue", self._poster, self._cfg.max_pending + 1,
+                         where="SlackConfig.max_pending waiting + 1 being posted (operators/runtime/slack_settings.py)")
 
     @property
     def stats(self) -> Counter:
