@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -56,7 +55,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.children import CSV_NAME, PY, Child, base_env  # noqa: E402
+from bench.downstreams import FRITZ_DELAY_S, Downstreams, said  # noqa: E402
 from bench.measure import count_rows, proc_status  # noqa: E402
+from bench.soak_chart import chart  # noqa: E402
 
 STATUS = "soak-status.json"
 MESSAGE_BYTES = 42_500  # a whole synthesized message (bench/synthetic.py): the most an open-batch alert carries
@@ -146,60 +147,6 @@ class Publisher(threading.Thread):
             producer.flush(60)
         except Exception as exc:  # noqa: BLE001 - reported by the driver
             self.error = repr(exc)
-
-
-FRITZ_TOKEN = "soak-fritz-token-0123456789abcdef"  # the fakes' tokens, never a real one
-SLACK_TOKEN = "xoxb-soak"
-FRITZ_DELAY_S = 2.0
-
-
-class Downstreams:
-    """The fakes of tests/fakes.py for `--downstreams slow`: SkyPortal answering every request in
-    2 s, knowing 9 in 10 of the workload's objects (the others: 404 on POST), and Slack down."""
-
-    def __init__(self, workload):
-        from bench.synthetic import object_name
-        from tests.fakes import FakeSkyPortal, FakeSlack
-
-        count = workload._groups * len(workload.templates)
-        known = tuple(object_name(k) for k in range(count) if k % 10)
-        self.fritz = FakeSkyPortal(token=FRITZ_TOKEN, objects=known, sources=known[::4])
-        self.fritz.delay = FRITZ_DELAY_S
-        self.slack = FakeSlack(token=SLACK_TOKEN)
-        self.slack.outage(10 * 365 * 86400.0)  # 503 to everything, the whole run
-
-    def __enter__(self):
-        self.fritz.start()
-        self.slack.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.fritz.stop()
-        self.slack.stop()
-
-    def env(self) -> dict:
-        return {"FRITZ_TOKEN": FRITZ_TOKEN, "FRITZ_URL": self.fritz.url, "POST_TO_SLACK": "true",
-                "SLACK_BOT_TOKEN": SLACK_TOKEN, "SLACK_ORACLE_CHANNEL_ID": "CZTF", "SLACK_API_URL": self.slack.base_url}
-
-    def counts(self) -> dict:
-        with self.fritz.lock, self.slack.lock:
-            fritz = [r["method"] for r in self.fritz.requests]
-            return {"fritz_delay_s": FRITZ_DELAY_S, "fritz_requests": {m: fritz.count(m) for m in sorted(set(fritz))},
-                    "fritz_annotations": len(self.fritz.annotations), "slack_requests": len(self.slack.requests),
-                    "slack_posts": len(self.slack.posts)}
-
-
-# What the sinks say about what they could not send (kept, dropped, counted): the last of each.
-_SAID = {"slack_behind": r"Slack posting is behind[^\n]*", "slack_summary": r"Slack posts this run[^\n]*",
-         "fritz_backlog": r"Fritz backlog[^\n]*", "fritz_summary": r"Fritz annotations this run[^\n]*"}
-
-
-def said(log_text: str) -> dict:
-    out = {}
-    for key, pattern in _SAID.items():
-        found = re.findall(pattern, log_text)
-        out[key] = {"times": len(found), "last": found[-1][:400] if found else ""}
-    return out
 
 
 def run_soak(n: int, work: Path, partitions: int, every: int, lag_max: int, timeout_s: float,
@@ -321,59 +268,6 @@ def verdict(r: dict) -> dict:
         "structures_within_bounds": not over, "over_bounds": over[:20],
         "bounds": dict(sorted(bounds.items())), "read_per_s_after_first_quarter": round(rate, 1),
     }
-
-
-def chart(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = r["samples"]
-    x = [p["messages"] for p in s]
-    fig = plt.figure(figsize=(18, 12))
-    grid = fig.add_gridspec(3, 3)
-    rss, disk, rows = (fig.add_subplot(grid[0, k]) for k in range(3))
-    items, lag = fig.add_subplot(grid[1, 0:2]), fig.add_subplot(grid[1, 2])
-    fill, key = fig.add_subplot(grid[2, 0]), fig.add_subplot(grid[2, 1:3])
-    rss.plot(x, [p["rss_mb"] for p in s], marker="o")
-    rss.set_title("flow RSS (MB)")
-    disk.plot(x, [p["recovery_bytes"] / 1e6 for p in s], marker="o", label="recovery dir")
-    disk.plot(x, [p["log_bytes"] / 1e6 for p in s], marker=".", label="logs")
-    disk.plot(x, [p["dead_letter_bytes"] / 1e6 for p in s], marker=".", label="dead letters")
-    disk.set_title("bytes on disk (MB; the results CSV grows by design)")
-    disk.legend()
-    rows.plot(x, [p["rows"] for p in s], marker="o")
-    rows.set_title("rows in the results CSV")
-    lag.plot(x, [p["lag"] for p in s], marker="o")
-    lag.set_title("consumer lag (published − read)")
-    bounds = r["verdict"]["bounds"]
-    colors = plt.get_cmap("tab20").colors
-    for k, (name, b) in enumerate(bounds.items()):
-        color = colors[(2 * k) % 20 if k < 10 else (2 * k + 1) % 20]
-        held = [p["bounds"].get(name, {}).get("items", 0) for p in s]
-        items.plot(x, held, marker=".", color=color)
-        items.axhline(b["limit"], ls="--", lw=1, color=color)
-        fill.plot(x, [h / max(1, b["limit"]) for h in held], marker=".", color=color,
-                  label=f"{name}: most {b['max_items']:,} of {b['limit']:,} — {b['where'] or '?'}")
-    items.set_yscale("symlog")
-    items.set_ylim(bottom=0)
-    items.set_title("bounded structures: items held (dashed: each one's bound)")
-    fill.axhline(1.0, color="k", ls="--", lw=1)
-    fill.set_ylim(0, 1.15)
-    fill.set_title("items / bound (1 = full; above 1 = a bug)")
-    key.axis("off")
-    key.legend(*fill.get_legend_handles_labels(), loc="center left", fontsize=8, title="structure: bound — where it is set")
-    for ax in (rss, disk, rows, items, lag, fill):
-        ax.set_xlabel("messages read")
-    v = r["verdict"]
-    away = (f", Fritz at {r['downstream_counts'].get('fritz_delay_s')} s/request + Slack down"
-            if r.get("downstreams") == "slow" else "")
-    fig.suptitle(f"soak: {r['n']:,} messages, {r['partitions']} partitions{away} — RSS flat {v['rss_flat']}, "
-                 f"recovery bounded {v['recovery_bounded']}, within bounds {v['structures_within_bounds']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:

@@ -232,6 +232,12 @@ class Workload:
         group = (h >> 32) % self._groups
         return object_name(group * len(self.templates) + t)
 
+    def object_names(self) -> list[str]:
+        """Every object's id: the synthetic ones with `objects`, else the templates'."""
+        if not self.objects:
+            return [t.objectId for t in self.templates]
+        return [object_name(k) for k in range(self._groups * len(self.templates))]
+
     def template_of_object(self, object_id: str) -> int:
         return object_number(object_id) % len(self.templates) if self.objects else next(
             k for k, t in enumerate(self.templates) if t.objectId == object_id)
