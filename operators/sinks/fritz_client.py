@@ -33,6 +33,7 @@ import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 from urllib.parse import quote
@@ -172,6 +173,7 @@ class FritzClient:
                                              timer=time.monotonic)
         self._context_inflight: dict[str, Future] = _Reads()
         self._read_s = 0.0  # how long a context read takes (moving average; 0: none finished yet)
+        self._reading: dict[str, float] = {}  # reads running now -> when each started
         # Sizes for the soak and `alertflow_bounded_items`, measured under the client's lock.
         here = "(operators/sinks/fritz_client.py)"
         bounds.track("fritz_annotation_ids", self._annotation_ids, ANNOTATION_IDS_MAX, self._lock,
@@ -346,10 +348,10 @@ class FritzClient:
         Waits at most `timeout` seconds (default `config.context_timeout`); when
         the read is not done by then (or fails) the classifications are empty
         and the link is the alert page. The read goes on in the background and
-        fills the cache for the next caller. A read not expected to finish in
-        time (recent reads' duration × the reads ahead of it per reader) is not
-        waited for at all: with Fritz slow and many new objects, waiting would
-        cost every batch its whole `timeout` (issue 28: 4.5× slower at 2 s per request).
+        fills the cache for the next caller. The wait ends as soon as the read
+        cannot be done in time (`_read_time`): with Fritz slow, waiting would
+        cost every batch its whole `timeout` (issue 28: 4.5× slower at 2 s per
+        request and many new objects).
         """
         timeout = self.config.context_timeout if timeout is None else timeout
         fallback = FritzContext("", alert_link(self.config.url, object_id), None)
@@ -367,21 +369,34 @@ class FritzClient:
                         self._reads = ThreadPoolExecutor(max(1, self.config.context_workers), "fritz-read")
                     fut = self._reads.submit(self._load_context, object_id)
                     self._context_inflight[object_id] = fut
-                turns = -(-len(self._context_inflight) // max(1, self.config.context_workers))
-                expected = self._read_s * turns
-            if not fut.done() and expected > timeout:
-                return fallback
-            try:
-                return fut.result(timeout=max(0.0, timeout))
-            except Exception:  # noqa: BLE001 - timeout or a failed read: leave it empty
-                return fallback
+            deadline = time.monotonic() + max(0.0, timeout)
+            while True:  # in short waits, giving up as soon as the read cannot be done in time
+                left = deadline - time.monotonic()
+                if not fut.done() and (left <= 0 or self._read_time() > left):
+                    return fallback
+                try:
+                    return fut.result(timeout=min(0.1, max(0.0, left)))
+                except FutureTimeout:
+                    continue
+                except Exception:  # noqa: BLE001 - a failed or cancelled read: leave it empty
+                    return fallback
         except Exception:  # noqa: BLE001 - never let a read break a caller
             log.debug("Fritz context for %s failed", object_id, exc_info=True)
             return fallback
 
+    def _read_time(self) -> float:
+        """Seconds a read queued now would take at least: the reads ahead per reader × how
+        long a read takes (the average, or a running read's time so far if longer)."""
+        with self._lock:
+            turns = -(-len(self._context_inflight) // max(1, self.config.context_workers))
+            now = time.monotonic()
+            return max([self._read_s, *(now - t for t in self._reading.values())]) * turns
+
     def _load_context(self, object_id: str) -> FritzContext:
         ttl = self.config.context_ttl
         started = time.monotonic()
+        with self._lock:
+            self._reading[object_id] = started
         try:
             ctx = self.fetch_context(object_id)
         except FritzAuthError as e:
@@ -397,6 +412,7 @@ class FritzClient:
             if ttl > 0:
                 self._context[object_id] = (ttl, ctx)
             self._context_inflight.pop(object_id, None)
+            self._reading.pop(object_id, None)
             self._read_s = took if not self._read_s else 0.7 * self._read_s + 0.3 * took
         return ctx
 
