@@ -257,7 +257,8 @@ def verdict(r: dict) -> dict:
     for x in s:  # every structure seen, its bound (the largest: 0 while none is alive), where set, most held
         for k, v in x["bounds"].items():
             b = bounds.setdefault(k, {"limit": v["limit"], "where": v.get("where", ""), "max_items": 0})
-            b.update(limit=max(b["limit"], v["limit"]), max_items=max(b["max_items"], v["items"]))
+            b.update(limit=max(b["limit"], v["limit"]), max_items=max(b["max_items"], v["items"]),
+                     where=b["where"] or v.get("where", ""))
     steady = [x for x in s if x["messages"] >= 0.25 * n]
     rate = ((steady[-1]["messages"] - steady[0]["messages"]) / max(1e-3, steady[-1]["seconds"] - steady[0]["seconds"])
             if len(steady) > 1 else float("nan"))
