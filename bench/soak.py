@@ -257,6 +257,10 @@ def verdict(r: dict) -> dict:
     wal_file_bound = 32 + 1000 * (4096 + 24) + open_limit * MESSAGE_BYTES
     wal_max = max((x.get("recovery_wal_max_file_bytes", 0) for x in s), default=0)
     db_max = max((x.get("recovery_db_bytes", 0) for x in s), default=0)
+    from operators.runtime.logs import LOG_BACKUPS, LOG_FILE_BYTES
+
+    log_bound = (1 + LOG_BACKUPS) * LOG_FILE_BYTES  # RotatingFileHandler, operators/runtime/logs.py
+    log_max = max((x["log_bytes"] for x in s), default=0)
     over = sorted({f"{k} {v['items']}>{v['limit']} at {x['messages']}" for x in s for k, v in x["bounds"].items()
                    if v["items"] > v["limit"]})
     return {
@@ -264,7 +268,8 @@ def verdict(r: dict) -> dict:
         "recovery_q2_bytes": r2, "recovery_q4_bytes": r4, "recovery_max_bytes": recovery_max,
         "recovery_bound_bytes": recovery_bound, "recovery_bounded": recovery_max <= recovery_bound,
         "recovery_db_max_bytes": db_max, "recovery_wal_max_file_bytes": wal_max,
-        "recovery_wal_file_bound_bytes": wal_file_bound, "recovery_wal_within_bound": wal_max <= wal_file_bound,
+        "recovery_wal_file_bound_bytes": wal_file_bound,
+        "log_max_bytes": log_max, "log_bound_bytes": log_bound, "logs_bounded": log_max <= log_bound, "recovery_wal_within_bound": wal_max <= wal_file_bound,
         "structures_within_bounds": not over, "over_bounds": over[:20],
         "bounds": {k: v["limit"] for k, v in (s[-1]["bounds"].items() if s else {}.items())},
     }
@@ -363,7 +368,9 @@ def main(argv=None) -> int:
           f"file {v['recovery_wal_max_file_bytes'] / 1e6:.2f} MB ≤ {v['recovery_wal_file_bound_bytes'] / 1e6:.2f} MB "
           f"(SQLite's 1,000-page auto-checkpoint + one epoch's transaction): "
           f"{'met' if v['recovery_wal_within_bound'] else 'MISSED'}")
-    return 0 if (v["rss_flat"] and v["recovery_bounded"] and v["recovery_wal_within_bound"]
+    print(f"logs at most {v['log_max_bytes'] / 1e6:.2f} MB ≤ {v['log_bound_bytes'] / 1e6:.0f} MB (a file rotates at "
+          f"50 MB, 5 kept: operators/runtime/logs.py): {'met' if v['logs_bounded'] else 'MISSED'}")
+    return 0 if (v["rss_flat"] and v["recovery_bounded"] and v["recovery_wal_within_bound"] and v["logs_bounded"]
                  and v["structures_within_bounds"]) else 1
 
 
