@@ -104,6 +104,25 @@ def dir_bytes(path: Path) -> int:
     return total
 
 
+def recovery_split(path: Path) -> tuple[int, int, int]:
+    """(database bytes, WAL bytes, largest WAL file) of the recovery directory. bytewax's SQLite
+    files run in WAL mode: the database holds the live snapshots (older epochs deleted at each
+    commit), while each `-wal` file grows to SQLite's auto-checkpoint (1,000 pages, ~4 MB) plus
+    the largest transaction and is then rewritten from its start, never truncated."""
+    db = wal = wal_max = 0
+    for p in path.glob("*") if path.exists() else ():
+        try:
+            size = p.stat().st_size
+        except OSError:
+            continue
+        if p.name.endswith("-wal"):
+            wal += size
+            wal_max = max(wal_max, size)
+        elif not p.name.endswith("-shm"):
+            db += size
+    return db, wal, wal_max
+
+
 def cpu_flags() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -150,7 +169,8 @@ class Publisher(threading.Thread):
 
 
 def run_soak(n: int, work: Path, partitions: int, every: int, lag_max: int, timeout_s: float,
-             full_every: int = 50, downstreams: str = "none", objects: Optional[int] = None) -> dict:
+             full_every: int = 50, snapshot_interval_s: Optional[float] = None, downstreams: str = "none",
+             objects: Optional[int] = None) -> dict:
     from contextlib import ExitStack
 
     from bench.synthetic import Workload
@@ -171,6 +191,7 @@ def run_soak(n: int, work: Path, partitions: int, every: int, lag_max: int, time
         env = base_env(KAFKA_BROKERS=kafka.bootstrap, KAFKA_TOPIC=topic, KAFKA_GROUP_ID="soak",
                        KAFKA_STARTING_OFFSET="beginning", ALERTFLOW_RESULTS_DIR=results, ALERTFLOW_LOGS_DIR=logs,
                        ALERTFLOW_RECOVERY_DIR=recovery,
+                       **({"ALERTFLOW_SNAPSHOT_INTERVAL_S": snapshot_interval_s} if snapshot_interval_s else {}),
                        **(fakes.env() if fakes else {"FRITZ_TOKEN": "", "POST_TO_SLACK": "false"}))
         publisher = Publisher(kafka.bootstrap, topic, workload, n, partitions, lag_max)
         publisher.start()
@@ -197,16 +218,19 @@ def run_soak(n: int, work: Path, partitions: int, every: int, lag_max: int, time
                 last, last_change = status["in"], time.monotonic()
             done = status["in"] >= n and rows >= expected_rows
             if status["in"] >= next_at or done:
+                db_bytes, wal_bytes, wal_max = recovery_split(recovery)
                 samples.append({
                     "messages": status["in"], "seconds": round(time.monotonic() - t0, 1),
                     "rss_mb": round(status["rss"] / 2**20, 1),
-                    "recovery_bytes": dir_bytes(recovery),
+                    "recovery_bytes": dir_bytes(recovery), "recovery_db_bytes": db_bytes,
+                    "recovery_wal_bytes": wal_bytes, "recovery_wal_max_file_bytes": wal_max,
                     "results_bytes": (results / CSV_NAME).stat().st_size if (results / CSV_NAME).exists() else 0,
                     "dead_letter_bytes": sum(p.stat().st_size for p in results.glob("*deadletters*")),
                     "log_bytes": dir_bytes(logs), "rows": rows,
                     "lag": publisher.published - status["in"], "bounds": status["bounds"]})
                 s = samples[-1]
-                print(f"{s['messages']:>9} msgs  RSS {s['rss_mb']:7.1f} MB  recovery {s['recovery_bytes'] / 1e6:6.2f} MB  "
+                print(f"{s['messages']:>9} msgs  RSS {s['rss_mb']:7.1f} MB  recovery {s['recovery_bytes'] / 1e6:6.2f} MB "
+                      f"(db {s['recovery_db_bytes'] / 1e6:.2f}, WAL {s['recovery_wal_bytes'] / 1e6:.2f})  "
                       f"CSV {s['results_bytes'] / 1e6:7.1f} MB  lag {s['lag']:>6}  "
                       + "  ".join(f"{k} {v['items']}/{v['limit']}" for k, v in sorted(s["bounds"].items())),
                       flush=True)
@@ -224,6 +248,7 @@ def run_soak(n: int, work: Path, partitions: int, every: int, lag_max: int, time
         return {"n": n, "partitions": partitions, "every": every, "lag_max": lag_max, "expected_rows": expected_rows,
                 "full_every": full_every, "published_bytes": publisher.bytes, "downstreams": downstreams,
                 "objects": objects, "downstream_counts": fakes.counts() if fakes else {}, "said": said(log_text),
+                "snapshot_interval_s": snapshot_interval_s or "default",
                 "exit_status": code, "samples": samples, "wall_s": round(time.monotonic() - t0, 1)}
     finally:
         stack.close()
@@ -251,6 +276,16 @@ def verdict(r: dict) -> dict:
     open_limit = max((x["bounds"].get("open_batches", {}).get("limit", 0) for x in s), default=0)
     recovery_bound = 3 * open_limit * MESSAGE_BYTES + 4 * 2**20 * r.get("partitions", 1)
     recovery_max = max((x["recovery_bytes"] for x in s), default=0)
+    # One WAL file: SQLite's auto-checkpoint at 1,000 pages (4,096 bytes + a 24-byte frame
+    # header each, after the 32-byte file header), overshot by at most one transaction (one
+    # epoch's snapshots of the partition: ≤ the open batches' messages).
+    wal_file_bound = 32 + 1000 * (4096 + 24) + open_limit * MESSAGE_BYTES
+    wal_max = max((x.get("recovery_wal_max_file_bytes", 0) for x in s), default=0)
+    db_max = max((x.get("recovery_db_bytes", 0) for x in s), default=0)
+    from operators.runtime.logs import LOG_BACKUPS, LOG_FILE_BYTES
+
+    log_bound = (1 + LOG_BACKUPS) * LOG_FILE_BYTES  # RotatingFileHandler, operators/runtime/logs.py
+    log_max = max((x["log_bytes"] for x in s), default=0)
     over = sorted({f"{k} {v['items']}>{v['limit']} at {x['messages']}" for x in s for k, v in x["bounds"].items()
                    if v["items"] > v["limit"]})
     bounds: dict[str, dict] = {}
@@ -266,6 +301,9 @@ def verdict(r: dict) -> dict:
         "rss_q2_mb": q2, "rss_q4_mb": q4, "rss_flat": q4 <= q2 + 10,
         "recovery_q2_bytes": r2, "recovery_q4_bytes": r4, "recovery_max_bytes": recovery_max,
         "recovery_bound_bytes": recovery_bound, "recovery_bounded": recovery_max <= recovery_bound,
+        "recovery_db_max_bytes": db_max, "recovery_wal_max_file_bytes": wal_max,
+        "recovery_wal_file_bound_bytes": wal_file_bound,
+        "log_max_bytes": log_max, "log_bound_bytes": log_bound, "logs_bounded": log_max <= log_bound, "recovery_wal_within_bound": wal_max <= wal_file_bound,
         "structures_within_bounds": not over, "over_bounds": over[:20],
         "bounds": dict(sorted(bounds.items())), "read_per_s_after_first_quarter": round(rate, 1),
     }
@@ -286,6 +324,9 @@ def main(argv=None) -> int:
                     help="alerts of ~this many synthetic objects (default: the sample's 36; 200,000 with "
                          "--downstreams slow)")
     ap.add_argument("--timeout-s", type=float, default=6 * 3600)
+    ap.add_argument("--snapshot-interval-s", type=float, default=None,
+                    help="ALERTFLOW_SNAPSHOT_INTERVAL_S for the flow (default: the flow's); shorter = more epochs, "
+                         "so the recovery WAL files reach their ceiling within a shorter run")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     args = ap.parse_args(argv)
@@ -312,7 +353,7 @@ def main(argv=None) -> int:
     print(f"soak: {args.n:,} messages ({mean_bytes / 1e3:.1f} kB mean, every {args.full_every}th whole), sample every "
           f"{args.every:,}{away}; CPU flags: {flags}; work dir {work}", flush=True)
     r = run_soak(args.n, work, args.partitions, args.every, args.lag_max, args.timeout_s, args.full_every,
-                 args.downstreams, args.objects)
+                 args.snapshot_interval_s, args.downstreams, args.objects)
     r.update(verdict=verdict(r), cpu_flags=flags, command=" ".join(["python", "bench/soak.py", *(argv or sys.argv[1:])]),
              when=datetime.now().isoformat(timespec="seconds"))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -337,7 +378,14 @@ def main(argv=None) -> int:
     if r["downstream_counts"]:
         print(f"  downstreams: {r['downstream_counts']}")
     print(f"flow exit status {r['exit_status']}; report {stem}.json / .png")
-    return 0 if v["rss_flat"] and v["recovery_bounded"] and v["structures_within_bounds"] else 1
+    print(f"recovery databases at most {v['recovery_db_max_bytes'] / 1e6:.2f} MB (live snapshots only); largest WAL "
+          f"file {v['recovery_wal_max_file_bytes'] / 1e6:.2f} MB ≤ {v['recovery_wal_file_bound_bytes'] / 1e6:.2f} MB "
+          f"(SQLite's 1,000-page auto-checkpoint + one epoch's transaction): "
+          f"{'met' if v['recovery_wal_within_bound'] else 'MISSED'}")
+    print(f"logs at most {v['log_max_bytes'] / 1e6:.2f} MB ≤ {v['log_bound_bytes'] / 1e6:.0f} MB (a file rotates at "
+          f"50 MB, 5 kept: operators/runtime/logs.py): {'met' if v['logs_bounded'] else 'MISSED'}")
+    return 0 if (v["rss_flat"] and v["recovery_bounded"] and v["recovery_wal_within_bound"] and v["logs_bounded"]
+                 and v["structures_within_bounds"]) else 1
 
 
 if __name__ == "__main__":

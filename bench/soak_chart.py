@@ -22,6 +22,9 @@ def chart(r: dict, path: Path) -> None:
     rss.plot(x, [p["rss_mb"] for p in s], marker="o")
     rss.set_title("flow RSS (MB)")
     disk.plot(x, [p["recovery_bytes"] / 1e6 for p in s], marker="o", label="recovery dir")
+    disk.plot(x, [p.get("recovery_db_bytes", 0) / 1e6 for p in s], marker=".", label="recovery databases")
+    disk.plot(x, [p.get("recovery_wal_max_file_bytes", 0) / 1e6 for p in s], marker=".",
+              label="largest recovery WAL file (≤ ~4 MB + a transaction)")
     disk.plot(x, [p["log_bytes"] / 1e6 for p in s], marker=".", label="logs")
     disk.plot(x, [p["dead_letter_bytes"] / 1e6 for p in s], marker=".", label="dead letters")
     disk.set_title("bytes on disk (MB; the results CSV grows by design)")

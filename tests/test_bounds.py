@@ -129,7 +129,7 @@ def test_the_soak_verdict_flags_a_structure_over_its_bound():
 
     def sample(messages: int) -> dict:
         return {"messages": messages, "seconds": messages / 100, "rss_mb": 300.0, "recovery_bytes": 1000,
-                "lag": 0, "bounds": {k: v for k, v in bounds.snapshot().items() if k.startswith("test_")}}
+                "log_bytes": 0, "lag": 0, "bounds": {k: v for k, v in bounds.snapshot().items() if k.startswith("test_")}}
 
     report = {"n": 400, "partitions": 1, "samples": [sample(m) for m in (100, 200, 300, 400)]}
     v = verdict(report)
