@@ -25,8 +25,9 @@ running small batches, where torch's own GRU spends half its time outside matmul
 * the attention is a softmax per series over the packed rows (`scatter_reduce`,
   `index_add_`).
 
-The results differ from torch's GRU by float rounding only (~1e-6 on the pooled features,
-tests/test_model.py). Rows never interact: a series' result does not depend on the rest
+A single series is left to torch's `nn.GRU` (networks.py): with one row per step, its
+C++ step loop beats any per-step Python. The results differ from torch's GRU by float
+rounding only (~1e-6 on the pooled features, tests/test_model.py). Rows never interact: a series' result does not depend on the rest
 of the batch, to float rounding.
 """
 
