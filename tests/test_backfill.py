@@ -83,7 +83,9 @@ def test_backfill_of_the_bundled_documents_equals_the_live_rows(tmp_path, survey
     nodes = list((ZTF_TAXONOMY if survey is ZTF else LSST_TAXONOMY).nodes)
     a = live_rows.set_index("candid").sort_index()
     b = rows.set_index("candid").loc[a.index]
-    np.testing.assert_allclose(b[nodes].to_numpy(), a[nodes].to_numpy(), atol=2e-6)
+    # Float32 rounding only: the two runs batch the alerts differently (a batch's GRU sums in
+    # another order than one alert's), which over LSST's 300-400-point series reaches ~4e-6.
+    np.testing.assert_allclose(b[nodes].to_numpy(), a[nodes].to_numpy(), atol=2e-6 if survey is ZTF else 5e-6)
     assert (a.predicted == b.predicted).all() and (a.objectId == b.objectId).all()
     assert (a.model == b.model).all() and a.model.iloc[0].count("@") == 1
     time = "jd" if survey is ZTF else "mjd"  # the survey's own time
