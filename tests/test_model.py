@@ -212,6 +212,11 @@ def test_fast_gru_follows_the_weights_and_leaves_gradients_to_torch():
         after = model._pooled_sequence(ts_t, len_t)
         torch.testing.assert_close(after, model._pooled_reference(ts_t, len_t), atol=1e-5, rtol=0)
     assert float((after - before).abs().max()) > 1e-3
+    import copy
+
+    copied = copy.deepcopy(model)  # the laid-out weights live beside the module, not in it
+    with torch.inference_mode():
+        torch.testing.assert_close(copied._pooled_sequence(ts_t, len_t), after, atol=0, rtol=0)
     pooled = model._pooled_sequence(ts_t, len_t)  # grad mode, parameters requiring grad
     pooled.sum().backward()
     assert model.gru.weight_hh_l0.grad is not None and float(model.gru.weight_hh_l0.grad.abs().sum()) > 0

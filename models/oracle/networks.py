@@ -32,6 +32,8 @@ Output of `forward`: logits `[B, n_nodes]` in the taxonomy's level order;
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,9 @@ KINDS = ("btsv2", "lsst_lite", "omni")
 # Light-curve length groups of one ONNX Runtime run (<=4, <=8, ..., <=64, longer): its GRU op steps
 # every row up to the longest (models/oracle/onnx_backend.py). The torch path needs none (gru.py).
 LENGTH_BUCKETS = (4, 8, 16, 32, 64)
+# Each light-curve network's weights as gru.py lays them out, beside the module rather than in
+# it: a copy (copy.deepcopy) or a pickle of the module neither carries nor shares them.
+_GRU_WEIGHTS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 # The taxonomy each network was published with: what a caller without a survey gets.
 # A flow passes its survey's taxonomy instead (`operators/oracle/surveys.py`).
 DEFAULT_TAXONOMIES = {"btsv2": ZTF_TAXONOMY, "lsst_lite": LSST_TAXONOMY, "omni": ZTF_TAXONOMY}
@@ -156,9 +161,9 @@ class LightCurveOracle(OracleModel):
         params = (*self.gru.parameters(), *self.attn_W.parameters(), *self.attn_v.parameters())
         # In-place changes bump a tensor's version; `.to()` and `.double()` make new tensors.
         key = (params[0].data_ptr(), params[-1].data_ptr(), params[0].dtype, *(p._version for p in params))
-        cached = self.__dict__.get("_gru_cache")
+        cached = _GRU_WEIGHTS.get(self)
         if cached is None or cached[0] != key:
-            cached = self.__dict__["_gru_cache"] = (key, gru_weights(self.gru, self.attn_W, self.attn_v))
+            cached = _GRU_WEIGHTS[self] = (key, gru_weights(self.gru, self.attn_W, self.attn_v))
         return cached[1]
 
     def _pooled_reference(self, ts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
