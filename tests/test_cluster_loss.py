@@ -30,10 +30,12 @@ REPEAT = 50  # 50 × 41 messages ≥ 2,000 on 4 partitions
 def publish(kafka, topic: str, mongo_settings, partitions: int = 4, repeat: int = REPEAT, sample=SAMPLE,
             before: int = 0) -> list[bytes]:
     """Publish the sample `repeat` times; every message of the topic (`before` were there already)."""
-    load(sample, ZTF.collections, mongo_settings,
-         KafkaSettings(brokers=(kafka.bootstrap,), topic=topic, group_id="x", starting_offset="beginning"),
-         partitions=partitions, repeat=repeat)
-    return [m.value() for m in kafka.read(topic, before + repeat * len(SAMPLE.messages), timeout_s=60)]
+    report = load(sample, ZTF.collections, mongo_settings,
+                  KafkaSettings(brokers=(kafka.bootstrap,), topic=topic, group_id="x", starting_offset="beginning"),
+                  partitions=partitions, repeat=repeat)
+    values = [m.value() for m in kafka.read(topic, before + report.messages, timeout_s=60)]
+    assert len(values) == before + report.messages, (len(values), before, report.messages)
+    return values
 
 
 def cluster(env: dict, tmp_path: Path, tag: str, processes: int = 2, workers: int = 1) -> list[subprocess.Popen]:
