@@ -246,7 +246,7 @@ class KafkaService:
                     raise RuntimeError(f"read_to_end({topic}): no end marker on partitions {sorted(pending)} "
                                        f"within {timeout_s:.0f} s")
                 for msg in consumer.consume(num_messages=500, timeout=0.5):
-                    if msg.error() is not None:
+                    if msg.error() is not None or msg.partition() not in pending:  # past this call's marker
                         continue
                     if msg.key() != self.END_MARKER_KEY:
                         out.append(msg)
