@@ -21,7 +21,7 @@ from operators.runtime.config import REPO_ROOT, KafkaSettings
 from operators.samples.load import load
 from operators.oracle.surveys import ZTF
 from tests.conftest import _stop_process, free_port
-from tests.test_kafka_flow import SAMPLE, expected_outcome, flow_env, start_flow, stop
+from tests.test_kafka_flow import SAMPLE, STAMPLESS, expected_outcome, flow_env, start_flow, stop
 
 pytestmark = pytest.mark.services
 
@@ -64,7 +64,7 @@ def test_kill_9_loses_nothing_on_the_topic_and_duplicates_nothing_in_the_collect
     topic = create_topic("in", partitions=2)
     results_topic = create_topic("oracle", partitions=2)
     repeat = 60  # 60 × 41 messages
-    sent = load(SAMPLE, ZTF.collections, mongo.settings(mongo_db),
+    sent = load(STAMPLESS, ZTF.collections, mongo.settings(mongo_db),
                 KafkaSettings(brokers=(kafka.bootstrap,), topic=topic, group_id="x", starting_offset="beginning"),
                 partitions=2, repeat=repeat).messages
     values = [m.value() for m in kafka.read(topic, sent, timeout_s=60)]
@@ -113,7 +113,7 @@ def test_kill_9_loses_nothing_on_the_topic_and_duplicates_nothing_in_the_collect
 def test_two_processes_without_a_shared_filesystem(tmp_path, kafka, create_topic, mongo, mongo_db):
     topic = create_topic("cluster", partitions=4)
     results_topic = create_topic("oracle", partitions=2)
-    sent = load(SAMPLE, ZTF.collections, mongo.settings(mongo_db),
+    sent = load(STAMPLESS, ZTF.collections, mongo.settings(mongo_db),
                 KafkaSettings(brokers=(kafka.bootstrap,), topic=topic, group_id="x", starting_offset="beginning"),
                 partitions=4, repeat=3).messages
     values = [m.value() for m in kafka.read(topic, sent)]
