@@ -12,6 +12,10 @@ import threading
 from pathlib import Path
 
 _on_stop = None
+# A log file rotates at LOG_FILE_BYTES and LOG_BACKUPS old ones are kept: the logs directory
+# never holds more than (1 + LOG_BACKUPS) x LOG_FILE_BYTES per flow, however long the run.
+LOG_FILE_BYTES = 50_000_000
+LOG_BACKUPS = 5
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
 
 
@@ -143,7 +147,7 @@ def setup_logging(log_file: Path, level: str = "INFO") -> None:
     log_file = Path(log_file).resolve()
     if not any(getattr(h, "baseFilename", None) == str(log_file) for h in root.handlers):
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.handlers.RotatingFileHandler(log_file, maxBytes=50_000_000, backupCount=5)
+        fh = logging.handlers.RotatingFileHandler(log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_BACKUPS)
         fh.setFormatter(fmt)
         root.addHandler(fh)
     # Per-request chatter from client libraries is noise at INFO.
