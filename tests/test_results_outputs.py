@@ -407,6 +407,43 @@ def test_a_broker_outage_while_writing_is_waited_out_and_nothing_is_lost(tmp_pat
         broker.stop()
 
 
+class SlowProducer(RefusingProducer):
+    """Acknowledges nothing until `flush` has been called `slow` times (a busy broker)."""
+
+    def __init__(self, slow: int):
+        super().__init__()
+        self.slow = slow
+
+    def flush(self, timeout=None):
+        if self.slow:
+            self.slow -= 1
+            return len(self.reports)
+        return super().flush(timeout)
+
+
+def test_the_first_ctrl_c_finishes_the_deliveries_in_flight(kafka):
+    """Draining after the first Ctrl-C means the batch in flight reaches the topic (a restart
+    without recovery would lose it otherwise); a flow that does not drain stops at once."""
+    from operators.runtime import logs
+    from operators.sinks.results_topic import _ResultsTopicPartition, result_message
+
+    sink = topic_sink(kafka, "t", [])
+    try:
+        logs.STOPPING.set()
+        with pytest.raises(KeyboardInterrupt):
+            _ResultsTopicPartition(sink, SlowProducer(3)).write_batch([result_message("BTS", result(1, "ZTFa"))])
+        logs.inputs_stop_on_ctrl_c()
+        producer = SlowProducer(3)
+        try:
+            _ResultsTopicPartition(sink, producer).write_batch([result_message("BTS", result(2, "ZTFb"))])
+        except KeyboardInterrupt:
+            pytest.fail("a draining flow gave up its deliveries on the first Ctrl-C")
+        assert producer.sent == [b"ZTFb"] and producer.slow == 0
+    finally:
+        logs.STOPPING.clear()
+        logs._drains.clear()
+
+
 def _catch(out: list, fn, *args):
     try:
         fn(*args)

@@ -51,6 +51,12 @@ def inputs_stop_on_ctrl_c() -> None:
     _drains.set()
 
 
+def draining() -> bool:
+    """True once the flow ends by draining on the first Ctrl-C (see `inputs_stop_on_ctrl_c`):
+    a step then finishes what it holds, and a second Ctrl-C stops the process (`stop_now`)."""
+    return _drains.is_set()
+
+
 def stop_now(why: str = "") -> None:
     """End the process at once after the one-line notice and the run summary (status 130).
     Outputs and recovery survive a hard stop (operators/io/files.py); the rest is replayed."""

@@ -35,7 +35,7 @@ from operators.io.kafka import RateLimitedLog, admin_config
 from operators.oracle.result_record import encode, to_record
 from operators.oracle.results import Result
 from operators.runtime import metrics
-from operators.runtime.logs import STOPPING, interruptible_sleep
+from operators.runtime.logs import STOPPING, draining, interruptible_sleep
 
 log = logging.getLogger("alertflow.results_topic")
 
@@ -160,7 +160,9 @@ class _ResultsTopicPartition(_KafkaSinkPartition):
                         break
                 self._producer.poll(0)
             while self._producer.flush(FLUSH_STEP_S) and self._fatal is None:
-                if STOPPING.is_set():
+                # A draining flow (first Ctrl-C) finishes the batches in flight, these deliveries
+                # included: a second Ctrl-C ends the process (logs.stop_now). Elsewhere stop now.
+                if STOPPING.is_set() and not draining():
                     raise KeyboardInterrupt("Ctrl-C while delivering to Kafka")
         except (KafkaException, SystemError) as exc:
             # confluent-kafka raises a fatal error from flush() even with an error_cb, and when it
