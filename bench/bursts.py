@@ -91,6 +91,20 @@ def topic_times(bootstrap: str, topic: str, timeout_s: float = 120.0) -> dict[in
     return out
 
 
+def topic_records(bootstrap: str, topic: str) -> int:
+    """How many records the topic holds (the sum of its partitions' end offsets; a new topic)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}"})
+    try:
+        meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return 0
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in meta.partitions)
+    finally:
+        consumer.close()
+
+
 def run_bursts(store: str, servers, feed, work: Path, bursts: int, size: int, every_s: float,
                processes: int = 1, env: dict | None = None, results_topic: bool = True) -> dict:
     """The flow on `feed`'s topic; `bursts` bursts of `size` messages every `every_s` seconds;
@@ -155,6 +169,11 @@ def run_bursts(store: str, servers, feed, work: Path, bursts: int, size: int, ev
             left = t0 + every_s - time.monotonic()
             if left > 0 and k < bursts - 1:
                 time.sleep(left)
+        if topic_out:  # the topic's records of the last batches may trail the CSV's rows: wait before Ctrl-C
+            until = time.monotonic() + 60
+            while topic_records(servers.kafka.bootstrap, topic_out) < count_rows(csv_path, state) and \
+                    time.monotonic() < until:
+                time.sleep(0.5)
         cpu = window.stop()
     finally:
         codes = [c.stop() for c in children]
