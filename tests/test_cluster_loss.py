@@ -5,10 +5,10 @@ Also MongoDB restarted under a running cluster: the flow waits, nothing is skipp
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,22 +18,26 @@ from operators.oracle.results import read_results
 from operators.oracle.surveys import ZTF
 from operators.runtime.config import KafkaSettings
 from operators.runtime.exits import EXIT_PEER_LOST
+from operators.runtime.fritz_settings import DEFAULT_ORIGIN
 from operators.samples.load import load
 from tests.conftest import _stop_process, free_port
-from tests.test_kafka_flow import SAMPLE, expected_outcome, flow_env, start_flow, stop, wait_for
+from tests.fakes import FakeSkyPortal
+from tests.test_kafka_flow import STAMPLESS, expected_outcome, flow_env, start_flow, stop, wait_for
 
 pytestmark = pytest.mark.services
 
 REPEAT = 50  # 50 × 41 messages ≥ 2,000 on 4 partitions
 
 
-def publish(kafka, topic: str, mongo_settings, partitions: int = 4, repeat: int = REPEAT, sample=SAMPLE,
+def publish(kafka, topic: str, mongo_settings, partitions: int = 4, repeat: int = REPEAT, sample=STAMPLESS,
             before: int = 0) -> list[bytes]:
     """Publish the sample `repeat` times; every message of the topic (`before` were there already)."""
-    load(sample, ZTF.collections, mongo_settings,
-         KafkaSettings(brokers=(kafka.bootstrap,), topic=topic, group_id="x", starting_offset="beginning"),
-         partitions=partitions, repeat=repeat)
-    return [m.value() for m in kafka.read(topic, before + repeat * len(SAMPLE.messages), timeout_s=60)]
+    report = load(sample, ZTF.collections, mongo_settings,
+                  KafkaSettings(brokers=(kafka.bootstrap,), topic=topic, group_id="x", starting_offset="beginning"),
+                  partitions=partitions, repeat=repeat)
+    values = [m.value() for m in kafka.read(topic, before + report.messages, timeout_s=60)]
+    assert len(values) == before + report.messages, (len(values), before, report.messages)
+    return values
 
 
 def cluster(env: dict, tmp_path: Path, tag: str, processes: int = 2, workers: int = 1) -> list[subprocess.Popen]:
@@ -69,15 +73,72 @@ def assert_exactly_once(results: Path, rows_expected: set, malformed: int) -> No
     assert len(later) == len(set(later)), "a dead letter was written twice"  # one per message
 
 
+# ---- Fritz across the loss and the restart: no duplicate annotation (issue 28 item 2) ----
+# SkyPortal as it behaves (tests/fakes.py): GET shows only the caller's groups, PUT only by the
+# author, one annotation per object and origin, 429 at 5 r/s (burst 10) per token. A restarted
+# process knows no annotation id: its POST is refused ("already exists"), it must find its own
+# annotation and update it in place, not fail or write another.
+
+FRITZ_TOKEN = "fritz-cluster-loss-token-0123456789"
+
+
+@pytest.fixture
+def fritz():
+    objects = tuple(d["_id"] for d in STAMPLESS.aux)
+    with FakeSkyPortal(token=FRITZ_TOKEN, sources=objects, rate=(5.0, 10)) as fake:
+        yield fake
+
+
+def fritz_env(fritz: FakeSkyPortal) -> dict:
+    # Reads do not hold batches back (they still share the token's budget with the annotations).
+    return {"FRITZ_TOKEN": FRITZ_TOKEN, "FRITZ_URL": fritz.url, "FRITZ_CONTEXT_TIMEOUT": 0}
+
+
+def wait_for_fritz(fritz: FakeSkyPortal, csv: Path, timeout_s: float = 90.0) -> None:
+    """Until every object with a row is annotated and Fritz has heard nothing for 2 s (Ctrl-C
+    does not wait for the annotations still queued: the next alert of the object sends them)."""
+    objects = set(read_results(csv).objectId)
+    started = time.monotonic()
+    deadline = started + timeout_s
+    while time.monotonic() < deadline:
+        calls = fritz.calls()
+        quiet = not calls or time.monotonic() - calls[-1]["t"] > 2.0
+        if quiet and all(fritz.annotations_on(o) for o in objects):
+            print(f"waited {time.monotonic() - started:.1f} s for Fritz after the last row")
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"Fritz: {sum(bool(fritz.annotations_on(o)) for o in objects)} of {len(objects)} "
+                         f"objects annotated")
+
+
+def assert_one_annotation_per_object(fritz: FakeSkyPortal, csv: Path, before: dict, restarted_at: float,
+                                     second_log: str) -> None:
+    rows = read_results(csv)
+    for obj, of_obj in rows.groupby("objectId"):
+        (note,) = fritz.annotations_on(obj)  # exactly one
+        assert note["author_id"] == fritz.bot.id and note["origin"] == DEFAULT_ORIGIN
+        assert note["data"]["SN-Ia"] in {round(v, 4) for v in of_obj["SN-Ia"]}, obj  # one of its classifications
+        if obj in before:
+            assert note["id"] == before[obj]["id"], "the annotation was replaced, not updated"
+    updated = [c for c in fritz.calls("PUT") if c["t"] > restarted_at and c["parts"][-1] in
+               {str(a["id"]) for a in before.values()}]
+    print(f"Fritz: {len(before)} objects annotated before the loss, {len(updated)} updates of them after the "
+          f"restart, {len(fritz.limited)} requests answered 429")
+    if before:
+        assert updated, "the restart never updated an annotation written before the loss"
+    totals = re.findall(r"Fritz annotations this run: (\{[^}]*\})", second_log)
+    assert totals and not any(k in t for t in totals for k in ("'failed'", "'forbidden'")), totals
+
+
 @pytest.mark.parametrize("victim, restart", [(1, dict(processes=2, workers=1)), (0, dict(processes=1, workers=2))],
                          ids=["restart-same-shape", "restart-as-one-process-two-workers"])
 def test_a_lost_process_stops_the_survivor_with_one_line_and_the_restart_loses_nothing(
-        tmp_path, kafka, create_topic, mongo, mongo_db, victim, restart):
+        tmp_path, kafka, create_topic, mongo, mongo_db, victim, restart, fritz):
     topic = create_topic("ztf_lost", partitions=4)
     values = publish(kafka, topic, mongo.settings(mongo_db))
     rows_expected, malformed = expected_outcome(values)
     env = flow_env(tmp_path, kafka, topic, mongo.uri, mongo_db, ORACLE_BATCH_SIZE=64,
-                   ORACLE_RESULTS_COLLECTION="ZTF_alerts_oracle")
+                   ORACLE_RESULTS_COLLECTION="ZTF_alerts_oracle", **fritz_env(fritz))
     csv = tmp_path / "results" / "oracle_ztf_results.csv"
     procs = cluster(env, tmp_path, "first")
     try:
@@ -100,21 +161,26 @@ def test_a_lost_process_stops_the_survivor_with_one_line_and_the_restart_loses_n
     # have written them all before it noticed: the restart must then add nothing.
     print(f"rows before the restart: {rows_in(csv)} of {len(rows_expected)}")
 
+    before = {a["obj_id"]: a for a in (dict(a) for a in fritz.annotations.values())}  # Fritz at the restart
+    restarted_at = time.monotonic()
     procs = cluster(env, tmp_path, "second", **restart)
     try:
         wait_for(tmp_path / "results", len(rows_expected), malformed, procs, timeout_s=240)
         time.sleep(2.0)  # nothing more should arrive
+        wait_for_fritz(fritz, csv)
     finally:
         codes = stop(*procs)
     assert all(c in (0, 130, -signal.SIGINT) for c in codes), codes
     assert_exactly_once(tmp_path / "results", rows_expected, malformed)
     ids = [d["_id"] for d in mongo.client()[mongo_db]["ZTF_alerts_oracle"].find({}, {"_id": 1})]
     assert set(ids) == rows_expected, "an alert is missing from the results collection"
+    second_log = "".join(p.read_text() for p in tmp_path.glob("second*.log"))
+    assert_one_annotation_per_object(fritz, csv, before, restarted_at, second_log)
 
 
 def test_mongodb_restart_under_a_running_cluster_skips_nothing(tmp_path, kafka, create_topic, restartable_mongo):
     mongo = restartable_mongo
-    sample = replace(SAMPLE, cutouts=[])  # nx-27017's on-disk store cannot hold raw bytes; BTSv2 needs none
+    sample = STAMPLESS  # nx-27017's on-disk store cannot hold raw bytes either
     topic = create_topic("ztf_mongo_restart", partitions=4)
     load(sample, ZTF.collections, mongo.settings("boom"), None, repeat=12)  # every document first
     first = publish(kafka, topic, None, repeat=4, sample=sample)

@@ -428,6 +428,22 @@ def test_context_never_blocks_nor_raises(fake):
     assert auth.classifications == ""
 
 
+def test_a_context_read_that_cannot_finish_in_time_is_not_waited_for(fake):
+    """Fritz slow and reads queued: the caller gets the empty context at once, not after its whole
+    timeout (a batch of new objects would otherwise cost the flow `timeout` each, issue 28)."""
+    fake.delay = 0.5  # a read (HEAD + GET) takes 1 s; 2 readers
+    client = FritzClient(cfg(fake))
+    objects = [f"ZTF24q{k:06d}" for k in range(10)]
+    for o in objects:
+        client.context(o, timeout=0.0)  # queued: 5 rounds of 1 s
+    t = time.monotonic()
+    ctx = client.context(objects[-1], timeout=2.0)
+    waited = time.monotonic() - t
+    assert ctx.classifications == "" and ctx.exists is None and waited < 1.0, waited
+    fake.delay = 0.0
+    client.stop_reads()
+
+
 # -- check before a night ----------------------------------------------------------
 
 

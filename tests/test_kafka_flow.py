@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,9 @@ from tests.helpers import settings_for
 pytestmark = pytest.mark.services
 
 SAMPLE = read_sample(ZTF.sample_dir, ZTF.collections)
+# The default model (BTSv2) reads no cutouts (operators/oracle/steps.py `enrich`): tests that load
+# many copies leave them out. At ~50 kB each they were most of nx-27017's loading time.
+STAMPLESS = replace(SAMPLE, cutouts=[])
 
 
 def expected_outcome(values: list[bytes]) -> tuple[set[int], int]:
@@ -135,7 +139,7 @@ def test_two_workers_drain_the_topic_with_the_embedded_probabilities(tmp_path, k
 def test_two_process_cluster_shares_partitions_and_classifies_each_alert_once(
         tmp_path, kafka, create_topic, mongo, mongo_db):
     topic = create_topic("ztf_cluster", partitions=4)
-    load(SAMPLE, ZTF.collections, mongo.settings(mongo_db),
+    load(STAMPLESS, ZTF.collections, mongo.settings(mongo_db),
          KafkaSettings(brokers=(kafka.bootstrap,), topic=topic, group_id="x", starting_offset="beginning"),
          partitions=4, repeat=3, broken=True)
     values = [m.value() for m in kafka.read(topic, 3 * len(SAMPLE.messages))]
@@ -159,7 +163,7 @@ def test_two_process_cluster_shares_partitions_and_classifies_each_alert_once(
 def test_kill_9_at_random_points_loses_and_duplicates_nothing(tmp_path, kafka, create_topic, mongo, mongo_db):
     topic = create_topic("ztf_crash", partitions=2)
     repeat = 50  # 50 × 41 messages ≥ 2,000
-    load(SAMPLE, ZTF.collections, mongo.settings(mongo_db),
+    load(STAMPLESS, ZTF.collections, mongo.settings(mongo_db),
          KafkaSettings(brokers=(kafka.bootstrap,), topic=topic, group_id="x", starting_offset="beginning"),
          partitions=2, repeat=repeat, broken=True)  # the broken messages too, at scale
     values = [m.value() for m in kafka.read(topic, repeat * len(SAMPLE.messages), timeout_s=60)]

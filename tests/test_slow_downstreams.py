@@ -103,3 +103,18 @@ def test_slow_fritz_counts_the_objects_it_drops(downstreams_away):
     dropped = [int(n) for n in re.findall(r"(\d+) objects dropped", text)]
     dropped += [int(n) for n in re.findall(r"Fritz annotations this run: \{[^}]*'dropped': (\d+)", text)]
     assert sum(dropped) > 0, [m for m in text.splitlines() if "Fritz" in m][-10:]
+
+
+@pytest.mark.services
+def test_what_is_dropped_is_a_prometheus_counter(downstreams_away):
+    """The drops of the end-of-run lines are also `alertflow_delivery_dropped_total{sink}`, which an
+    operator can alert on (the registry is the process's: other runs here may only add to it)."""
+    from prometheus_client import REGISTRY
+
+    _, _, text, _ = downstreams_away
+    for sink, line in (("slack", "Slack posts this run"), ("fritz", "Fritz annotations this run")):
+        said = re.search(line + r": \{[^}]*'dropped': (\d+)", text)
+        assert said, [m for m in text.splitlines() if line in m]
+        counted = REGISTRY.get_sample_value("alertflow_delivery_dropped_total",
+                                            {"flow": "oracle_ztf", "survey": "ZTF", "sink": sink})
+        assert counted is not None and counted >= int(said.group(1)) > 0, (sink, counted, said.group(1))

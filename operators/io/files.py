@@ -111,7 +111,8 @@ class _AppendPartition(StatefulSinkPartition):
             log.warning("%s: cut %d bytes of an unfinished last line (a write interrupted by a crash); "
                         "that record is written again when it comes again", path, cut)
         self._seen = RecentKeys(sink.window)  # the last `window` keys written
-        bounds.track(f"{sink.bound_name}_dedup_window", self._seen, self._seen.maxsize)
+        bounds.track(f"{sink.bound_name}_dedup_window", self._seen, self._seen.maxsize,
+                     where="AppendFileSink(window=) (operators/io/files.py)")
         if sink.header and path.exists() and not _starts_with(path, sink.header):
             # Columns changed (an upgrade added one): appending would put rows under a header
             # that does not describe them. Keep the old file whole beside the new one.

@@ -33,7 +33,8 @@ class _BatchLogic(StatefulLogic):
         self.max_size = max_size
         self.timeout = timeout
         self.state = state or _OpenBatch()
-        bounds.track("open_batches", self, max_size)
+        bounds.track("open_batches", self, max_size,
+                     where="ORACLE_BATCH_SIZE per open batch key (operators/runtime/batching.py)")
 
     def __len__(self) -> int:  # items waiting in this key's open batch (< max_size between items)
         return len(self.state.items)

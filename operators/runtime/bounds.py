@@ -6,7 +6,8 @@ A long run must keep each of these at or under its bound (issue 28, the soak ben
 `ORACLE_BATCH_SIZE` per key), and whatever a sink registers. An owner calls
 `track(name, obj, limit)` once; `obj` is held weakly and measured with `len()` when
 scraped, so tracking costs nothing per item. Several objects under one name (one per
-worker or key) are summed, limits too.
+worker or key) are summed, limits too. A structure its owner guards with a lock is
+measured under that lock (`lock=`): a TTL cache's `len()` expires entries, i.e. writes.
 
     alertflow_bounded_items{structure="csv_dedup_window"}   keys held now
     alertflow_bounded_limit{structure="csv_dedup_window"}   its bound
@@ -16,17 +17,19 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Optional
+from typing import Any, Optional
 
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 
 _lock = threading.Lock()
-_tracked: dict[str, dict[int, tuple]] = {}  # name -> id(obj) -> (weak reference, limit); caches are unhashable
+_tracked: dict[str, dict[int, tuple]] = {}  # name -> id(obj) -> (weak reference, limit, lock); caches are unhashable
 
 
-def track(name: str, obj: object, limit: int) -> None:
-    """Measure `len(obj)` under `name` while `obj` lives; `limit` is its documented bound."""
+def track(name: str, obj: object, limit: int, lock: Optional[Any] = None, where: str = "") -> None:
+    """Measure `len(obj)` under `name` while `obj` lives; `limit` is its documented bound and
+    `where` says where it is set (for reports); `lock` (a context manager) is held while
+    measuring, for a structure its owner guards."""
     key = id(obj)
 
     def gone(_ref, name=name, key=key):
@@ -34,23 +37,28 @@ def track(name: str, obj: object, limit: int) -> None:
             _tracked.get(name, {}).pop(key, None)
 
     with _lock:
-        _tracked.setdefault(name, {})[key] = (weakref.ref(obj, gone), int(limit))
+        _tracked.setdefault(name, {})[key] = (weakref.ref(obj, gone), int(limit), lock, where)
 
 
 def snapshot() -> dict[str, dict[str, int]]:
-    """{name: {"items": n, "limit": bound, "objects": k}} of what is alive now."""
+    """{name: {"items": n, "limit": bound, "objects": k, "where": text}} of what is alive now."""
     with _lock:
-        groups = {name: [(ref(), limit) for ref, limit in objs.values()] for name, objs in _tracked.items()}
+        groups = {name: [(ref(), *rest) for ref, *rest in objs.values()] for name, objs in _tracked.items()}
     out = {}
-    for name, pairs in groups.items():
-        pairs = [(obj, limit) for obj, limit in pairs if obj is not None]
+    for name, entries in groups.items():
+        entries = [e for e in entries if e[0] is not None]
         items = 0
-        for obj, _ in pairs:
+        for obj, _, lock, _ in entries:
             try:
-                items += len(obj)
+                if lock is None:
+                    items += len(obj)
+                else:
+                    with lock:
+                        items += len(obj)
             except Exception:  # noqa: BLE001 - a structure mid-change is measured next time
                 pass
-        out[name] = {"items": items, "limit": sum(limit for _, limit in pairs), "objects": len(pairs)}
+        out[name] = {"items": items, "limit": sum(e[1] for e in entries), "objects": len(entries),
+                     "where": next((e[3] for e in entries if e[3]), "")}
     return out
 
 

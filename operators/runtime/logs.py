@@ -9,9 +9,14 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 _on_stop = None
+# A log file rotates at LOG_FILE_BYTES and LOG_BACKUPS old ones are kept: the logs directory
+# never holds more than (1 + LOG_BACKUPS) x LOG_FILE_BYTES per flow, however long the run.
+LOG_FILE_BYTES = 50_000_000
+LOG_BACKUPS = 5
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
 
 
@@ -130,6 +135,63 @@ def exit_130_if_stopped() -> None:
         stop_now()
 
 
+class LogFile(logging.handlers.RotatingFileHandler):
+    """The flow's rotated log file, which a full or unwritable log directory cannot stop
+    or flood: Python's handler would print "--- Logging error ---" and a traceback on
+    stderr for every record. Here the first failed write says once, on stderr, which
+    file cannot be written and that the flow goes on; file logging is then suspended
+    (every line still goes to stderr) and tried again every `RETRY_S` seconds, and when
+    a write works again one line says so, with how many lines the file missed. Results
+    and recovery are other directories, with their own stop (operators/runtime/exits.py)."""
+
+    RETRY_S = 60.0
+
+    def __init__(self, filename, *args, **kwargs):
+        super().__init__(filename, *args, **kwargs)
+        self.suspended_since: float | None = None
+        self.missed = 0  # records not written to the file while suspended
+        self._failed = False  # the last write failed (set by handleError)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.suspended_since is None:
+            super().emit(record)
+            return
+        if time.monotonic() - self.suspended_since < self.RETRY_S:
+            self.missed += 1
+            return
+        self._failed = False
+        super().emit(record)  # the try: a failure lands in handleError
+        if self._failed:
+            self.suspended_since = time.monotonic()
+            return
+        missed, self.missed, self.suspended_since = self.missed, 0, None
+        logging.getLogger("alertflow").warning(
+            "log file %s can be written again: file logging resumed (%d lines in between went to stderr only)",
+            self.baseFilename, missed)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)
+            return
+        self._failed = True
+        self.missed += 1
+        if self.stream is not None:  # its buffer holds what could not be written: drop it
+            try:
+                self.stream.close()
+            except Exception:  # noqa: BLE001 - the flush of the lost buffer fails again
+                pass
+            self.stream = None
+        if self.suspended_since is None:
+            self.suspended_since = time.monotonic()
+            # Through the other handlers (this one is suspended now): the console, i.e. stderr.
+            logging.getLogger("alertflow").error(
+                "the log file %s cannot be written (ALERTFLOW_LOGS_DIR=%s: %s): file logging is suspended and the "
+                "flow goes on (results and recovery are not affected; every line still goes to stderr). Free space "
+                "or fix the permissions there: file logging resumes by itself (tried every %.0f s)",
+                self.baseFilename, os.path.dirname(self.baseFilename), exc.strerror or exc, self.RETRY_S)
+
+
 def setup_logging(log_file: Path, level: str = "INFO") -> None:
     """Idempotent: a second call (another flow in the same process) adds only its file."""
     root = logging.getLogger()
@@ -143,7 +205,7 @@ def setup_logging(log_file: Path, level: str = "INFO") -> None:
     log_file = Path(log_file).resolve()
     if not any(getattr(h, "baseFilename", None) == str(log_file) for h in root.handlers):
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.handlers.RotatingFileHandler(log_file, maxBytes=50_000_000, backupCount=5)
+        fh = LogFile(log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_BACKUPS)
         fh.setFormatter(fmt)
         root.addHandler(fh)
     # Per-request chatter from client libraries is noise at INFO.

@@ -25,6 +25,8 @@ number of time series.
     alertflow_dead_letters_total{flow,survey,stage,reason}  dead letters, by stage and reason kind
     alertflow_fritz_requests_total{flow,survey,outcome}     Fritz requests: success, failure, retry, ...
     alertflow_slack_posts_total{flow,survey,outcome}        Slack posts: success, failure, retry, ...
+    alertflow_delivery_dropped_total{flow,survey,sink}      Slack posts / Fritz objects dropped past their queue's
+                                                            bound (SLACK max_pending, FRITZ_MAX_PENDING): never sent
     alertflow_results_published_total{flow,survey,sink}    results delivered to the results topic / collection
     alertflow_results_delivery_failures_total{flow,survey,sink,outcome}
                                                             failed deliveries: retried (outage) or refused (dead letter)
@@ -61,6 +63,8 @@ WRITTEN = Counter("alertflow_results_written", "Result rows appended to the resu
 DEAD = Counter("alertflow_dead_letters", "Dead letters by stage and reason kind.", (*_BASE, "stage", "reason"))
 FRITZ = Counter("alertflow_fritz_requests", "Fritz requests by outcome.", (*_BASE, "outcome"))
 SLACK = Counter("alertflow_slack_posts", "Slack posts by outcome.", (*_BASE, "outcome"))
+DELIVERY_DROPPED = Counter("alertflow_delivery_dropped", "Items a background delivery dropped past its queue's "
+                           "bound, never sent (sink=slack: alerts, sink=fritz: objects).", (*_BASE, "sink"))
 PUBLISHED = Counter("alertflow_results_published", "Results delivered, by sink (topic, collection, "
                     "shadow_collection, deadletter_topic).", (*_BASE, "sink"))
 DELIVERY_FAILURES = Counter("alertflow_results_delivery_failures", "Failed deliveries by sink and outcome "
@@ -264,6 +268,13 @@ def fritz_request(outcome: str, survey: Any = "ZTF", n: int = 1, flow: Optional[
 def slack_post(outcome: str, survey: Any = "ZTF", n: int = 1, flow: Optional[str] = None) -> None:
     """A Slack post ended: `success`, `failure`, `retry`, or a short word."""
     SLACK.labels(*_labels(survey, flow), label_value("slack_outcome", outcome, 20)).inc(n)
+
+
+@_never_raise
+def delivery_dropped(sink: str, n: int, survey: Any = "ZTF", flow: Optional[str] = None) -> None:
+    """`n` items dropped by `sink`'s background queue past its bound (operators/sinks/background.py)."""
+    if n:
+        DELIVERY_DROPPED.labels(*_labels(survey, flow), sink).inc(n)
 
 
 @_never_raise

@@ -66,3 +66,10 @@ def enable_default_recovery(directory: Path, partitions: int, snapshot_s: float,
     log.info("recovery on: %s (snapshot every %gs); a restart resumes from the last snapshot",
              directory, snapshot_s)
     return directory
+
+
+def recovery_dir_in_use() -> Optional[Path]:
+    """The recovery directory this `python -m bytewax.run` invocation uses (`-r`), or None."""
+    kwargs = _bytewax_run_kwargs()
+    current = kwargs.get("recovery_config") if kwargs is not None else None
+    return Path(current.db_dir) if current is not None else None

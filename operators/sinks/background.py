@@ -36,6 +36,7 @@ import time
 from collections import Counter
 from typing import Any, Callable, Hashable, Optional, Union
 
+from operators.runtime import metrics
 from operators.runtime.logs import STOPPING
 from operators.sinks.coalescing import CoalescingQueue
 from operators.sinks.ratelimit import backoff_delay
@@ -166,8 +167,12 @@ class Delivery:
     # -- for the sink
 
     def submit(self, key: Hashable, value: Any, order: Optional[float] = None) -> list[tuple[Hashable, Any]]:
-        """Queue `value` for `key` (never blocks); returns the items dropped to make room."""
-        return self.sender.submit(key, value, order)
+        """Queue `value` for `key` (never blocks); returns the items dropped to make room,
+        counted in `alertflow_delivery_dropped_total{sink}` (an operator alerts on it)."""
+        dropped = self.sender.submit(key, value, order)
+        for survey, n in Counter(getattr(v, "survey", None) or "ZTF" for _, v in dropped).items():
+            metrics.delivery_dropped(self.service.lower(), n, survey=survey)
+        return dropped
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self.sender

@@ -41,7 +41,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from cachetools import LRUCache, TTLCache
 
 from models.oracle.taxonomy import Taxonomy
-from operators.runtime import metrics
+from operators.runtime import bounds, metrics
 from operators.sinks.background import Delivery
 from operators.sinks.fritz_client import (
     AUTH_MESSAGE,
@@ -70,6 +70,8 @@ from operators.oracle.results import Result
 log = logging.getLogger(__name__)
 
 FRITZ_KEY = "fritz"  # the one key every result goes to, so one worker talks to Fritz
+NOT_FOUND_MAX = 100_000  # objects Fritz answered 404 for, skipped for FRITZ_NOT_FOUND_TTL
+FORBIDDEN_MAX = 100_000  # objects whose annotation this token cannot update, skipped for the run
 
 
 def fritz_key(_results: list) -> str:
@@ -125,12 +127,22 @@ class FritzAnnotator(Delivery):
         # Objects not to send again: unknown to Fritz (for a while), or whose annotation
         # this token cannot update (for the run; said once each).
         self._not_found: Optional[TTLCache] = (
-            TTLCache(maxsize=100_000, ttl=self.config.not_found_ttl, timer=time.monotonic)
+            TTLCache(maxsize=NOT_FOUND_MAX, ttl=self.config.not_found_ttl, timer=time.monotonic)
             if self.config.not_found_ttl > 0 else None)
-        self._forbidden: LRUCache = LRUCache(maxsize=100_000)
+        self._forbidden: LRUCache = LRUCache(maxsize=FORBIDDEN_MAX)
         self._last_report = time.monotonic()
         self._reported = (0, 0)
         super().__init__("fritz-annotate", max_pending=self.config.max_pending, workers=self.config.workers)
+        # Sizes for the soak and `alertflow_bounded_items`: the queue holds at most FRITZ_MAX_PENDING
+        # objects waiting plus one being sent per worker; the caches are read under the lock their
+        # owner takes (a TTL cache's len() expires entries).
+        bounds.track("fritz_queue", self, self.config.max_pending + self.config.workers,
+                     where="FRITZ_MAX_PENDING waiting + FRITZ_WORKERS being sent")
+        if self._not_found is not None:
+            bounds.track("fritz_not_found", self._not_found, NOT_FOUND_MAX, self._lock,
+                         where="NOT_FOUND_MAX (operators/sinks/fritz.py)")
+        bounds.track("fritz_forbidden", self._forbidden, FORBIDDEN_MAX, self._lock,
+                     where="FORBIDDEN_MAX (operators/sinks/fritz.py)")
 
     def submit(self, object_id: str, data: Mapping[str, Any], jd: Optional[float] = None) -> None:
         try:

@@ -33,6 +33,7 @@ import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 from urllib.parse import quote
@@ -42,7 +43,7 @@ from cachetools import LRUCache, TLRUCache
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from operators.runtime import metrics
+from operators.runtime import bounds, metrics
 from operators.sinks.fritz_config import (
     FritzConfig,
     FritzContext,
@@ -54,6 +55,10 @@ from operators.sinks.ratelimit import TokenBucket, backoff_delay
 from operators.runtime.settings import redact
 
 log = logging.getLogger("operators.sinks.fritz")
+
+ANNOTATION_IDS_MAX = 50_000  # object -> our annotation id (a shortcut, not a truth)
+CONTEXT_MAX = 50_000  # object -> what people said and the link, for FRITZ_CONTEXT_TTL
+CONTEXT_READS_MAX = 1000  # context reads queued or running; past it an alert gets no context
 
 AUTH_MESSAGE = (
     "Fritz answered 401 Unauthorized: FRITZ_TOKEN is wrong, or its user lacks the "
@@ -162,11 +167,20 @@ class FritzClient:
         self._session.headers["Authorization"] = f"token {config.token.get_secret_value()}"
         self._session.headers["User-Agent"] = "alertflow-oracle"
         self._lock = threading.Lock()
-        self._annotation_ids: LRUCache = LRUCache(maxsize=50_000)  # a shortcut, not a truth
+        self._annotation_ids: LRUCache = LRUCache(maxsize=ANNOTATION_IDS_MAX)  # a shortcut, not a truth
         # object -> (seconds to keep, context); failed reads are kept for a shorter time
-        self._context: TLRUCache = TLRUCache(maxsize=50_000, ttu=lambda _k, v, now: now + v[0],
+        self._context: TLRUCache = TLRUCache(maxsize=CONTEXT_MAX, ttu=lambda _k, v, now: now + v[0],
                                              timer=time.monotonic)
-        self._context_inflight: dict[str, Future] = {}
+        self._context_inflight: dict[str, Future] = _Reads()
+        self._read_s = 0.0  # how long a context read takes (moving average; 0: none finished yet)
+        self._reading: dict[str, float] = {}  # reads running now -> when each started
+        # Sizes for the soak and `alertflow_bounded_items`, measured under the client's lock.
+        here = "(operators/sinks/fritz_client.py)"
+        bounds.track("fritz_annotation_ids", self._annotation_ids, ANNOTATION_IDS_MAX, self._lock,
+                     where=f"ANNOTATION_IDS_MAX {here}")
+        bounds.track("fritz_context", self._context, CONTEXT_MAX, self._lock, where=f"CONTEXT_MAX {here}")
+        bounds.track("fritz_context_reads", self._context_inflight, CONTEXT_READS_MAX, self._lock,
+                     where=f"CONTEXT_READS_MAX {here}")
         self._reads: Optional[ThreadPoolExecutor] = None
         self._auth_warned = False
 
@@ -334,7 +348,10 @@ class FritzClient:
         Waits at most `timeout` seconds (default `config.context_timeout`); when
         the read is not done by then (or fails) the classifications are empty
         and the link is the alert page. The read goes on in the background and
-        fills the cache for the next caller.
+        fills the cache for the next caller. The wait ends as soon as the read
+        cannot be done in time (`_read_time`): with Fritz slow, waiting would
+        cost every batch its whole `timeout` (issue 28: 4.5× slower at 2 s per
+        request and many new objects).
         """
         timeout = self.config.context_timeout if timeout is None else timeout
         fallback = FritzContext("", alert_link(self.config.url, object_id), None)
@@ -345,23 +362,41 @@ class FritzClient:
             with self._lock:
                 fut = self._context_inflight.get(object_id)
                 if fut is None:
-                    if len(self._context_inflight) >= 1000:
+                    if len(self._context_inflight) >= CONTEXT_READS_MAX:
                         log.debug("Fritz reads are behind; no context for %s", object_id)
                         return fallback
                     if self._reads is None:
                         self._reads = ThreadPoolExecutor(max(1, self.config.context_workers), "fritz-read")
                     fut = self._reads.submit(self._load_context, object_id)
                     self._context_inflight[object_id] = fut
-            try:
-                return fut.result(timeout=max(0.0, timeout))
-            except Exception:  # noqa: BLE001 - timeout or a failed read: leave it empty
-                return fallback
+            deadline = time.monotonic() + max(0.0, timeout)
+            while True:  # in short waits, giving up as soon as the read cannot be done in time
+                left = deadline - time.monotonic()
+                if not fut.done() and (left <= 0 or self._read_time() > left):
+                    return fallback
+                try:
+                    return fut.result(timeout=min(0.1, max(0.0, left)))
+                except FutureTimeout:
+                    continue
+                except Exception:  # noqa: BLE001 - a failed or cancelled read: leave it empty
+                    return fallback
         except Exception:  # noqa: BLE001 - never let a read break a caller
             log.debug("Fritz context for %s failed", object_id, exc_info=True)
             return fallback
 
+    def _read_time(self) -> float:
+        """Seconds a read queued now would take at least: the reads ahead per reader × how
+        long a read takes (the average, or a running read's time so far if longer)."""
+        with self._lock:
+            turns = -(-len(self._context_inflight) // max(1, self.config.context_workers))
+            now = time.monotonic()
+            return max([self._read_s, *(now - t for t in self._reading.values())]) * turns
+
     def _load_context(self, object_id: str) -> FritzContext:
         ttl = self.config.context_ttl
+        started = time.monotonic()
+        with self._lock:
+            self._reading[object_id] = started
         try:
             ctx = self.fetch_context(object_id)
         except FritzAuthError as e:
@@ -372,10 +407,13 @@ class FritzClient:
         except Exception as e:  # noqa: BLE001
             log.warning("Fritz context for %s not read: %s", object_id, self.scrub(e))
             ctx, ttl = FritzContext("", alert_link(self.config.url, object_id), None), min(ttl, 60.0)
+        took = time.monotonic() - started
         with self._lock:
             if ttl > 0:
                 self._context[object_id] = (ttl, ctx)
             self._context_inflight.pop(object_id, None)
+            self._reading.pop(object_id, None)
+            self._read_s = took if not self._read_s else 0.7 * self._read_s + 0.3 * took
         return ctx
 
     def stop_reads(self) -> None:
@@ -386,6 +424,10 @@ class FritzClient:
     def close(self) -> None:
         self.stop_reads()
         self._session.close()
+
+
+class _Reads(dict):
+    """object -> the Future of its context read (a dict that `bounds.track` can hold weakly)."""
 
 
 def _short(e: BaseException) -> str:

@@ -45,7 +45,7 @@ from cachetools import FIFOCache
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackRequestError
 
-from operators.runtime import metrics
+from operators.runtime import bounds, metrics
 from operators.runtime.settings import plain
 from operators.sinks.background import RETRY, STOP, Delivery
 from operators.sinks.fritz_client import scrub
@@ -167,6 +167,13 @@ class _SlackPartition(StatefulSinkPartition):
             sink._said.add("disabled")
             log.info("Slack posts disabled (POST_TO_SLACK is not true)")
         self._resumed_pending = [] if self._poster else list(state.get("pending", []))
+        # Sizes for the soak and `alertflow_bounded_items` (one writer, the poster thread; len() is atomic):
+        # the queue holds at most max_pending alerts waiting plus the one being posted.
+        if self._poster is not None:
+            bounds.track("slack_posted", self._posted, self._posted.maxsize,
+                         where="SlackConfig.max_remembered (operators/runtime/slack_settings.py)")
+            bounds.track("slack_queue", self._poster, self._cfg.max_pending + 1,
+                         where="SlackConfig.max_pending waiting + 1 being posted (operators/runtime/slack_settings.py)")
 
     @property
     def stats(self) -> Counter:

@@ -15,6 +15,7 @@ be tested alone.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -377,8 +378,13 @@ def write_rows(out_dir: Path, part: str, rows: list[Mapping[str, Any]]) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     final = out_dir / f"{part}-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = out_dir / f".{final.name}.tmp"
-    pq.write_table(rows_table(rows), tmp)
-    os.replace(tmp, final)
+    try:
+        pq.write_table(rows_table(rows), tmp)
+        os.replace(tmp, final)
+    except OSError as exc:  # a full or read-only disk: name the dataset (operators/runtime/exits.py)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OSError(exc.errno, os.strerror(exc.errno) if exc.errno else str(exc), str(out_dir)) from exc
     return final
 
 
