@@ -20,10 +20,10 @@ WORKDIR /app
 # CPU build of torch first: the default index brings several GB of CUDA wheels.
 RUN pip install torch --index-url https://download.pytorch.org/whl/cpu
 
-# The dependencies alone (from pyproject.toml: the base and the vetting extra, for every flow),
-# so that a code change does not reinstall them.
+# The dependencies alone (from pyproject.toml: the base, the vetting extra for every flow, and
+# the onnx extra for ORACLE_BACKEND=onnxruntime), so that a code change does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["vetting"]))' \
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; x = p["optional-dependencies"]; print("\n".join(p["dependencies"] + x["vetting"] + x["onnx"]))' \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
@@ -43,7 +43,9 @@ USER alertflow
 WORKDIR /data
 
 # /app first on the path: the flows find their bundled weights and samples in /app/data.
+# ORACLE_BACKEND=onnxruntime keeps its exports on the /data volume: exported once, not at every start.
 ENV PYTHONPATH=/app \
+    ORACLE_ONNX_CACHE_DIR=/data/onnx \
     BYTEWAX_DATAFLOW_API_ENABLED=true \
     BYTEWAX_DATAFLOW_API_PORT=3030
 

@@ -114,13 +114,16 @@ def _steps(batch: int, omni_stamps: int, singles: int | None = None):
     return steps
 
 
-KINDS = (("matmul/conv", ("addmm", "mm", "bmm", "matmul", "linear", "conv", "mkldnn")),
+KINDS = (("matmul/conv", ("addmm", "mm", "bmm", "baddbmm", "matmul", "linear", "conv", "mkldnn")),
          ("activations/cell", ("tanh", "sigmoid", "gelu", "relu", "softmax", "add", "mul", "sub", "layer_norm",
-                               "batch_norm", "native_layer_norm", "mean", "div", "masked_fill", "upsample")),
+                               "batch_norm", "native_layer_norm", "mean", "div", "masked_fill", "upsample", "lerp",
+                               "addcmul", "exp")),
          ("copies/layout/indexing", ("copy", "cat", "index", "contiguous", "clone", "slice", "narrow", "select",
                                      "permute", "split", "chunk", "stack", "empty", "fill", "zero", "as_strided",
                                      "expand", "view", "reshape", "transpose", "t", "unsqueeze", "squeeze", "pack",
-                                     "pad", "to", "_to_copy", "nonzero", "bucketize", "unique", "sort", "resize")))
+                                     "pad", "to", "_to_copy", "nonzero", "bucketize", "unique", "sort", "resize",
+                                     "index_select", "index_add", "scatter_reduce", "split_with_sizes", "full",
+                                     "new_full", "new_empty", "new_zeros", "empty_strided", "lift_fresh", "alias")))
 
 
 def breakdown(fn, calls: int = 3) -> dict[str, float]:

@@ -8,7 +8,9 @@
 
 The enrich → inputs → classify steps are the live flow's own (`dataflows/oracle.py`
 `classify_steps`), and the input builders use only the points up to each alert's
-own time, so a backfilled alert gets what it would have got live. Nothing is
+own time, so a backfilled alert gets what it would have got live; the model is
+loaded and run on ORACLE_BACKEND as the live flow does (`dataflows/preflight.py`
+`backend_predict`). Nothing is
 posted to Fritz or Slack unless `--annotate` is given. With ORACLE_RESULTS_COLLECTION the
 results are also upserted into the collection (same `_id` = candid: new weights overwrite,
 `model` says which); they go to ORACLE_RESULTS_TOPIC only with `--publish`. Without MongoDB
@@ -157,6 +159,7 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
 
     from dataflows.oracle import classify_steps, load_survey_model, write_outputs
     from dataflows.oracle_runtime import Loaded, Models, Outputs, make_store
+    from dataflows.preflight import backend_predict
     from operators.oracle.results import CsvLayout
     from models.oracle.loading import model_label, weights_sha12
     from operators.sinks.fritz import FritzClient
@@ -178,6 +181,7 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     torch.set_num_threads(o.torch_threads)
     variable = "--weights" if job.weights is not None else f"ORACLE_{survey.name}_WEIGHTS"
     model = load_survey_model(survey, o.weights, o.model_kind, variable)
+    predict = backend_predict(settings, survey, [(model, o.weights)])  # ORACLE_BACKEND, as the live flow
     name = model_label(model, o.weights)
     results_csv, deadletters = outputs(settings, job, weights_sha12(o.weights))
     fritz = None
@@ -195,7 +199,8 @@ def build_backfill_flow(job: Job, settings: Optional[Settings] = None, scanner=N
     source = WindowSource(make_scanner, collection, survey.time_field, job.since, job.until, job.narrowing,
                           job.slices, o.batch_size, label=f"backfill {survey.name}")
     batch_stream = op.map("start", op.input("window", flow, source), start_batch)
-    batch_stream = classify_steps("classify_steps", batch_stream, survey, Models(Loaded(model, name)), lazy_store)
+    batch_stream = classify_steps("classify_steps", batch_stream, survey, Models(Loaded(model, name), predict=predict),
+                                  lazy_store)
     slack = settings.slack if job.annotate and settings.slack.enabled else None
     write_outputs("write_outputs", batch_stream, Outputs(survey, results_csv, deadletters, settings, fritz=fritz,
                                                          fritz_config=settings.fritz, slack=slack,

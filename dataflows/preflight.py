@@ -165,20 +165,39 @@ def check_backend(settings) -> list[CheckResult]:
     return [CheckResult("backend", True, f"ONNX Runtime (CPU, fp32), exports cached in {cache}")]
 
 
-def predict_or_exit(settings, survey, models) -> Callable:
-    """The configured backend's `predict` for `models` ((model, weights) pairs). The ONNX Runtime
-    backend exports (or finds in its cache) and checks each model here: a failure is one
-    line naming ORACLE_BACKEND, and exit status 2."""
+class BackendFailure(ValueError):
+    """The configured backend could not be made ready; `check` is its one line."""
+
+    def __init__(self, check: CheckResult):
+        super().__init__(f"{check.detail} -> {check.fix}")
+        self.check = check
+
+
+def backend_predict(settings, survey, models) -> Callable:
+    """The configured backend's `predict` for `models` ((model, weights) pairs): torch's, or
+    ONNX Runtime's, which exports (or finds in its cache) and checks each model here. Shared
+    by the flow (`predict_or_exit`) and backfills; a failure is a `BackendFailure`."""
     from models.oracle.onnx_backend import make_predict
 
+    failed = [c for c in check_backend(settings) if not c.ok]
+    if failed:
+        raise BackendFailure(failed[0])
     try:
         o = settings.oracle
         return make_predict(o.backend, models, survey.name, o.torch_threads, o.onnx_cache_dir)
     except Exception as exc:  # noqa: BLE001 - the exporter's and ONNX Runtime's errors are many
         text = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
-        exit_on_failures([CheckResult("backend", False, f"ORACLE_BACKEND={settings.oracle.backend}: {text}",
-                                      "unset ORACLE_BACKEND (torch, the default, gives the same probabilities)",
-                                      exc)])
+        raise BackendFailure(CheckResult("backend", False, f"ORACLE_BACKEND={settings.oracle.backend}: {text}",
+                                         "unset ORACLE_BACKEND (torch, the default, gives the same probabilities)",
+                                         exc)) from exc
+
+
+def predict_or_exit(settings, survey, models) -> Callable:
+    """`backend_predict`; a failure is one line naming ORACLE_BACKEND, and exit status 2."""
+    try:
+        return backend_predict(settings, survey, models)
+    except BackendFailure as exc:
+        exit_on_failures([exc.check])
 
 
 def check_input(settings) -> CheckResult:

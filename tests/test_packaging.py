@@ -111,3 +111,22 @@ def test_the_licences_are_shipped():
     assert "MIT License" in (REPO_ROOT / "LICENSE").read_text()
     assert "alertflow developers" in (REPO_ROOT / "LICENSE").read_text()
     assert (REPO_ROOT / "data" / "ORACLE_LICENSE.txt").is_file()
+
+
+def test_the_image_installs_the_extras_its_flows_and_backends_need(tmp_path):
+    """The Dockerfile's own requirement list (its `python -c` run on pyproject.toml): the base,
+    the vetting extra (every flow) and the onnx extra (ORACLE_BACKEND=onnxruntime), whose
+    exports it keeps on the /data volume."""
+    import re
+    import shutil
+
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    [command] = re.findall(r"RUN python -c '([^']+)'", dockerfile)
+    shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    listed = subprocess.run([sys.executable, "-c", command], cwd=tmp_path, capture_output=True, text=True,
+                            check=True).stdout.split("\n")
+    extras = PYPROJECT["optional-dependencies"]
+    for requirement in PYPROJECT["dependencies"] + extras["vetting"] + extras["onnx"]:
+        assert requirement in listed
+    assert {"onnxruntime", "onnx"} <= names(listed)
+    assert re.search(r"^\s*ORACLE_ONNX_CACHE_DIR=/data/", dockerfile, re.M) and "WORKDIR /data" in dockerfile

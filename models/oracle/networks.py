@@ -32,19 +32,25 @@ Output of `forward`: logits `[B, n_nodes]` in the taxonomy's level order;
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from models.oracle.gru import GruWeights, gru_weights, pooled_sequence
 from models.oracle.image import LATENT_DIM, NEW_ARCH_IMAGE_HEAD, StampNetwork
 from models.oracle.taxonomy import LSST_TAXONOMY, ZTF_TAXONOMY, Taxonomy
 
 KINDS = ("btsv2", "lsst_lite", "omni")
-# Light-curve length groups of one forward pass (<=4, <=8, ..., <=64, longer): see _pooled_sequence.
+# Light-curve length groups of one ONNX Runtime run (<=4, <=8, ..., <=64, longer): its GRU op steps
+# every row up to the longest (models/oracle/onnx_backend.py). The torch path needs none (gru.py).
 LENGTH_BUCKETS = (4, 8, 16, 32, 64)
-_BUCKET_EDGES = torch.tensor(LENGTH_BUCKETS)
+# Each light-curve network's weights as gru.py lays them out, beside the module rather than in
+# it: a copy (copy.deepcopy) or a pickle of the module neither carries nor shares them.
+_GRU_WEIGHTS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 # The taxonomy each network was published with: what a caller without a survey gets.
 # A flow passes its survey's taxonomy instead (`operators/oracle/surveys.py`).
 DEFAULT_TAXONOMIES = {"btsv2": ZTF_TAXONOMY, "lsst_lite": LSST_TAXONOMY, "omni": ZTF_TAXONOMY}
@@ -142,40 +148,36 @@ class LightCurveOracle(OracleModel):
         self.head_ln2 = nn.LayerNorm(64)
 
     def _pooled_sequence(self, ts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Bidirectional GRU over each series' own steps, then attention pooling -> [B, 2H].
+        """Bidirectional GRU over each series' own steps, then attention pooling -> [B, 2H]:
+        `models/oracle/gru.py` for batches; torch's own GRU (`_pooled_reference`) for one
+        series, where its C++ loop beats any per-step Python, and where gradients are wanted."""
+        if ts.shape[0] == 1 or (torch.is_grad_enabled() and any(p.requires_grad for p in self.gru.parameters())):
+            return self._pooled_reference(ts, lengths)
+        return pooled_sequence(ts, lengths, self._gru_weights())
 
-        Series are grouped by length (`LENGTH_BUCKETS`), each group trimmed to its own
-        longest: the attention and the unpacking work on the padded [B, T_max] output,
-        so one long series in a batch of short ones would multiply their cost. Rows do
-        not interact, so the grouping changes results only by float rounding."""
-        if ts.shape[0] > 1:
-            bucket = torch.bucketize(lengths, _BUCKET_EDGES)
-            if int(bucket.min()) != int(bucket.max()):
-                out = ts.new_empty((ts.shape[0], 2 * self.gru.hidden_size))
-                for b in torch.unique(bucket).tolist():
-                    idx = torch.nonzero(bucket == b).squeeze(1)
-                    part = lengths[idx]
-                    out[idx] = self._pooled_bucket(ts[idx, :int(part.max())], part)
-                return out
-        return self._pooled_bucket(ts, lengths)
+    def _gru_weights(self) -> GruWeights:
+        """The GRU's and attention's weights laid out for `pooled_sequence`, rebuilt when a
+        parameter changes (loading a state_dict, moving the model to another device)."""
+        params = (*self.gru.parameters(), *self.attn_W.parameters(), *self.attn_v.parameters())
+        # In-place changes bump a tensor's version; `.to()` and `.double()` make new tensors.
+        key = (params[0].data_ptr(), params[-1].data_ptr(), params[0].dtype, *(p._version for p in params))
+        cached = _GRU_WEIGHTS.get(self)
+        if cached is None or cached[0] != key:
+            cached = _GRU_WEIGHTS[self] = (key, gru_weights(self.gru, self.attn_W, self.attn_v))
+        return cached[1]
 
-    def _pooled_bucket(self, ts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        lmin, lmax = int(lengths.min()), int(lengths.max())
-        if lmin == lmax:
-            # No padding inside the used window (always so for one alert): skip packing.
-            out, _ = self.gru(ts[:, :lmax])
-            mask = None
+    def _pooled_reference(self, ts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The same with torch's own packed GRU and masked attention over the padded output:
+        the definition `pooled_sequence` is checked against (tests/test_model.py)."""
+        if ts.shape[0] == 1:  # no padding to keep out of the recurrence
+            out, _ = self.gru(ts[:, :int(lengths[0])])
+            scores = self.attn_v(torch.tanh(self.attn_W(out))).squeeze(-1)
         else:
-            # Packing keeps padded steps out of the recurrence, in particular out of the
-            # reverse direction, which would otherwise start from the padding.
             packed = pack_padded_sequence(ts, lengths, batch_first=True, enforce_sorted=False)
             out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True)
             mask = torch.arange(out.shape[1], device=out.device).unsqueeze(0) >= lengths.to(out.device).unsqueeze(1)
-        scores = self.attn_v(torch.tanh(self.attn_W(out))).squeeze(-1)  # [B, T]
-        if mask is not None:
-            scores = scores.masked_fill(mask, float("-inf"))
-        weights = torch.softmax(scores, dim=1)
-        return torch.bmm(weights.unsqueeze(1), out).squeeze(1)
+            scores = self.attn_v(torch.tanh(self.attn_W(out))).squeeze(-1).masked_fill(mask, float("-inf"))  # [B, T]
+        return torch.bmm(torch.softmax(scores, dim=1).unsqueeze(1), out).squeeze(1)
 
     def latent(self, ts: torch.Tensor, lengths: torch.Tensor, static: torch.Tensor | None = None) -> torch.Tensor:
         """16-d embedding (upstream `get_latent_space_embeddings`), before the final ReLU."""
