@@ -9,8 +9,10 @@ published to tansu (Kafka protocol) as fast as the producer goes at the start of
 each burst; the flow (`dataflows.ztf`'s build_flow, one process, or `--processes`)
 consumes them from Kafka. Per burst: p50/p99/max latency from the message's Kafka
 timestamp to its row's `processed_at` in the results CSV (the measure of the
-bench's paced phases), the seconds the flow took to write the burst's last row,
-and whether it did so before the next burst began (the backlog drained). Stores:
+bench's paced phases) and to its record's Kafka timestamp in the results topic
+(`ORACLE_RESULTS_TOPIC`, on unless `--no-results-topic`), the seconds the flow took
+to write the burst's last row, and whether it did so before the next burst began
+(the backlog drained). Stores:
 
   embedded   the alerts' documents from the synthesized store in the flow process (no database)
   servers    the documents in nx-27017 (MongoDB protocol), as in production
@@ -22,6 +24,7 @@ not part of any burst). Also the `bursts` part of bench/bench_flow.py.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -60,18 +63,63 @@ def _wait_rows(csv_path: Path, state: dict, want: int, until: float, children) -
     return rows
 
 
+def topic_times(bootstrap: str, topic: str, timeout_s: float = 120.0) -> dict[int, float]:
+    """candid -> Kafka timestamp (s) of its record in the results topic (the first, if repeated),
+    read from the beginning to the end of every partition."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from operators.oracle.result_record import decode
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": False, "fetch.message.max.bytes": 10_000_000})
+    out: dict[int, float] = {}
+    try:
+        meta = consumer.list_topics(topic, timeout=30).topics[topic]
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in meta.partitions}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        at = {p: 0 for p in ends}
+        deadline = time.monotonic() + timeout_s
+        while any(at[p] < ends[p] for p in ends) and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=1.0):
+                if msg.error():
+                    continue
+                at[msg.partition()] = msg.offset() + 1
+                for record in decode(msg.value()):
+                    out.setdefault(int(record["candid"]), msg.timestamp()[1] / 1e3)
+    finally:
+        consumer.close()
+    return out
+
+
+def topic_records(bootstrap: str, topic: str) -> int:
+    """How many records the topic holds (the sum of its partitions' end offsets; a new topic)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}"})
+    try:
+        meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return 0
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in meta.partitions)
+    finally:
+        consumer.close()
+
+
 def run_bursts(store: str, servers, feed, work: Path, bursts: int, size: int, every_s: float,
-               processes: int = 1, env: dict | None = None) -> dict:
-    """The flow on `feed`'s topic; `bursts` bursts of `size` messages every `every_s` seconds."""
+               processes: int = 1, env: dict | None = None, results_topic: bool = True) -> dict:
+    """The flow on `feed`'s topic; `bursts` bursts of `size` messages every `every_s` seconds;
+    with `results_topic`, the flow also writes ORACLE_RESULTS_TOPIC (a new topic of this run)."""
     label = f"bursts-{store}" + (f"-{processes}p" if processes > 1 else "")
     out = work / label
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     flow = "bench.bursts:synth_store_flow()" if store == "embedded" else "dataflows.ztf"
+    topic_out = f"bench_oracle_{label.replace('-', '_')}_{uuid.uuid4().hex[:6]}" if results_topic else None
     env = base_env(KAFKA_BROKERS=servers.kafka.bootstrap, KAFKA_TOPIC=feed.topic,
                    KAFKA_GROUP_ID=f"bench-{label}-{uuid.uuid4().hex[:6]}", KAFKA_STARTING_OFFSET="end",
                    ALERTFLOW_RESULTS_DIR=out / "results", ALERTFLOW_LOGS_DIR=out / "logs",
                    ALERTFLOW_RECOVERY_DIR=out / "recovery",
+                   **({"ORACLE_RESULTS_TOPIC": topic_out} if topic_out else {}),
                    **({"MONGODB_URI": servers.mongo.uri, "BOOM_DATABASE__NAME": feed.database}
                       if store == "servers" else {}), **(env or {}))
     if processes == 1:
@@ -121,10 +169,16 @@ def run_bursts(store: str, servers, feed, work: Path, bursts: int, size: int, ev
             left = t0 + every_s - time.monotonic()
             if left > 0 and k < bursts - 1:
                 time.sleep(left)
+        if topic_out:  # the topic's records of the last batches may trail the CSV's rows: wait before Ctrl-C
+            until = time.monotonic() + 60
+            while topic_records(servers.kafka.bootstrap, topic_out) < count_rows(csv_path, state) and \
+                    time.monotonic() < until:
+                time.sleep(0.5)
         cpu = window.stop()
     finally:
         codes = [c.stop() for c in children]
     rows_all = read_rows(csv_path)
+    in_topic = topic_times(servers.kafka.bootstrap, topic_out) if topic_out else {}
     out_bursts = []
     for b in per_burst:
         candids = [feed.w.candid(i) for i in b.pop("indices") if feed.w.passes(i)]
@@ -133,12 +187,15 @@ def run_bursts(store: str, servers, feed, work: Path, bursts: int, size: int, ev
         first = min((feed.timestamps[c] for c in candids if c in feed.timestamps), default=float("nan"))
         out_bursts.append({**b, "rows": len(lat), "expected": len(candids), **percentiles(lat),
                            "max": max(lat) if lat else None, "last_row_after_s": done - first})
+        if topic_out:
+            lat_t = [in_topic[c] - feed.timestamps[c] for c in candids if c in in_topic and c in feed.timestamps]
+            out_bursts[-1]["topic"] = {"records": len(lat_t), **percentiles(lat_t), "max": max(lat_t) if lat_t else None}
     return {"label": label, "store": store, "processes": processes, "bursts": out_bursts, "burst_size": size,
-            "every_s": every_s, "cpu": cpu, "exit_codes": codes, **res_warm}
+            "every_s": every_s, "cpu": cpu, "exit_codes": codes, "results_topic": topic_out, **res_warm}
 
 
 def bursts(bursts_n: int, size: int, every_s: float, stores=("embedded", "servers"), processes: int = 1,
-           work: Path | None = None) -> dict:
+           work: Path | None = None, results_topic: bool = True) -> dict:
     """Servers up, documents loaded (for the servers' store), then each store's flow in turn."""
     import tempfile
 
@@ -159,7 +216,8 @@ def bursts(bursts_n: int, size: int, every_s: float, stores=("embedded", "server
             res["load"] = feed.load_documents()
         for store in stores:
             try:
-                res["runs"][store] = run_bursts(store, servers, feed, work, bursts_n, size, every_s, processes)
+                res["runs"][store] = run_bursts(store, servers, feed, work, bursts_n, size, every_s, processes,
+                                                results_topic=results_topic)
             except Exception as exc:  # one failed store must not lose the other's figures
                 res["runs"][store] = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
@@ -185,12 +243,18 @@ def print_bursts(res: dict) -> None:
         print(f"  {r['label']}: {r['burst_size']:,} messages every {r['every_s']:.0f} s, {r['processes']} process(es); "
               f"flow CPU {sum(v for k, v in r['cpu']['cores'].items() if k.startswith(r['label'])):.2f} cores, "
               f"machine {r['cpu']['machine_cores']:.2f}")
+        topic = bool(r.get("results_topic"))
         print(f"    {'burst':>5} {'publish s':>9} {'rows':>6} {'p50 s':>7} {'p99 s':>7} {'max s':>7} {'last row s':>10} "
-              f"{'drained':>8}")
+              f"{'drained':>8}" + (f"  {'topic recs':>10} {'p50 s':>7} {'p99 s':>7}" if topic else ""))
         for b in r["bursts"]:
+            t = b.get("topic") or {}
             print(f"    {b['burst']:>5} {b['publish_s']:>9.1f} {b['rows']:>6} {b['p50']:>7.2f} {b['p99']:>7.2f} "
                   f"{(b['max'] or float('nan')):>7.2f} {b['last_row_after_s']:>10.1f} "
-                  f"{'yes' if b['drained'] else 'NO (' + str(b['rows_missing_at_next']) + ' left)':>8}")
+                  f"{'yes' if b['drained'] else 'NO (' + str(b['rows_missing_at_next']) + ' left)':>8}"
+                  + (f"  {t.get('records', 0):>10} {t.get('p50', float('nan')):>7.2f} {t.get('p99', float('nan')):>7.2f}"
+                     if topic else ""))
+        if topic:
+            print("    (topic: latency from the input message's Kafka timestamp to its record's in the results topic)")
 
 
 def main(argv=None) -> int:
@@ -200,9 +264,16 @@ def main(argv=None) -> int:
     ap.add_argument("--burst-every", type=float, default=40.0, help="seconds between bursts (Rubin: ~40)")
     ap.add_argument("--stores", default="embedded,servers", help="embedded, servers or both")
     ap.add_argument("--processes", type=int, default=1, help="flow processes (a bytewax cluster)")
+    ap.add_argument("--no-results-topic", action="store_true",
+                    help="leave ORACLE_RESULTS_TOPIC unset (default: the flow also writes a results topic)")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     stores = tuple(s.strip() for s in args.stores.split(","))
-    print_bursts(bursts(args.bursts, args.burst_size, args.burst_every, stores, args.processes))
+    res = bursts(args.bursts, args.burst_size, args.burst_every, stores, args.processes,
+                 results_topic=not args.no_results_topic)
+    print_bursts(res)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1, default=str))
     return 0
 
 

@@ -44,6 +44,27 @@ def _sampler(stats: Stats, out_dir: Path, every_s: float) -> None:
         time.sleep(every_s)
 
 
+def _time_gc(stats: Stats) -> None:
+    """The garbage collector's CPU time and collections per generation from the first message on, into `stats.gc`
+    (it runs inside whichever step allocates, so it is part of that stage's time or the framework's)."""
+    import gc
+
+    started: dict = {}
+
+    def callback(phase, info):
+        if phase == "start":
+            started[threading.get_ident()] = time.thread_time()
+        else:
+            c0 = started.pop(threading.get_ident(), None)
+            if c0 is not None and stats.first_in is not None:  # from the first message on, as the CPU split
+                gen = str(info.get("generation"))
+                with stats.lock:
+                    stats.gc["cpu_s"] = stats.gc.get("cpu_s", 0.0) + time.thread_time() - c0
+                    stats.gc[f"gen{gen}"] = stats.gc.get(f"gen{gen}", 0) + 1
+
+    gc.callbacks.append(callback)
+
+
 def embedded_flow(n: int, out_dir: str, parts: int = 1, sample_every_s: float = 1.0, results: bool = False):
     """The ORACLE ZTF flow over `n` synthesized messages in `parts` partitions, instrumented.
     Writes `out_dir/stats-PID.json` at exit; results under `out_dir/results`. With `results`,
@@ -58,6 +79,7 @@ def embedded_flow(n: int, out_dir: str, parts: int = 1, sample_every_s: float = 
     from operators.oracle.surveys import ZTF
 
     instrument(STATS)  # before build_flow: it binds the stage functions
+    _time_gc(STATS)
     workload = Workload()
     STATS.rss.append((time.time(), 0, proc_status().get("VmRSS", 0)))
 
@@ -138,6 +160,10 @@ def run_embedded(label: str, n: int, work: Path, processes: int = 1, sample_ever
               "cpu_us_per_msg": 1e6 * process_cpu / n,
               "process_cpu_each_s": [s["cpu_end"] - s["cpu_first_in"] for s in stats if s.get("cpu_first_in") is not None],
               "classified_each": [s["counts"].get("classified", 0) for s in stats],
+              "model_cpu_each_s": [s.get("cpu_seconds", {}).get("model", 0.0) for s in stats
+                                   if s.get("cpu_first_in") is not None],
+              "classified_each_timed": [s["counts"].get("classified", 0) for s in stats
+                                        if s.get("cpu_first_in") is not None],
               "peak_rss_mb": [round(s.get("vmhwm", 0) / 2**20, 1) for s in stats],
               "process_wall_s": [s["last_out"] - s["first_in"] if s.get("last_out") and s.get("first_in") else None
                                  for s in stats],

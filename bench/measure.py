@@ -217,6 +217,7 @@ class Stats:
         self.last_out: Optional[float] = None  # time.time() of the last CSV write
         self.rss: list[tuple[float, int, int]] = []  # (time, messages in, VmRSS)
         self.cpu_first_in: Optional[float] = None  # process CPU seconds at first_in
+        self.gc: dict = {}  # the garbage collector's CPU seconds and collections (bench/embedded.py)
 
     @staticmethod
     def cpu() -> float:
@@ -231,7 +232,7 @@ class Stats:
 
     def as_dict(self) -> dict:
         return {"pid": os.getpid(), "seconds": self.seconds, "cpu_seconds": self.cpu_seconds, "counts": self.counts,
-                "flow_seconds": self.flow_seconds,
+                "flow_seconds": self.flow_seconds, "gc": self.gc,
                 "first_in": self.first_in, "last_out": self.last_out, "rss": self.rss,
                 "cpu_first_in": self.cpu_first_in, "cpu_end": self.cpu(), "end": time.time(),
                 **{k.lower(): v for k, v in proc_status().items()}}

@@ -34,7 +34,7 @@ from models.oracle.networks import ModelLoadError, TaxonomyMismatch
 from operators.io.deadletter import DeadLetter, dead_letter
 from operators.oracle import steps
 from operators.oracle.messages import FilterResult, origin_of, parse_message
-from operators.oracle.results import CsvLayout, results_csv_sink
+from operators.oracle.results import CsvLayout, csv_rows, results_csv_sink
 from operators.oracle.surveys import Survey
 from operators.runtime import metrics
 from operators.runtime.batching import batch, group_by_key
@@ -152,9 +152,11 @@ def write_outputs(step_id: str, batches: Stream, out: Outputs, *dead: Stream) ->
         with_context = op.stateful_map("fritz_context", to_fritz,
                                        partial(add_fritz_context, out.fritz, out.fritz_config.context_timeout))
         result_lists = op.key_rm("from_fritz", with_context)
-    if out.settings.results.csv:  # the single CSV writer receives one list per model batch: fewer items to move
-        op.output("csv", op.key_on("key_results", result_lists, under_one_key), results_csv_sink(
-            out.results_csv, survey.taxonomy, out.layout or CsvLayout.of(survey, None),
+    if out.settings.results.csv:  # the single CSV writer receives each model batch's rows, encoded where classified
+        layout = out.layout or CsvLayout.of(survey, None)
+        rows = op.filter_map("csv_rows", result_lists, partial(csv_rows, survey.taxonomy, layout))
+        op.output("csv", op.key_on("key_results", rows, under_one_key), results_csv_sink(
+            out.results_csv, survey.taxonomy, layout,
             after_write=partial(metrics.observe_written, survey.name),
             after_skip=partial(metrics.count_skipped, survey.name)))
     results_out.results_outputs(result_lists, survey, out.settings, out.deadletters)  # every worker writes its own
@@ -171,8 +173,10 @@ def write_outputs(step_id: str, batches: Stream, out: Outputs, *dead: Stream) ->
     if out.shadow_csv is not None:
         shadow = op.map("shadow_results", batches, steps.shadow_of)
         if results_out.shadow_csv_wanted(out.settings):
-            op.output("shadow_csv", op.key_on("key_shadow", shadow, under_one_key),
-                      results_csv_sink(out.shadow_csv, survey.taxonomy, out.shadow_layout or CsvLayout.of(survey, None)))
+            layout = out.shadow_layout or CsvLayout.of(survey, None)
+            shadow_rows = op.filter_map("shadow_csv_rows", shadow, partial(csv_rows, survey.taxonomy, layout))
+            op.output("shadow_csv", op.key_on("key_shadow", shadow_rows, under_one_key),
+                      results_csv_sink(out.shadow_csv, survey.taxonomy, layout))
         results_out.shadow_outputs(shadow, survey, out.settings, out.deadletters)
     letters = op.merge("dead", *dead, op.flat_map("batch_dead", batches, steps.dead_of))
     letters = op.inspect("count_dead", letters, partial(count_dead_letter, survey.name))

@@ -8,6 +8,8 @@ half-written line, and compare bytes with an uninterrupted run."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from models.oracle.taxonomy import ZTF_TAXONOMY
@@ -106,3 +108,24 @@ def test_cut_partial_line_keeps_whole_lines_only(tmp_path, chunk, text, kept):
     path.write_bytes(text)
     assert _cut_partial_line(path, chunk) == len(text) - len(kept)
     assert path.read_bytes() == kept
+
+
+def test_rows_encoded_where_classified_write_the_same_bytes_and_skip_repeats(tmp_path):
+    """The flows send the single CSV writer `csv_rows` (lines encoded by the classifying
+    worker); the file must be the one lists of `Result`s give, repeats skipped and counted,
+    and the written rows' `received_ms` handed to `after_write` for the latency metric."""
+    from operators.oracle.results import CsvLayout, csv_rows
+
+    layout = CsvLayout()
+    written, skipped = [], []
+    path = tmp_path / "encoded.csv"
+    part = results_csv_sink(path, ZTF_TAXONOMY, layout, after_write=written.extend,
+                            after_skip=skipped.append).build_part("results", path.name, None)
+    batches = [[1, 2], [3, 2], [4]]  # 2 comes twice: a replayed message
+    for batch in batches:
+        rows = csv_rows(ZTF_TAXONOMY, layout, [replace(result(c), received_ms=1000 + c) for c in batch])
+        part.write_batch([rows])
+    assert csv_rows(ZTF_TAXONOMY, layout, []) is None  # an empty batch sends nothing
+    part.close()
+    assert path.read_bytes() == uninterrupted(tmp_path / "objects.csv", [1, 2], [3], [4])
+    assert written == [1001, 1002, 1003, 1004] and skipped == [1]

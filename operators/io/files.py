@@ -23,7 +23,7 @@ import os
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Hashable, Iterable, Optional
+from typing import Callable, Hashable, Iterable, NamedTuple, Optional
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
@@ -37,6 +37,16 @@ def _starts_with(path: Path, header: str) -> bool:
     with path.open("r", encoding="utf-8", newline="") as f:
         head = f.read(len(header))
     return head == "" or head == header
+
+
+class Encoded(NamedTuple):
+    """Records already encoded by the worker that made them: their keys, their lines (one
+    per record, each ending in a newline) and, per record, what `after_write` receives in
+    its place. The single writer of a cluster then only drops repeats and appends, and what
+    crosses processes is strings and numbers, not objects to rebuild (docs/performance.md)."""
+    keys: tuple
+    lines: tuple
+    extras: tuple
 
 
 class RecentKeys:
@@ -121,26 +131,45 @@ class _AppendPartition(StatefulSinkPartition):
         self._skipped = 0
 
     def write_batch(self, items: list) -> None:
-        if self._sink.grouped:  # each item is a list of records (one per upstream batch)
-            items = [record for group in items for record in group]
+        lines, extras, repeats = [], [], 0  # from `Encoded` groups
+        if self._sink.grouped:  # each item is a list of records or an `Encoded` group (one per upstream batch)
+            records = []
+            for group in items:
+                if isinstance(group, Encoded):
+                    repeats += self._fresh_lines(group, lines, extras)
+                else:
+                    records.extend(group)
+            items = records
         fresh = []
         for item in items:
             key = self._sink.key(item)
             if key not in self._seen:
                 self._seen.add(key)
                 fresh.append(item)
-        skipped = len(items) - len(fresh)
+        skipped = len(items) - len(fresh) + repeats
         self._skipped += skipped
         if skipped:
             self._sink.after_skip(skipped)
-        items = fresh
-        if items:
+        if fresh or lines:
             try:
-                self._f.write(self._sink.encode(items))
+                self._f.write(self._sink.encode(fresh) + "".join(lines) if fresh else "".join(lines))
                 self._f.flush()
             except OSError as exc:  # a full or read-only disk: name the file (operators/runtime/exits.py)
                 raise OSError(exc.errno, exc.strerror, str(self._sink.path)) from exc
-        self._sink.after_write(items)
+        self._sink.after_write(fresh + extras if extras else fresh)
+
+    def _fresh_lines(self, group: Encoded, lines: list, extras: list) -> int:
+        """The lines of `group` whose keys were not written yet, into `lines` (and their
+        extras); returns how many were repeats."""
+        seen, repeats = self._seen, 0
+        for key, line, extra in zip(group.keys, group.lines, group.extras):
+            if key in seen:
+                repeats += 1
+            else:
+                seen.add(key)
+                lines.append(line)
+                extras.append(extra)
+        return repeats
 
     def _remember(self, keys: Iterable[Hashable]) -> None:
         for key in keys:
@@ -167,7 +196,8 @@ class AppendFileSink(FixedPartitionedSink):
     file order; `window` is how many recent keys are remembered.
     Items are `(key, value)` pairs as bytewax partitioned sinks require; only
     values reach `encode`. With `grouped=True` each value is a list of records
-    (moving one list per batch to the single writer costs less than one item per record).
+    (moving one list per batch to the single writer costs less than one item per record)
+    or an `Encoded` group, whose lines are appended as they are.
     """
 
     def __init__(

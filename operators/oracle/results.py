@@ -29,7 +29,7 @@ from typing import Iterable, Optional
 import erfa
 
 from models.oracle.taxonomy import Taxonomy
-from operators.io.files import AppendFileSink
+from operators.io.files import AppendFileSink, Encoded
 
 
 @dataclass(frozen=True)
@@ -116,21 +116,47 @@ def _number(x: float) -> str:
     return repr(float(x)) if x == x else ""  # NaN (position unknown) -> empty
 
 
+def _fields(taxonomy: Taxonomy, layout: CsvLayout, r: Result) -> list:
+    return [
+        r.candid, r.objectId, repr(survey_time(r)), _number(r.ra), _number(r.dec),
+        *(f"{r.probabilities[n]:.6g}" for n in taxonomy.nodes),
+        r.predicted, f"{r.probabilities[r.predicted]:.6g}", r.model, r.processed_at,
+        *((r.fritz_classifications, r.fritz_ml_classifications) if layout.fritz else ()),
+        *((r.stamp,) if layout.stamp else ()),
+    ]
+
+
 def _encoder(taxonomy: Taxonomy, layout: CsvLayout):
     def encode(results: list[Result]) -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         for r in results:
-            w.writerow([
-                r.candid, r.objectId, repr(survey_time(r)), _number(r.ra), _number(r.dec),
-                *(f"{r.probabilities[n]:.6g}" for n in taxonomy.nodes),
-                r.predicted, f"{r.probabilities[r.predicted]:.6g}", r.model, r.processed_at,
-                *((r.fritz_classifications, r.fritz_ml_classifications) if layout.fritz else ()),
-                *((r.stamp,) if layout.stamp else ()),
-            ])
+            w.writerow(_fields(taxonomy, layout, r))
         return buf.getvalue()
 
     return encode
+
+
+class _Line:
+    """A file for `csv.writer` whose `write` returns the line: `writerow` returns it."""
+
+    @staticmethod
+    def write(line: str) -> str:
+        return line
+
+
+def csv_rows(taxonomy: Taxonomy, layout: CsvLayout, results: list[Result]) -> Optional[Encoded]:
+    """One model batch's results as CSV lines, encoded by the worker that classified them
+    (None for an empty batch: nothing to send). The single CSV writer of a cluster receives
+    these strings and numbers instead of `Result` objects to unpickle and encode, so the
+    encoding is shared by every process and the writer's process is not the busier one
+    (docs/performance.md, two processes). The lines are those `results_csv_sink` writes
+    for the same results; `received_ms` rides along for the end-to-end latency."""
+    if not results:
+        return None
+    w = csv.writer(_Line, lineterminator="\n")
+    return Encoded(tuple(r.candid for r in results), tuple(w.writerow(_fields(taxonomy, layout, r)) for r in results),
+                   tuple(r.received_ms for r in results))
 
 
 def _candids_in(path: Path) -> Iterable[int]:
@@ -145,8 +171,10 @@ def _candids_in(path: Path) -> Iterable[int]:
 def results_csv_sink(path, taxonomy: Taxonomy, layout: CsvLayout = CsvLayout(), after_write=lambda items: None,
                      after_skip=lambda n: None) -> AppendFileSink:
     """Sink for `(key, [Result, ...])` items, one list per model batch (moving one list
-    to the single writer costs less than one item per result), into the results CSV
-    (deduplicated by candid)."""
+    to the single writer costs less than one item per result), or `(key, Encoded)` from
+    `csv_rows` (the flows: encoded where classified), into the results CSV (deduplicated
+    by candid). `after_write` receives the written `Result`s, or the `received_ms` of the
+    written encoded rows."""
     return AppendFileSink(
         path,
         encode=_encoder(taxonomy, layout),

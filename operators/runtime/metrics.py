@@ -234,7 +234,8 @@ def observe_batch(survey: Any, batch: Any, flow: Optional[str] = None) -> None:
 @_never_raise
 def observe_written(survey: Any, results: Iterable, flow: Optional[str] = None, now_ms: Optional[float] = None) -> None:
     """Results just appended to the results file: count them, and their end-to-end latency
-    (now minus `Result.received_ms`, the Kafka append time; results without it are not timed)."""
+    (now minus `Result.received_ms`, the Kafka append time; results without it are not timed).
+    An item may also be that `received_ms` itself (rows encoded upstream, `results.csv_rows`)."""
     key = _labels(survey, flow)
     now_ms = time.time() * 1e3 if now_ms is None else now_ms
     n = 0
@@ -243,7 +244,7 @@ def observe_written(survey: Any, results: Iterable, flow: Optional[str] = None, 
         if isinstance(r, tuple) and len(r) == 2:
             r = r[1]
         n += 1
-        received = getattr(r, "received_ms", None)
+        received = r if isinstance(r, (int, float)) or r is None else getattr(r, "received_ms", None)
         if received is not None and received > 0:
             latency.observe(max(0.0, (now_ms - float(received)) / 1e3))
     WRITTEN.labels(*key).inc(n)
