@@ -22,6 +22,7 @@ from operators.runtime.fritz_settings import DEFAULT_ORIGIN
 from operators.samples.load import load
 from tests.conftest import _stop_process, free_port
 from tests.fakes import FakeSkyPortal
+from tests.test_results_flow import published, same_classification
 from tests.test_kafka_flow import STAMPLESS, expected_outcome, flow_env, start_flow, stop, wait_for
 
 pytestmark = pytest.mark.services
@@ -135,10 +136,12 @@ def assert_one_annotation_per_object(fritz: FakeSkyPortal, csv: Path, before: di
 def test_a_lost_process_stops_the_survivor_with_one_line_and_the_restart_loses_nothing(
         tmp_path, kafka, create_topic, mongo, mongo_db, victim, restart, fritz):
     topic = create_topic("ztf_lost", partitions=4)
+    results_topic = create_topic("ztf_lost_results", partitions=4)
     values = publish(kafka, topic, mongo.settings(mongo_db))
     rows_expected, malformed = expected_outcome(values)
     env = flow_env(tmp_path, kafka, topic, mongo.uri, mongo_db, ORACLE_BATCH_SIZE=64,
-                   ORACLE_RESULTS_COLLECTION="ZTF_alerts_oracle", **fritz_env(fritz))
+                   ORACLE_RESULTS_COLLECTION="ZTF_alerts_oracle", ORACLE_RESULTS_TOPIC=results_topic,
+                   **fritz_env(fritz))
     csv = tmp_path / "results" / "oracle_ztf_results.csv"
     procs = cluster(env, tmp_path, "first")
     try:
@@ -174,6 +177,14 @@ def test_a_lost_process_stops_the_survivor_with_one_line_and_the_restart_loses_n
     assert_exactly_once(tmp_path / "results", rows_expected, malformed)
     ids = [d["_id"] for d in mongo.client()[mongo_db]["ZTF_alerts_oracle"].find({}, {"_id": 1})]
     assert set(ids) == rows_expected, "an alert is missing from the results collection"
+    # The topic: every alert at least once; a repeat only for an alert classified again after
+    # the last snapshot (docs/results-outputs.md), with the same classification.
+    on_topic = published(kafka, results_topic)
+    assert set(on_topic) == rows_expected, (f"{len(rows_expected - set(on_topic))} alerts missing from the "
+                                            f"results topic, {len(set(on_topic) - rows_expected)} unexpected")
+    repeated = {c: recs for c, recs in on_topic.items() if len(recs) > 1}
+    assert all(same_classification(recs) for recs in repeated.values())
+    print(f"results topic: {len(on_topic)} alerts, {len(repeated)} published again after the restart")
     second_log = "".join(p.read_text() for p in tmp_path.glob("second*.log"))
     assert_one_annotation_per_object(fritz, csv, before, restarted_at, second_log)
 
