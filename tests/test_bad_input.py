@@ -7,7 +7,7 @@ import random
 import numpy as np
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.testing import TestingSource, run_main
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dataflows.oracle import build_flow
@@ -85,6 +85,8 @@ documents = st.tuples(
 
 @settings(max_examples=1000, deadline=None, database=None)
 @given(st.lists(documents, min_size=1, max_size=4))
+@example(docs=[({"candidate": {"jd": 0, "magpsf": 3.4028235677973366e+38, "fid": 1, "programid": 1,
+                               "sigmapsf": 0}}, {})])  # finite as float64, inf as float32 (found by hypothesis)
 def test_input_builder_turns_any_document_into_inputs_or_dead_letters(docs):
     alerts = [FilterResult(candid=i, objectId=f"o{i}", jd=1.0, ra=0.0, dec=0.0, filters=frozenset(), origin=Origin())
               for i in range(len(docs))]

@@ -46,7 +46,7 @@ def clean(value) -> float:
         x = float(value)
     except (TypeError, ValueError):
         return MISSING
-    if not math.isfinite(x) or x == -999.0 or x == -99.0:
+    if not _fits_float32(x) or x == -999.0 or x == -99.0:
         return MISSING
     return x
 
@@ -57,7 +57,15 @@ def number(point: dict, name: str) -> Optional[float]:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     value = float(value)
-    return value if math.isfinite(value) else None
+    return value if _fits_float32(value) else None
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _fits_float32(x: float) -> bool:
+    """Finite once in the float32 inputs: a float64 past float32's range would become inf."""
+    return math.isfinite(x) and abs(x) <= _FLOAT32_MAX
 
 
 def candidate_and_series(alert: dict, aux: Optional[dict], *names: str) -> tuple[dict, list[list]]:
