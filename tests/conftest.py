@@ -410,3 +410,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_state_cleared():
+    """Ctrl-C's process-wide state (operators/runtime/logs.py) does not outlive a test: a flow run
+    in-process marks the process as draining, which changes what a later test's Ctrl-C does."""
+    yield
+    from operators.runtime import logs
+
+    logs.STOPPING.clear()
+    logs._drains.clear()

@@ -35,7 +35,7 @@ from operators.io.kafka import RateLimitedLog, admin_config
 from operators.oracle.result_record import encode, to_record
 from operators.oracle.results import Result
 from operators.runtime import metrics
-from operators.runtime.logs import STOPPING, draining, interruptible_sleep
+from operators.runtime.logs import STOPPING, draining, interruptible_sleep, stop_now
 
 log = logging.getLogger("alertflow.results_topic")
 
@@ -56,6 +56,7 @@ TRANSIENT = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANS
              KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.REQUEST_TIMED_OUT, KafkaError.NETWORK_EXCEPTION,
              KafkaError._UNKNOWN_PARTITION}
 FLUSH_STEP_S = 0.5  # flush in steps so that Ctrl-C is seen while the brokers are away
+DRAIN_DELIVERY_S = 30.0  # after the first Ctrl-C, how long deliveries in flight may still take
 
 
 def producer_config(brokers: str, client_config: Mapping[str, object]) -> dict:
@@ -159,11 +160,17 @@ class _ResultsTopicPartition(_KafkaSinkPartition):
                         outcome[i] = exc.args[0]
                         break
                 self._producer.poll(0)
+            stop_by = None
             while self._producer.flush(FLUSH_STEP_S) and self._fatal is None:
                 # A draining flow (first Ctrl-C) finishes the batches in flight, these deliveries
-                # included: a second Ctrl-C ends the process (logs.stop_now). Elsewhere stop now.
-                if STOPPING.is_set() and not draining():
-                    raise KeyboardInterrupt("Ctrl-C while delivering to Kafka")
+                # included, unless Kafka does not answer within DRAIN_DELIVERY_S (a second Ctrl-C
+                # ends the process at once, logs.stop_now). A flow that does not drain stops now.
+                if STOPPING.is_set():
+                    if not draining():
+                        raise KeyboardInterrupt("Ctrl-C while delivering to Kafka")
+                    stop_by = stop_by or time.monotonic() + DRAIN_DELIVERY_S
+                    if time.monotonic() > stop_by:
+                        stop_now(f" while delivering to Kafka (no answer for {DRAIN_DELIVERY_S:.0f} s)")
         except (KafkaException, SystemError) as exc:
             # confluent-kafka raises a fatal error from flush() even with an error_cb, and when it
             # does so inside a delivery callback it surfaces as a SystemError caused by it.
