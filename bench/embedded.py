@@ -160,6 +160,8 @@ def run_embedded(label: str, n: int, work: Path, processes: int = 1, sample_ever
               "cpu_us_per_msg": 1e6 * process_cpu / n,
               "process_cpu_each_s": [s["cpu_end"] - s["cpu_first_in"] for s in stats if s.get("cpu_first_in") is not None],
               "classified_each": [s["counts"].get("classified", 0) for s in stats],
+              "stage_cpu_each_s": [s.get("cpu_seconds", {}) for s in stats],  # where a busier process spends it
+              "gc_each": [s.get("gc", {}) for s in stats],
               "model_cpu_each_s": [s.get("cpu_seconds", {}).get("model", 0.0) for s in stats
                                    if s.get("cpu_first_in") is not None],
               "classified_each_timed": [s["counts"].get("classified", 0) for s in stats
