@@ -63,10 +63,15 @@ def _wait_rows(csv_path: Path, state: dict, want: int, until: float, children) -
     return rows
 
 
+END_KEY = b"bench-end-marker"
+
+
 def topic_times(bootstrap: str, topic: str, timeout_s: float = 120.0) -> dict[int, float]:
     """candid -> Kafka timestamp (s) of its record in the results topic (the first, if repeated),
-    read from the beginning to the end of every partition."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    read from the beginning up to an end marker this call appends to every partition. (Tansu
+    understates a partition's end offset, answering its last batch's first offset + 1, so
+    reading to the end offsets missed the last batch: 15-17 records of the last burst.)"""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
     from operators.oracle.result_record import decode
 
@@ -74,35 +79,29 @@ def topic_times(bootstrap: str, topic: str, timeout_s: float = 120.0) -> dict[in
                          "enable.auto.commit": False, "fetch.message.max.bytes": 10_000_000})
     out: dict[int, float] = {}
     try:
-        meta = consumer.list_topics(topic, timeout=30).topics[topic]
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in meta.partitions}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        at = {p: 0 for p in ends}
-        deadline = time.monotonic() + timeout_s
-        while any(at[p] < ends[p] for p in ends) and time.monotonic() < deadline:
+        meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return out
+        marker, producer = uuid.uuid4().hex.encode(), Producer({"bootstrap.servers": bootstrap})
+        for p in meta.partitions:
+            producer.produce(topic, value=marker, key=END_KEY, partition=p)
+        if producer.flush(30):
+            raise RuntimeError(f"end markers to {topic} not delivered")
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        pending, deadline = set(meta.partitions), time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
             for msg in consumer.consume(1000, timeout=1.0):
-                if msg.error():
+                if msg.error() or msg.partition() not in pending:
                     continue
-                at[msg.partition()] = msg.offset() + 1
+                if msg.key() == END_KEY:
+                    if msg.value() == marker:
+                        pending.discard(msg.partition())
+                    continue
                 for record in decode(msg.value()):
                     out.setdefault(int(record["candid"]), msg.timestamp()[1] / 1e3)
     finally:
         consumer.close()
     return out
-
-
-def topic_records(bootstrap: str, topic: str) -> int:
-    """How many records the topic holds (the sum of its partitions' end offsets; a new topic)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}"})
-    try:
-        meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return 0
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in meta.partitions)
-    finally:
-        consumer.close()
 
 
 def run_bursts(store: str, servers, feed, work: Path, bursts: int, size: int, every_s: float,
@@ -171,9 +170,9 @@ def run_bursts(store: str, servers, feed, work: Path, bursts: int, size: int, ev
                 time.sleep(left)
         if topic_out:  # the topic's records of the last batches may trail the CSV's rows: wait before Ctrl-C
             until = time.monotonic() + 60
-            while topic_records(servers.kafka.bootstrap, topic_out) < count_rows(csv_path, state) and \
+            while len(topic_times(servers.kafka.bootstrap, topic_out)) < count_rows(csv_path, state) and \
                     time.monotonic() < until:
-                time.sleep(0.5)
+                time.sleep(1.0)
         cpu = window.stop()
     finally:
         codes = [c.stop() for c in children]

@@ -14,8 +14,8 @@ two-process speed-up (cluster-embedded over embedded) as a fraction of it.
 With `--flow N` each round measures the ceiling, then the flow over N synthesized
 messages in one process and in two, so every speed-up is divided by a ceiling
 measured minutes apart on the same machine load; the verdict is on the median
-round. On a shared host a single run's fraction moves by +-10% with other
-tenants' load, which one pair of runs cannot tell from the flow's own cost.
+round. Even on a quiet VM a single round's fraction moves by +-15% with other
+machines' load, which one pair of runs cannot tell from the flow's own cost.
 """
 
 from __future__ import annotations

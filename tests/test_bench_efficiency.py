@@ -79,4 +79,5 @@ def test_a_burst_through_tansu_is_timed_per_burst(tmp_path):
     assert "error" not in run, run
     [burst] = run["bursts"]
     assert burst["rows"] == burst["expected"] > 150
+    assert burst["topic"]["records"] == burst["rows"]  # the results topic read to its real end
     assert 0 < burst["p50"] <= burst["p99"] <= burst["max"] < 60
