@@ -63,44 +63,17 @@ def _wait_rows(csv_path: Path, state: dict, want: int, until: float, children) -
     return rows
 
 
-END_KEY = b"bench-end-marker"
-
-
 def topic_times(bootstrap: str, topic: str, timeout_s: float = 120.0) -> dict[int, float]:
     """candid -> Kafka timestamp (s) of its record in the results topic (the first, if repeated),
-    read from the beginning up to an end marker this call appends to every partition. (Tansu
-    understates a partition's end offset, answering its last batch's first offset + 1, so
-    reading to the end offsets missed the last batch: 15-17 records of the last burst.)"""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-
+    every record there now (`bench.topics.read_to_end`: reading to the partitions' end offsets
+    missed the last batch, 15-17 records of the last burst)."""
+    from bench.topics import read_to_end
     from operators.oracle.result_record import decode
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}",
-                         "enable.auto.commit": False, "fetch.message.max.bytes": 10_000_000})
     out: dict[int, float] = {}
-    try:
-        meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return out
-        marker, producer = uuid.uuid4().hex.encode(), Producer({"bootstrap.servers": bootstrap})
-        for p in meta.partitions:
-            producer.produce(topic, value=marker, key=END_KEY, partition=p)
-        if producer.flush(30):
-            raise RuntimeError(f"end markers to {topic} not delivered")
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
-        pending, deadline = set(meta.partitions), time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, timeout=1.0):
-                if msg.error() or msg.partition() not in pending:
-                    continue
-                if msg.key() == END_KEY:
-                    if msg.value() == marker:
-                        pending.discard(msg.partition())
-                    continue
-                for record in decode(msg.value()):
-                    out.setdefault(int(record["candid"]), msg.timestamp()[1] / 1e3)
-    finally:
-        consumer.close()
+    for msg in read_to_end(bootstrap, topic, timeout_s):
+        for record in decode(msg.value()):
+            out.setdefault(int(record["candid"]), msg.timestamp()[1] / 1e3)
     return out
 
 

@@ -39,6 +39,8 @@ from typing import Iterable, Optional
 
 import pytest
 
+from bench.topics import read_to_end
+
 STARTUP_TIMEOUT_S = 20.0
 
 
@@ -216,45 +218,11 @@ class KafkaService:
         finally:
             consumer.close()
 
-    END_MARKER_KEY = b"alertflow-test-end-marker"
-
     def read_to_end(self, topic: str, timeout_s: float = 20.0) -> list:
         """Every message on `topic` now, without waiting out a timeout as `read` does when the
-        count is unknown (a results topic with duplicates). It appends an end marker (key
-        `END_MARKER_KEY`) to each partition and reads up to it; markers are never returned.
-        Only for topics no flow reads. (Tansu understates a partition's end offset, so the
-        end cannot be asked for instead: it answers the last batch's first offset + 1.)"""
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-
-        consumer = Consumer({
-            "bootstrap.servers": self.bootstrap,
-            "group.id": _unique("reader"),
-            "enable.auto.commit": False,
-        })
-        try:
-            partitions = list(consumer.list_topics(topic, timeout=5).topics[topic].partitions)
-            marker = uuid.uuid4().hex.encode()
-            producer = Producer({"bootstrap.servers": self.bootstrap})
-            for p in partitions:
-                producer.produce(topic, value=marker, key=self.END_MARKER_KEY, partition=p)
-            assert producer.flush(10) == 0, f"end markers to {topic} not delivered"
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-            pending, out = set(partitions), []
-            deadline = time.monotonic() + timeout_s
-            while pending:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"read_to_end({topic}): no end marker on partitions {sorted(pending)} "
-                                       f"within {timeout_s:.0f} s")
-                for msg in consumer.consume(num_messages=500, timeout=0.5):
-                    if msg.error() is not None or msg.partition() not in pending:  # past this call's marker
-                        continue
-                    if msg.key() != self.END_MARKER_KEY:
-                        out.append(msg)
-                    elif msg.value() == marker:
-                        pending.discard(msg.partition())
-            return out
-        finally:
-            consumer.close()
+        count is unknown (a results topic with duplicates): up to an end marker appended to
+        each partition (bench/topics.py: Tansu understates a partition's end offset)."""
+        return read_to_end(self.bootstrap, topic, timeout_s)
 
 
 @pytest.fixture(scope="session")

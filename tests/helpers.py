@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from operators.runtime.config import Settings
 from operators.oracle.surveys import Survey
+
+
+class LogLines(logging.Handler):
+    """Every message logged at INFO or above, as text (what a console handler would print)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
 
 
 def run_flow(survey: Survey, settings: Settings, messages: list[bytes], workers: int = 1) -> None:

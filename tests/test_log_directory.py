@@ -14,18 +14,8 @@ import time
 
 from operators.io.deadletter import read_dead_letters
 from operators.runtime.config import REPO_ROOT
+from tests.helpers import LogLines
 from tests.test_disk_trouble import fill, small_disk  # noqa: F401 - small_disk is a fixture
-
-
-class _Console(logging.Handler):
-    """What the console handler would print (stderr)."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
 
 
 def test_a_full_log_directory_suspends_file_logging_with_one_line_and_resumes(
@@ -35,7 +25,7 @@ def test_a_full_log_directory_suspends_file_logging_with_one_line_and_resumes(
     monkeypatch.setattr(LogFile, "RETRY_S", 0.5)
     logs = small_disk / "logs"
     logs.mkdir()
-    file_handler, console = LogFile(logs / "oracle_ztf.log"), _Console()
+    file_handler, console = LogFile(logs / "oracle_ztf.log"), LogLines()
     root, log = logging.getLogger(), logging.getLogger("alertflow.test_logs")
     root.addHandler(file_handler)
     root.addHandler(console)

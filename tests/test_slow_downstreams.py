@@ -17,7 +17,7 @@ from dataflows.oracle import build_flow
 from operators.oracle.results import read_results
 from operators.oracle.surveys import ZTF
 from tests.fakes import FakeSkyPortal, FakeSlack
-from tests.helpers import settings_for
+from tests.helpers import LogLines, settings_for
 
 N = 1500  # ~1,350 classified: well past Slack's 500 pending
 FRITZ_TOKEN = "fritz-slow-token-0123456789abcdef"
@@ -41,15 +41,6 @@ def classify_rate(rows: pd.DataFrame) -> float:
     return 0.8 * len(t) / max(1e-3, (hi - lo).total_seconds())
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 @pytest.fixture(scope="module")
 def downstreams_away(tmp_path_factory):
     """The flow alone, then with Fritz at 2 s per request and Slack down: (alone, away, log text, settings)."""
@@ -57,7 +48,7 @@ def downstreams_away(tmp_path_factory):
     workload = Workload()
     objects = tuple(sorted(workload.aux_docs))  # 36 objects: more than FRITZ_MAX_PENDING
     base = run(settings_for(ZTF, tmp_path / "alone", ORACLE_BATCH_TIMEOUT_S=0.2), workload)
-    lines = _Lines()
+    lines = LogLines()
     root = logging.getLogger()
     root.addHandler(lines)
     try:
